@@ -1,0 +1,187 @@
+"""The composition root: builds storage clients from settings, applies the schema, starts
+the warehouse writer, and wires the packages' routes into one FastAPI app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+import cdp
+from cdp import report
+from cdp.errors import CdpError, Unauthorized
+from cdp.keys import Keys, load_keys
+from cdp.redis_server import EmbeddedRedis
+from cdp.schema import migrate
+from cdp.settings import Settings
+from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
+from ingestion.routes import TrackingConfig
+from ingestion.routes import router as tracking_router
+from ingestion.stream import EventStream
+from ingestion.writer import WarehouseWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a running instance holds open, closed in reverse order."""
+
+    settings: Settings
+    keys: Keys
+    warehouse: Warehouse
+    redis_url: str
+    redis: redis.Redis
+    embedded_redis: EmbeddedRedis | None = None
+    writer: WarehouseWriter | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        embedded = None
+        redis_url = settings.redis_url
+        if settings.embedded_redis:
+            embedded = EmbeddedRedis(settings.data_dir)
+            embedded.start()
+            redis_url = embedded.url
+        warehouse = connect_warehouse(settings)
+        migrate(warehouse)
+        runtime = cls(
+            settings=settings,
+            keys=load_keys(settings),
+            warehouse=warehouse,
+            redis_url=redis_url,
+            redis=connect_redis(redis_url),
+            embedded_redis=embedded,
+        )
+        if settings.run_writer:
+            runtime.start_writer()
+        return runtime
+
+    def start_writer(self) -> None:
+        self.writer = WarehouseWriter(
+            connect_redis(self.redis_url),
+            self.warehouse,
+            self.settings.events_stream,
+            batch_size=self.settings.writer_batch_size,
+            block_ms=self.settings.writer_block_ms,
+        )
+        self.writer.ensure_group()
+        self._thread = threading.Thread(
+            target=self.writer.run, args=(self._stop,), name="warehouse-writer", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.redis.close()
+        self.warehouse.close()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.start(settings)
+        async_redis = connect_async_redis(runtime.redis_url)
+        app.state.runtime = runtime
+        app.state.tracking = TrackingConfig(
+            write_keys=runtime.keys.write_keys,
+            max_event_bytes=settings.max_event_bytes,
+            max_batch_bytes=settings.max_batch_bytes,
+        )
+        app.state.event_stream = EventStream(
+            async_redis,
+            settings.events_stream,
+            settings.redis_prefix,
+            settings.dedup_window_hours * 3600,
+        )
+        try:
+            yield
+        finally:
+            await async_redis.aclose()
+            runtime.close()
+
+    app = FastAPI(
+        title="CDP",
+        version=cdp.__version__,
+        summary="Customer data platform for web shops: tracking, profiles, audiences, campaigns",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+        max_age=86400,
+    )
+
+    @app.exception_handler(CdpError)
+    async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
+        body: dict[str, object] = {"success": False, "error": error.message}
+        if error.errors:
+            body["errors"] = error.errors
+        headers = {"WWW-Authenticate": "Basic"} if isinstance(error, Unauthorized) else None
+        return JSONResponse(body, status_code=error.status, headers=headers)
+
+    @app.exception_handler(redis.ConnectionError)
+    async def _buffer_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
+        log.error("event buffer unavailable: %s", error)
+        return JSONResponse(
+            {"success": False, "error": "event buffer unavailable, retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    app.include_router(tracking_router)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and storage health")
+    def healthz(request: Request) -> dict[str, object]:
+        runtime: Runtime = request.app.state.runtime
+        runtime.redis.ping()
+        runtime.warehouse.query_rows("SELECT 1")
+        stream = settings.events_stream
+        return {
+            "status": "ok",
+            "buffered_events": runtime.redis.xlen(stream) if runtime.redis.exists(stream) else 0,
+            "writer": runtime.writer is not None,
+        }
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def api_key(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> None:
+        runtime: Runtime = request.app.state.runtime
+        if credentials is None or credentials.credentials not in runtime.keys.api_keys:
+            raise Unauthorized("a valid API key is required as a Bearer token")
+
+    @app.get(
+        "/api/v1/reports/overview",
+        tags=["reports"],
+        summary="Events by type, visitors, orders and revenue since a time",
+        dependencies=[Depends(api_key)],
+    )
+    def overview(
+        request: Request, since: datetime = Query(default=datetime(1970, 1, 1, tzinfo=UTC))
+    ) -> dict[str, object]:
+        runtime: Runtime = request.app.state.runtime
+        return report.overview(runtime.warehouse, since).as_dict()
+
+    return app

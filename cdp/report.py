@@ -1,0 +1,53 @@
+"""A short overview of what the warehouse holds: events by type, visitors, orders, revenue."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cdp.storage import Warehouse
+
+
+@dataclass
+class Overview:
+    events: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    top_events: dict[str, int] = field(default_factory=dict)
+    visitors: int = 0
+    known_users: int = 0
+    bot_events: int = 0
+    orders: int = 0
+    revenue: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def overview(warehouse: Warehouse, since: datetime) -> Overview:
+    params = {"since": since}
+    where = "WHERE received_at >= {since:DateTime64(3)}"
+    report = Overview()
+    for event_type, count in warehouse.query_rows(
+        f"SELECT type, count() FROM events {where} GROUP BY type ORDER BY count() DESC", params
+    ):
+        report.events_by_type[event_type] = count
+    report.events = sum(report.events_by_type.values())
+    for event, count in warehouse.query_rows(
+        f"SELECT event, count() FROM events {where} AND type = 'track' "
+        "GROUP BY event ORDER BY count() DESC, event LIMIT 10",
+        params,
+    ):
+        report.top_events[event] = count
+    [(visitors, known, bots, orders, revenue)] = warehouse.query_rows(
+        f"""
+        SELECT uniqExact(anonymous_id), uniqExactIf(user_id, user_id != ''), countIf(is_bot),
+               countIf(event = 'Order Completed'),
+               sumIf(toFloat64OrZero(toString(properties.revenue)), event = 'Order Completed')
+        FROM events {where}
+        """,
+        params,
+    )
+    report.visitors, report.known_users, report.bot_events = visitors, known, bots
+    report.orders, report.revenue = orders, round(float(revenue), 2)
+    return report

@@ -1,0 +1,114 @@
+"""Versioned ClickHouse schema. Migrations are applied in order at start-up; each runs once,
+recorded in `schema_migrations`, and is written to be harmless if run again."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cdp.storage import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events table",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS events (
+                message_id String,
+                type LowCardinality(String),
+                event String,
+                name String,
+                anonymous_id String,
+                user_id String,
+                group_id String,
+                previous_id String,
+                timestamp DateTime64(3, 'UTC'),
+                original_timestamp Nullable(DateTime64(3, 'UTC')),
+                sent_at Nullable(DateTime64(3, 'UTC')),
+                received_at DateTime64(3, 'UTC'),
+                source_id LowCardinality(String),
+                ip String,
+                user_agent String,
+                browser LowCardinality(String),
+                os LowCardinality(String),
+                device_type LowCardinality(String),
+                is_bot Bool,
+                page_url String,
+                page_path String,
+                referrer String,
+                utm_source String,
+                utm_medium String,
+                utm_campaign String,
+                utm_term String,
+                utm_content String,
+                properties JSON,
+                traits JSON,
+                context JSON,
+                INDEX idx_anonymous_id anonymous_id TYPE bloom_filter GRANULARITY 4,
+                INDEX idx_user_id user_id TYPE bloom_filter GRANULARITY 4,
+                INDEX idx_message_id message_id TYPE bloom_filter GRANULARITY 4
+            )
+            ENGINE = MergeTree
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (type, event, anonymous_id, timestamp)
+            """,
+        ),
+    ),
+    Migration(
+        2,
+        "rejected events, kept for inspection",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS rejected_events (
+                received_at DateTime64(3, 'UTC'),
+                source_id LowCardinality(String),
+                stage LowCardinality(String),
+                reason String,
+                payload String
+            )
+            ENGINE = MergeTree
+            PARTITION BY toYYYYMM(received_at)
+            ORDER BY received_at
+            TTL toDateTime(received_at) + INTERVAL 30 DAY
+            """,
+        ),
+    ),
+)
+
+
+def migrate(warehouse: Warehouse) -> list[int]:
+    """Apply the migrations not yet applied; returns their versions."""
+    warehouse.command(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version UInt32,
+            description String,
+            applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = MergeTree ORDER BY version
+        """
+    )
+    done = {row[0] for row in warehouse.query_rows("SELECT version FROM schema_migrations")}
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            warehouse.command(statement)
+        warehouse.command(
+            "INSERT INTO schema_migrations (version, description) VALUES ({v:UInt32}, {d:String})",
+            parameters={"v": migration.version, "d": migration.description},
+        )
+        log.info("applied migration %d: %s", migration.version, migration.description)
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,66 @@
+"""Typed configuration read from `CDP_*` environment variables, with defaults that need
+nothing installed beyond the Python packages (embedded ClickHouse and Valkey)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDP_", extra="ignore")
+
+    data_dir: Path = Path(".cdp")
+    # Empty: the embedded engine at <data_dir>/chdb. Else http(s)://user:pass@host:8123.
+    clickhouse_url: str = ""
+    clickhouse_database: str = "cdp"
+    # Empty: an embedded Valkey server persisting to <data_dir>/valkey. Else redis://...
+    redis_url: str = ""
+    redis_prefix: str = "cdp"
+    # Comma-separated. Empty: one key is generated on first start and kept in the data dir.
+    write_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    run_writer: bool = True
+    writer_batch_size: int = Field(default=20_000, ge=1)
+    writer_block_ms: int = Field(default=200, ge=1)
+    dedup_window_hours: int = Field(default=168, ge=1)
+    max_event_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("write_keys", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://", "chdb:")):
+            raise ValueError("CDP_CLICKHOUSE_URL must start with http://, https:// or chdb:")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("CDP_REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url or self.clickhouse_url.startswith("chdb:")
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.redis_prefix}:stream:events"

@@ -1,0 +1,108 @@
+"""Payload models of the Segment HTTP Tracking API (track, identify, page, screen, group,
+alias, batch), validated one event at a time so a bad event never sinks its neighbours."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EventType = Literal["track", "identify", "page", "screen", "group", "alias"]
+EVENT_TYPES: tuple[str, ...] = ("track", "identify", "page", "screen", "group", "alias")
+
+MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_ID_LENGTH = 512
+
+
+class SegmentEvent(BaseModel):
+    """One event as the Segment spec describes it (camelCase on the wire)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    type: EventType
+    message_id: str | None = Field(default=None, alias="messageId", max_length=MAX_ID_LENGTH)
+    anonymous_id: str | None = Field(default=None, alias="anonymousId", max_length=MAX_ID_LENGTH)
+    user_id: str | None = Field(default=None, alias="userId", max_length=MAX_ID_LENGTH)
+    group_id: str | None = Field(default=None, alias="groupId", max_length=MAX_ID_LENGTH)
+    previous_id: str | None = Field(default=None, alias="previousId", max_length=MAX_ID_LENGTH)
+    event: str | None = Field(default=None, max_length=1024)
+    name: str | None = Field(default=None, max_length=1024)
+    category: str | None = Field(default=None, max_length=1024)
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = Field(default=None, alias="originalTimestamp")
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator(
+        "message_id", "anonymous_id", "user_id", "group_id", "previous_id", mode="before"
+    )
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        # SDKs in loosely typed languages send numeric ids; Segment stores them as text.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("timestamp", "original_timestamp", "sent_at")
+    @classmethod
+    def _aware_and_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # Segment reads a zone-less time as UTC
+        if not MIN_TIMESTAMP <= value < MAX_TIMESTAMP:
+            raise ValueError("must be between 1970 and 2200")
+        return value.astimezone(UTC)
+
+    @field_validator("properties", "traits", "context", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _required_by_type(self) -> SegmentEvent:
+        if self.type == "alias":
+            if not self.user_id or not self.previous_id:
+                raise ValueError("alias needs both userId and previousId")
+            return self
+        if not self.user_id and not self.anonymous_id:
+            raise ValueError("userId or anonymousId is required")
+        if self.type == "track" and not (self.event and self.event.strip()):
+            raise ValueError("track needs a non-empty event name")
+        if self.type == "group" and not self.group_id:
+            raise ValueError("group needs a groupId")
+        return self
+
+
+class BatchEnvelope(BaseModel):
+    """The `/v1/batch` body; its events are validated one by one, not here."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    batch: list[Any]
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
+    context: dict[str, Any] | None = None
+    write_key: str | None = Field(default=None, alias="writeKey")
+
+    @field_validator("sent_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return SegmentEvent._aware_and_in_range(value)
+
+
+def describe(error: ValidationError, where: str) -> list[str]:
+    """`batch[3].event: field required`-style messages, naming the wire field."""
+    messages = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        messages.append(f"{where}.{path}: {message}" if path else f"{where}: {message}")
+    return messages
