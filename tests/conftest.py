@@ -107,8 +107,9 @@ def live_server(settings: Settings, warehouse: Warehouse, redis_client: redis.Re
         yield server
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll until predicate() is truthy; returns its value or fails the test."""
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, sleep=time.sleep):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; returns its value or fails the test. `sleep` lets a
+    caller keep another event loop turning meanwhile (Playwright's sync API)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -116,7 +117,7 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):  # type:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(interval)
+        sleep(interval)
 
 
 def count_events(warehouse: Warehouse, where: str = "1", parameters: dict | None = None) -> int:

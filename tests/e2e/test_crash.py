@@ -1,0 +1,122 @@
+"""Crash test: events answered 200, the server killed with SIGKILL before its writer ran,
+restarted: every acknowledged event is in ClickHouse exactly once."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, WRITE_KEY, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, run_writer: bool) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "CDP_DATA_DIR": str(data_dir),
+            "CDP_WRITE_KEYS": WRITE_KEY,
+            "CDP_API_KEYS": API_KEY,
+            "CDP_RUN_WRITER": str(run_writer).lower(),
+        }
+        for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
+            env.pop(name, None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cdp", "serve", "--port", str(self.port), "--log-level",
+             "warning"],
+            env=env,
+        )  # fmt: skip
+        wait_for(self._healthy, timeout=60, interval=0.2)
+
+    def _healthy(self) -> bool:
+        assert self.process.poll() is None, "server exited"
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def events(self) -> int:
+        response = httpx.get(
+            f"{self.url}/api/v1/reports/overview",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+        )
+        return int(response.json()["events"])
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+    pid_file = tmp_path / "data" / "valkey" / "valkey.pid"
+    if pid_file.exists():  # a server a failed test left behind
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def count_in_chdb(data_dir: Path) -> tuple[int, int]:
+    """Read the embedded engine from a fresh process, once the server let go of it."""
+    code = (
+        "import clickhouse_connect, sys;"
+        f"c = clickhouse_connect.get_client(dsn='chdb://{(data_dir / 'chdb').resolve()}');"
+        "print(*c.query('SELECT count(), uniqExact(message_id) FROM cdp.events').result_rows[0])"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    total, unique = output.split()
+    return int(total), int(unique)
+
+
+@pytest.mark.parametrize("also_kill_valkey", [False, True], ids=["server", "server+valkey"])
+def test_acknowledged_events_survive_sigkill(data_dir: Path, also_kill_valkey: bool) -> None:
+    first = ServerProcess(data_dir, run_writer=False)
+    batches = [
+        [
+            {"type": "track", "event": "Product Viewed", "anonymousId": f"a-{b}",
+             "messageId": f"crash-{b}-{i}", "properties": {"i": i}}  # fmt: skip
+            for i in range(50)
+        ]
+        for b in range(10)
+    ]
+    with httpx.Client(base_url=first.url, auth=(WRITE_KEY, "")) as client:
+        for batch in batches:
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait()
+    if also_kill_valkey:
+        valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
+        os.kill(valkey_pid, signal.SIGKILL)
+
+    second = ServerProcess(data_dir, run_writer=True)
+    try:
+        wait_for(lambda: second.events() == 500, timeout=60, interval=0.2)
+        # The client never heard back and sends everything again: nothing is stored twice.
+        with httpx.Client(base_url=second.url, auth=(WRITE_KEY, "")) as client:
+            for batch in batches:
+                assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+            marker = {"type": "track", "event": "Marker", "userId": "u", "messageId": "marker"}
+            assert client.post("/v1/track", json=marker).status_code == 200
+        wait_for(lambda: second.events() == 501, timeout=60, interval=0.2)
+    finally:
+        second.process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert second.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert not (data_dir / "valkey" / "valkey.pid").exists(), "Valkey was not stopped on exit"
+    assert count_in_chdb(data_dir) == (501, 501)

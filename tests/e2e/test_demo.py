@@ -1,0 +1,29 @@
+"""`cdp demo` as a user runs it: embedded engines, a simulated shop, a report."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
+    env = {**os.environ, "CDP_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "100"}
+    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL", "CDP_WRITE_KEYS", "CDP_API_KEYS"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp", "demo", "--visitors", "40", "--seed", "7"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every accepted event is stored exactly once" in result.stdout
+    assert "Events by type" in result.stdout and "Order Completed" in result.stdout
+    keys = (tmp_path / "data" / "keys.json").read_text()
+    assert "wk_" in keys and "generated keys" in result.stderr
+    assert not (tmp_path / "data" / "valkey" / "valkey.pid").exists()
