@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     run_writer: bool = True
-    writer_batch_size: int = Field(default=20_000, ge=1)
+    writer_batch_size: int = Field(default=1_000, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)
     dedup_window_hours: int = Field(default=168, ge=1)
     max_event_bytes: int = 32 * 1024

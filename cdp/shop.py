@@ -64,9 +64,15 @@ def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
         moment = min(moment + timedelta(seconds=rng.uniform(5, 90)), now)
         campaign = rng.choice(CAMPAIGNS)
         path = fields.pop("path", "/")
-        url = SHOP + path + (
-            f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}"
-            f"&utm_campaign={campaign['name']}" if campaign and kind == "page" else ""
+        url = (
+            SHOP
+            + path
+            + (
+                f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}"
+                f"&utm_campaign={campaign['name']}"
+                if campaign and kind == "page"
+                else ""
+            )
         )
         event = {
             "type": kind,

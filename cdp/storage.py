@@ -31,7 +31,7 @@ class Warehouse:
 
     def query_rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
         with self._lock:
-            return list(self.client.query(sql, parameters=parameters).result_rows)
+            return [tuple(row) for row in self.client.query(sql, parameters=parameters).result_rows]
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self._lock:
@@ -58,9 +58,10 @@ def connect_warehouse(settings: Settings) -> Warehouse:
     return Warehouse(client, settings.clickhouse_database)
 
 
+# RESP2 pinned: stream replies keep one shape whatever the client library's default.
 def connect_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    return redis.Redis.from_url(url, protocol=2)
 
 
 def connect_async_redis(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url)
+    return aioredis.Redis.from_url(url, protocol=2)

@@ -23,9 +23,10 @@ def to_row(
     event: SegmentEvent, *, received_at: datetime, source_id: str, ip: str
 ) -> dict[str, Any]:
     """The `events` row for one event; `received_at` is the server's clock (UTC)."""
-    context = event.context
-    page = context.get("page") if isinstance(context.get("page"), dict) else {}
-    page_url = _text(page.get("url")) or _text(event.properties.get("url"))
+    context = event.context or {}
+    properties = event.properties or {}
+    page = _dict(context.get("page"))
+    page_url = _text(page.get("url")) or _text(properties.get("url"))
     user_agent = _text(context.get("userAgent"))
     agent = describe_user_agent(user_agent[:1024])
     utm = _utm(context.get("campaign"), page_url)
@@ -50,10 +51,14 @@ def to_row(
         "device_type": agent[2],
         "is_bot": agent[3],
         "page_url": page_url,
-        "page_path": _text(page.get("path")) or _text(event.properties.get("path")),
-        "referrer": _text(page.get("referrer")) or _text(event.properties.get("referrer")),
-        **{f"utm_{field}": utm.get(field, "") for field in UTM_FIELDS},
-        "properties": event.properties,
+        "page_path": _text(page.get("path")) or _text(properties.get("path")),
+        "referrer": _text(page.get("referrer")) or _text(properties.get("referrer")),
+        "utm_source": utm[0],
+        "utm_medium": utm[1],
+        "utm_campaign": utm[2],
+        "utm_term": utm[3],
+        "utm_content": utm[4],
+        "properties": properties,
         "traits": event.traits or _dict(context.get("traits")),
         "context": context,
     }
@@ -95,24 +100,28 @@ def _device_type(device: str, os: str, lowered: str, is_bot: bool) -> str:
     return "desktop"
 
 
-def _utm(campaign: Any, url: str) -> dict[str, str]:
-    utm: dict[str, str] = {}
-    if url:
-        try:
-            query = parse_qs(urlsplit(url).query)
-        except ValueError:
-            query = {}
-        for field in UTM_FIELDS:
-            values = query.get(f"utm_{field}")
-            if values:
-                utm[field] = values[0][:512]
-    if isinstance(campaign, dict):
-        # analytics.js puts utm_campaign under `name`; explicit context wins over the URL.
-        for field in UTM_FIELDS:
-            value = _text(campaign.get("name" if field == "campaign" else field))
-            if value:
-                utm[field] = value[:512]
-    return utm
+def _utm(campaign: Any, url: str) -> tuple[str, ...]:
+    """(source, medium, campaign, term, content): the URL's utm_ parameters, overridden by an
+    explicit context.campaign (analytics.js puts utm_campaign under `name`)."""
+    utm = _utm_of_url(url) if "utm_" in url else _NO_UTM
+    if not isinstance(campaign, dict):
+        return utm
+    return tuple(
+        (_text(campaign.get("name" if field == "campaign" else field)) or utm[i])[:512]
+        for i, field in enumerate(UTM_FIELDS)
+    )
+
+
+_NO_UTM = ("",) * len(UTM_FIELDS)
+
+
+@lru_cache(maxsize=4096)
+def _utm_of_url(url: str) -> tuple[str, ...]:
+    try:
+        query = parse_qs(urlsplit(url).query)
+    except ValueError:
+        return _NO_UTM
+    return tuple(query.get(f"utm_{field}", [""])[0][:512] for field in UTM_FIELDS)
 
 
 def _text(value: Any) -> str:

@@ -19,7 +19,8 @@ MAX_ID_LENGTH = 512
 class SegmentEvent(BaseModel):
     """One event as the Segment spec describes it (camelCase on the wire)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # SDKs in loosely typed languages send numeric ids; Segment stores them as text.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, coerce_numbers_to_str=True)
 
     type: EventType
     message_id: str | None = Field(default=None, alias="messageId", max_length=MAX_ID_LENGTH)
@@ -33,21 +34,10 @@ class SegmentEvent(BaseModel):
     timestamp: datetime | None = None
     original_timestamp: datetime | None = Field(default=None, alias="originalTimestamp")
     sent_at: datetime | None = Field(default=None, alias="sentAt")
-    properties: dict[str, Any] = Field(default_factory=dict)
-    traits: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator(
-        "message_id", "anonymous_id", "user_id", "group_id", "previous_id", mode="before"
-    )
-    @classmethod
-    def _id_as_text(cls, value: Any) -> Any:
-        # SDKs in loosely typed languages send numeric ids; Segment stores them as text.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
+    # None (JSON null) is read as empty.
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
 
     @field_validator("timestamp", "original_timestamp", "sent_at")
     @classmethod
@@ -60,13 +50,12 @@ class SegmentEvent(BaseModel):
             raise ValueError("must be between 1970 and 2200")
         return value.astimezone(UTC)
 
-    @field_validator("properties", "traits", "context", mode="before")
-    @classmethod
-    def _null_is_empty(cls, value: Any) -> Any:
-        return {} if value is None else value
-
     @model_validator(mode="after")
     def _required_by_type(self) -> SegmentEvent:
+        for name in ("message_id", "anonymous_id", "user_id", "group_id", "previous_id"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                setattr(self, name, None)  # a blank id is no id
         if self.type == "alias":
             if not self.user_id or not self.previous_id:
                 raise ValueError("alias needs both userId and previousId")

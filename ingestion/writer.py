@@ -1,19 +1,20 @@
 """The warehouse writer: a consumer group on the events stream that inserts batches into
-ClickHouse `events` (polars → Arrow → `insert_arrow`) and acknowledges only after the insert.
+ClickHouse `events` (JSON lines → polars → Arrow → `insert_arrow`) and acknowledges only
+after the insert.
 
 Delivery is at-least-once, storage exactly-once: entries left unacknowledged by a crash are
-read again on start, and any of their message ids already in ClickHouse are skipped. A row
+read again on start, and any of their events already in ClickHouse are skipped. A row
 ClickHouse refuses is isolated by splitting the batch, kept in `rejected_events`, and never
 holds back the rows beside it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,33 +24,44 @@ import redis
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from cdp.storage import Warehouse
-from ingestion.stream import JSON_COLUMNS, StreamEntry, decode_entry, trim_consumed
+from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS, trim_consumed
 
 log = logging.getLogger(__name__)
 
 GROUP = "warehouse"
-TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 TEXT_COLUMNS = (
     "message_id", "type", "event", "name", "anonymous_id", "user_id", "group_id",
     "previous_id", "source_id", "ip", "user_agent", "browser", "os", "device_type",
     "page_url", "page_path", "referrer", "utm_source", "utm_medium", "utm_campaign",
     "utm_term", "utm_content",
 )  # fmt: skip
-SCHEMA: dict[str, Any] = {
+SCALARS: dict[str, Any] = {
     **{column: pl.Utf8 for column in TEXT_COLUMNS},
     **{column: pl.Int64 for column in TIME_COLUMNS},
     "is_bot": pl.Boolean,
-    **{column: pl.Utf8 for column in JSON_COLUMNS},
 }
+FIELDS = {"properties": b"p", "traits": b"t", "context": b"c"}
 
 
-def to_arrow(rows: Sequence[dict[str, Any]]) -> Any:
-    frame = pl.DataFrame(
-        {column: [row.get(column) for row in rows] for column in SCHEMA}, schema=SCHEMA
-    )
+def to_frame(entries: list[tuple[Any, dict[bytes, bytes] | None]]) -> pl.DataFrame:
+    """The events of stream entries as one frame with the `events` table's column types."""
+    present = [fields for _, fields in entries if fields]
+    lines = b"\n".join(fields[b"d"] for fields in present)
+    if not lines:
+        return pl.DataFrame(schema={**SCALARS, **{column: pl.Utf8 for column in JSON_COLUMNS}})
+    frame = pl.read_ndjson(io.BytesIO(lines), schema=SCALARS)
+    json_columns = [
+        pl.Series(
+            column,
+            b"\n".join(fields[key] for fields in present).decode().split("\n"),
+            dtype=pl.Utf8,
+        )
+        for column, key in FIELDS.items()
+    ]
     return frame.with_columns(
-        [pl.col(column).cast(pl.Datetime("ms", "UTC")) for column in TIME_COLUMNS]
-    ).to_arrow()
+        *[pl.col(column).cast(pl.Datetime("ms", "UTC")) for column in TIME_COLUMNS],
+        *json_columns,
+    )
 
 
 class WarehouseWriter:
@@ -59,7 +71,7 @@ class WarehouseWriter:
         warehouse: Warehouse,
         stream: str,
         *,
-        batch_size: int = 20_000,
+        batch_size: int = 1_000,
         block_ms: int = 200,
         consumer: str | None = None,
         claim_idle_ms: int = 60_000,
@@ -67,7 +79,7 @@ class WarehouseWriter:
         self.client = client
         self.warehouse = warehouse
         self.stream = stream
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # stream entries a read; each holds one request or more
         self.block_ms = block_ms
         # Stable across restarts on one host, so a restarted writer finds its own pending entries.
         self.consumer = consumer or f"writer-{socket.gethostname()}"
@@ -85,10 +97,10 @@ class WarehouseWriter:
 
     def recover(self) -> int:
         """Write what this consumer read but never acknowledged, and what dead writers left;
-        returns how many entries were settled."""
+        returns how many events were settled."""
         settled = 0
         while True:
-            response = self.client.xreadgroup(
+            response: Any = self.client.xreadgroup(
                 GROUP, self.consumer, {self.stream: "0"}, count=self.batch_size
             )
             if not response or not response[0][1]:
@@ -106,8 +118,9 @@ class WarehouseWriter:
         return settled
 
     def drain_once(self, block_ms: int | None = None) -> int:
-        """Read one batch of new entries (waiting up to block_ms), write and acknowledge it."""
-        response = self.client.xreadgroup(
+        """Read new entries (waiting up to block_ms), write and acknowledge them; returns how
+        many events they held."""
+        response: Any = self.client.xreadgroup(
             GROUP,
             self.consumer,
             {self.stream: ">"},
@@ -120,55 +133,81 @@ class WarehouseWriter:
 
     def run(self, stop: threading.Event) -> None:
         self.ensure_group()
-        self.recover()
+        recovering = True
         last_trim = time.monotonic()
         while not stop.is_set():
             try:
+                if recovering:
+                    self.recover()
+                    recovering = False
                 self.drain_once()
                 if time.monotonic() - last_trim > 5:
                     trim_consumed(self.client, self.stream)
                     last_trim = time.monotonic()
             except (redis.ConnectionError, OperationalError) as error:
                 log.warning("writer waiting for storage: %s", error)
+                recovering = True
+                stop.wait(1.0)
+            except Exception:
+                # What was read stays unacknowledged and is written again by recover().
+                log.exception("writer failed; retrying")
+                recovering = True
                 stop.wait(1.0)
 
-    def _write(self, raw: list[Any], *, recovered: bool) -> int:
-        """Insert, then acknowledge every id read, including entries already trimmed away."""
-        entries = [decode_entry(entry_id, fields) for entry_id, fields in raw if fields]
-        fresh = self._not_yet_stored(entries) if recovered else entries
-        self.skipped_duplicates += len(entries) - len(fresh)
+    def _write(self, entries: list[Any], *, recovered: bool) -> int:
+        """Insert, then acknowledge every entry read, including ones already trimmed away."""
+        frame = self._parse(entries)
+        fresh = self._not_yet_stored(frame) if recovered else frame
+        self.skipped_duplicates += frame.height - fresh.height
         self._insert(fresh)
-        self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in raw])
-        return len(entries)
+        self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
+        return frame.height
 
-    def _not_yet_stored(self, entries: list[StreamEntry]) -> list[StreamEntry]:
-        ids = [entry.row["message_id"] for entry in entries]
-        stored = set(
-            self.warehouse.query_rows(
-                "SELECT source_id, message_id FROM events WHERE message_id IN {ids:Array(String)}",
-                parameters={"ids": ids},
-            )
+    def _parse(self, entries: list[Any]) -> pl.DataFrame:
+        try:
+            return to_frame(entries)
+        except pl.exceptions.PolarsError:
+            pass
+        # Some entry is not what this version writes: keep it aside, parse the others.
+        frames = []
+        for entry in entries:
+            try:
+                frames.append(to_frame([entry]))
+            except pl.exceptions.PolarsError as error:
+                data = (entry[1] or {}).get(b"d", b"")
+                self._reject({"entry": entry[0], "data": data.decode(errors="replace")}, str(error))
+        return pl.concat(frames) if frames else to_frame([])
+
+    def _not_yet_stored(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if frame.is_empty():
+            return frame
+        stored = self.warehouse.query_rows(
+            "SELECT source_id, message_id FROM events WHERE message_id IN {ids:Array(String)}",
+            parameters={"ids": frame["message_id"].to_list()},
         )
-        return [e for e in entries if (e.row["source_id"], e.row["message_id"]) not in stored]
+        if not stored:
+            return frame
+        seen = pl.DataFrame(stored, schema=["source_id", "message_id"], orient="row")
+        return frame.join(seen, on=["source_id", "message_id"], how="anti")
 
-    def _insert(self, entries: list[StreamEntry]) -> None:
-        if not entries:
+    def _insert(self, frame: pl.DataFrame) -> None:
+        if frame.is_empty():
             return
         try:
-            self.warehouse.insert_arrow("events", to_arrow([entry.row for entry in entries]))
-            self.written += len(entries)
+            self.warehouse.insert_arrow("events", frame.to_arrow())
+            self.written += frame.height
         except OperationalError:
             raise
         except DatabaseError as error:
-            if len(entries) == 1:
-                self._reject(entries[0], str(error))
+            if frame.height == 1:
+                self._reject(frame.row(0, named=True), str(error))
                 return
-            middle = len(entries) // 2
-            self._insert(entries[:middle])
-            self._insert(entries[middle:])
+            middle = frame.height // 2
+            self._insert(frame.slice(0, middle))
+            self._insert(frame.slice(middle))
 
-    def _reject(self, entry: StreamEntry, reason: str) -> None:
-        log.warning("ClickHouse refused event %s: %s", entry.row.get("message_id"), reason[:300])
+    def _reject(self, row: dict[str, Any], reason: str) -> None:
+        log.warning("ClickHouse refused event %s: %s", row.get("message_id"), reason[:300])
         self.rejected += 1
         self.warehouse.command(
             "INSERT INTO rejected_events (received_at, source_id, stage, reason, payload) "
@@ -176,9 +215,8 @@ class WarehouseWriter:
             "{payload:String})",
             parameters={
                 "at": datetime.now(UTC),
-                "source": entry.row.get("source_id", ""),
+                "source": row.get("source_id") or "",
                 "reason": reason[:2000],
-                "payload": orjson.dumps(entry.row).decode(),
+                "payload": orjson.dumps(row, default=str).decode(),
             },
         )
-

@@ -100,7 +100,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(settings: Settings, warehouse: Warehouse, redis_client: redis.Redis) -> Iterator[LiveServer]:
+def live_server(
+    settings: Settings, warehouse: Warehouse, redis_client: redis.Redis
+) -> Iterator[LiveServer]:
     from cdp.app import create_app
 
     with LiveServer(create_app(settings)) as server:

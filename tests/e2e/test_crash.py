@@ -1,6 +1,7 @@
 """Crash test: events answered 200, the server killed with SIGKILL before its writer ran,
 restarted: every acknowledged event is in ClickHouse exactly once."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -64,10 +65,8 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
     pid_file = tmp_path / "data" / "valkey" / "valkey.pid"
     if pid_file.exists():  # a server a failed test left behind
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 def count_in_chdb(data_dir: Path) -> tuple[int, int]:
@@ -89,8 +88,13 @@ def test_acknowledged_events_survive_sigkill(data_dir: Path, also_kill_valkey: b
     first = ServerProcess(data_dir, run_writer=False)
     batches = [
         [
-            {"type": "track", "event": "Product Viewed", "anonymousId": f"a-{b}",
-             "messageId": f"crash-{b}-{i}", "properties": {"i": i}}  # fmt: skip
+            {
+                "type": "track",
+                "event": "Product Viewed",
+                "anonymousId": f"a-{b}",
+                "messageId": f"crash-{b}-{i}",
+                "properties": {"i": i},
+            }  # fmt: skip
             for i in range(50)
         ]
         for b in range(10)

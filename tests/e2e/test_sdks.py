@@ -36,16 +36,24 @@ def stored_calls(warehouse: Warehouse, user: str, anonymous: str) -> list[tuple]
 
 
 @pytest.mark.parametrize("sdk", ["segment", "rudderstack"])
-def test_sdk_events_are_stored_once(live_server: LiveServer, warehouse: Warehouse, sdk: str) -> None:
+def test_sdk_events_are_stored_once(
+    live_server: LiveServer, warehouse: Warehouse, sdk: str
+) -> None:
     user, anonymous = f"user-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     failures: list[Exception] = []
     if sdk == "segment":
         client = SegmentClient(
-            WRITE_KEY, host=live_server.url, sync_mode=True, on_error=lambda e, b: failures.append(e)
+            WRITE_KEY,
+            host=live_server.url,
+            sync_mode=True,
+            on_error=lambda e, b: failures.append(e),
         )
     else:
         client = RudderClient(
-            WRITE_KEY, host=live_server.url, sync_mode=True, on_error=lambda e, b: failures.append(e)
+            WRITE_KEY,
+            host=live_server.url,
+            sync_mode=True,
+            on_error=lambda e, b: failures.append(e),
         )
     send_shop_session(client, user, anonymous)
     assert failures == []
@@ -55,4 +63,7 @@ def test_sdk_events_are_stored_once(live_server: LiveServer, warehouse: Warehous
     assert {c[0] for c in calls} == {"page", "track", "identify", "alias", "group", "screen"}
     viewed = [c for c in calls if c[1] == "Product Viewed"]
     assert viewed == [("track", "Product Viewed", "", anonymous, "Bags")]
-    assert count_events(warehouse, "event = 'Order Completed' AND user_id = {u:String}", {"u": user}) == 1
+    assert (
+        count_events(warehouse, "event = 'Order Completed' AND user_id = {u:String}", {"u": user})
+        == 1
+    )

@@ -97,7 +97,9 @@ def test_page_track_and_identify_reach_clickhouse(
     assert rows[0][6] == "HeadlessChrome"
 
 
-def test_nothing_is_sent_or_kept_before_consent(page: Page, shop: str, warehouse: Warehouse) -> None:
+def test_nothing_is_sent_or_kept_before_consent(
+    page: Page, shop: str, warehouse: Warehouse
+) -> None:
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.url) if "/v1/" in r.url else None)
     loaded(page, f"{shop}/consent")
@@ -155,8 +157,12 @@ def test_events_queued_when_leaving_the_page_are_sent(
     page.evaluate("cdp.track('Checkout Started')")
     page.goto("about:blank")  # before the flush timer fires: pagehide hands it to sendBeacon
     wait_for(
-        lambda: count_events(
-            warehouse, "anonymous_id = {a:String} AND event = 'Checkout Started'", {"a": anonymous}
+        lambda: (
+            count_events(
+                warehouse,
+                "anonymous_id = {a:String} AND event = 'Checkout Started'",
+                {"a": anonymous},
+            )
+            == 1
         )
-        == 1
     )

@@ -15,7 +15,9 @@ IPHONE = (
 
 
 def event(**fields: object) -> SegmentEvent:
-    return SegmentEvent.model_validate({"type": "track", "event": "X", "anonymousId": "a", **fields})
+    return SegmentEvent.model_validate(
+        {"type": "track", "event": "X", "anonymousId": "a", **fields}
+    )
 
 
 def row(**fields: object) -> dict:

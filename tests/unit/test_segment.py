@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent, describe
 
 
@@ -64,11 +65,12 @@ def test_zoneless_timestamp_is_utc_and_out_of_range_is_refused() -> None:
     assert errors_of({"type": "page", "anonymousId": "a", "timestamp": "1066-10-14T00:00:00Z"})
 
 
-def test_null_objects_are_empty_and_unknown_fields_ignored() -> None:
+def test_null_objects_are_stored_empty_and_unknown_fields_ignored() -> None:
     event = SegmentEvent.model_validate(
         {"type": "page", "anonymousId": "a", "properties": None, "integrations": {"All": True}}
     )
-    assert event.properties == {}
+    row = to_row(event, received_at=datetime.now(UTC), source_id="s", ip="")
+    assert row["properties"] == {} and row["context"] == {} and "integrations" not in row
 
 
 def test_overlong_id_is_refused() -> None:

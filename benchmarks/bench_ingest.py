@@ -1,0 +1,194 @@
+"""Ingestion benchmark (not a test). Run: `./benchmarks/run.sh` (installs wrk, then this).
+
+1. Single-event `POST /v1/track` requests/s, against a bare FastAPI endpoint served the same
+   way (uvicorn, one process) in the same run: the ratio is what counts.
+2. `/v1/batch` with 100 events a request: events/s from the first request until every row is
+   queryable in ClickHouse.
+3. Peak memory (VmHWM) of the server process, and of its embedded Valkey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+WRITE_KEY = "wk_bench"
+API_KEY = "sk_bench"
+EVENT = {
+    "event": "Product Viewed",
+    "anonymousId": "3f1c2d4e-0000-4000-8000-000000000001",
+    "properties": {"product_id": "sku-101", "category": "Sneakers", "price": 89.95},
+    "context": {
+        "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        "page": {"url": "https://shop.example/p/sku-101?utm_source=google", "path": "/p/sku-101"},
+    },
+}
+# wrk sends the same body each time; without a messageId the server makes one per request.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Basic %s"
+"""
+
+
+def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{command} did not start")
+
+
+def wrk(url: str, seconds: int, connections: int) -> float:
+    import base64
+
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    script.write_text(WRK_SCRIPT % (json.dumps(EVENT), auth))
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        raise SystemExit(f"wrk saw {non_2xx.group(1)} error answers:\n{output}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+
+
+def peak_memory_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def stored(url: str) -> int:
+    response = httpx.get(
+        f"{url}/api/v1/reports/overview",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    return int(response.json()["events"])
+
+
+async def send_batches(url: str, requests: int, concurrency: int) -> None:
+    bodies = [
+        json.dumps(
+            {
+                "batch": [
+                    {**EVENT, "type": "track", "messageId": str(uuid.uuid4())} for _ in range(100)
+                ]
+            }  # fmt: skip
+        ).encode()
+        for _ in range(requests)
+    ]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            response = await client.post(
+                "/v1/batch", content=body, headers={"Content-Type": "application/json"}
+            )
+            response.raise_for_status()
+
+    async with httpx.AsyncClient(base_url=url, auth=(WRITE_KEY, ""), timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per endpoint")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=2000, help="requests of 100 events")
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
+           "CDP_API_KEYS": API_KEY}  # fmt: skip
+    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
+        env.pop(name, None)
+    uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
+
+    bare_env = {**env, "PYTHONPATH": str(ROOT / "benchmarks")}
+    bare = start(
+        [*uvicorn, "--port", "18081", "bench_bare:app"], bare_env, "http://127.0.0.1:18081/"
+    )
+    try:
+        wrk("http://127.0.0.1:18081/v1/track", 2, args.connections)  # warm-up
+        bare_rps = wrk("http://127.0.0.1:18081/v1/track", args.seconds, args.connections)
+    finally:
+        bare.terminate()
+        bare.wait()
+
+    server = start(
+        [sys.executable, "-m", "cdp", "serve", "--port", "18080", "--log-level", "warning"],
+        env,
+        "http://127.0.0.1:18080/healthz",
+    )
+    url = "http://127.0.0.1:18080"
+    try:
+        wrk(f"{url}/v1/track", 2, args.connections)
+        cdp_rps = wrk(f"{url}/v1/track", args.seconds, args.connections)
+        while httpx.get(f"{url}/healthz").json()["buffered_events"] and stored(url) == 0:
+            time.sleep(0.2)
+        baseline = stored(url)
+        while True:  # let the writer catch up with the single-event run first
+            time.sleep(1)
+            now = stored(url)
+            if now == baseline:
+                break
+            baseline = now
+
+        expected = baseline + args.batches * 100
+        started = time.perf_counter()
+        asyncio.run(send_batches(url, args.batches, concurrency=8))
+        acknowledged = time.perf_counter() - started
+        while stored(url) < expected:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        server_mb = peak_memory_mb(server.pid)
+        valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
+        valkey_mb = peak_memory_mb(valkey_pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+
+    events = args.batches * 100
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"wrk: {args.connections} connections, {args.seconds}s per endpoint, 1 thread")
+    print(f"single-event POST /v1/track  bare FastAPI      {bare_rps:10,.0f} req/s")
+    print(f"single-event POST /v1/track  cdp (embedded)    {cdp_rps:10,.0f} req/s")
+    ratio = cdp_rps / bare_rps
+    print(f"ratio cdp / bare                               {ratio:10.2f}  (target >= 0.8)")
+    print(f"/v1/batch x100: {events:,} events acknowledged in {acknowledged:.2f}s, "
+          f"all queryable after {elapsed:.2f}s")  # fmt: skip
+    print(f"batch throughput, first request to queryable {events / elapsed:10,.0f} events/s "
+          "(target >= 50,000)")  # fmt: skip
+    print(f"peak memory: server {server_mb:,.0f} MB, embedded Valkey {valkey_mb:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

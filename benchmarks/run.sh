@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs the load generator (Debian's wrk) and runs the ingestion benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v wrk >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
+fi
+[ -x .venv/bin/python ] || ./dev.sh test --co -q >/dev/null
+exec .venv/bin/python benchmarks/bench_ingest.py "$@"

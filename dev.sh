@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The two commands of the quick start, each setting up what it needs first:
+#   ./dev.sh demo [cdp demo options]   a simulated shop end to end on the embedded engines
+#   ./dev.sh test [pytest options]     lint, types and the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python_311() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo "Python 3.11 or newer is needed" >&2
+  exit 1
+}
+
+setup_python() {
+  local extras="$1"
+  if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$(python_311)" -m venv .venv
+  fi
+  echo "==> installing the project${extras:+ with $extras}"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet --editable ".${extras:+[$extras]}"
+}
+
+# Browser tests drive Debian's Chromium; nothing downloads a browser of its own.
+setup_browser() {
+  if command -v chromium >/dev/null 2>&1; then return; fi
+  echo "==> installing chromium (Debian package)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+}
+
+command="${1:-}"
+shift || true
+case "$command" in
+  demo)
+    setup_python ""
+    exec .venv/bin/cdp demo "$@"
+    ;;
+  test)
+    setup_python "test"
+    setup_browser
+    echo "==> ruff"
+    .venv/bin/ruff check .
+    echo "==> mypy"
+    .venv/bin/mypy cdp ingestion rules activation
+    echo "==> pytest"
+    exec .venv/bin/pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh demo|test [options]" >&2
+    exit 2
+    ;;
+esac
