@@ -91,17 +91,18 @@ def stored(url: str) -> int:
     return int(response.json()["events"])
 
 
-async def send_batches(url: str, requests: int, concurrency: int) -> None:
-    bodies = [
+def batch_bodies(requests: int) -> list[bytes]:
+    """Request bodies of 100 events each, made before the clock starts."""
+    return [
         json.dumps(
-            {
-                "batch": [
-                    {**EVENT, "type": "track", "messageId": str(uuid.uuid4())} for _ in range(100)
-                ]
-            }  # fmt: skip
+            {"batch": [{**EVENT, "type": "track", "messageId": str(uuid.uuid4())}
+                       for _ in range(100)]}
         ).encode()
         for _ in range(requests)
-    ]
+    ]  # fmt: skip
+
+
+async def send_batches(url: str, bodies: list[bytes], concurrency: int) -> None:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per endpoint")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batches", type=int, default=2000, help="requests of 100 events")
+    parser.add_argument("--concurrency", type=int, default=16, help="batch requests in flight")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
@@ -163,8 +165,9 @@ def main() -> None:
             baseline = now
 
         expected = baseline + args.batches * 100
+        bodies = batch_bodies(args.batches)
         started = time.perf_counter()
-        asyncio.run(send_batches(url, args.batches, concurrency=8))
+        asyncio.run(send_batches(url, bodies, concurrency=args.concurrency))
         acknowledged = time.perf_counter() - started
         while stored(url) < expected:
             time.sleep(0.05)

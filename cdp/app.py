@@ -76,6 +76,8 @@ class Runtime:
             self.settings.events_stream,
             batch_size=self.settings.writer_batch_size,
             block_ms=self.settings.writer_block_ms,
+            min_events=self.settings.writer_min_events,
+            max_wait_ms=self.settings.writer_max_wait_ms,
         )
         self.writer.ensure_group()
         self._thread = threading.Thread(

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     run_writer: bool = True
     writer_batch_size: int = Field(default=1_000, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)
+    writer_min_events: int = Field(default=10_000, ge=1)
+    writer_max_wait_ms: int = Field(default=500, ge=1)
     dedup_window_hours: int = Field(default=168, ge=1)
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024

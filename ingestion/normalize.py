@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from ua_parser import parse as parse_user_agent
@@ -19,9 +19,17 @@ UTM_FIELDS = ("source", "medium", "campaign", "term", "content")
 _BOT_MARKERS = ("bot", "crawler", "spider", "headlesschrome", "python-requests", "curl/", "wget")
 
 
-def to_row(
-    event: SegmentEvent, *, received_at: datetime, source_id: str, ip: str
-) -> dict[str, Any]:
+class Row(NamedTuple):
+    """One `events` row: the scalar columns (times in epoch milliseconds, UTC) and the three
+    JSON columns apart, as the stream carries them."""
+
+    columns: dict[str, Any]
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+
+
+def to_row(event: SegmentEvent, *, received_at: datetime, source_id: str, ip: str) -> Row:
     """The `events` row for one event; `received_at` is the server's clock (UTC)."""
     context = event.context or {}
     properties = event.properties or {}
@@ -30,7 +38,8 @@ def to_row(
     user_agent = _text(context.get("userAgent"))
     agent = describe_user_agent(user_agent[:1024])
     utm = _utm(context.get("campaign"), page_url)
-    return {
+    happened = event.timestamp or event.original_timestamp
+    columns = {
         "message_id": event.message_id or str(uuid.uuid4()),
         "type": event.type,
         "event": event.event or "",
@@ -39,10 +48,10 @@ def to_row(
         "user_id": event.user_id or "",
         "group_id": event.group_id or "",
         "previous_id": event.previous_id or "",
-        "timestamp": corrected_timestamp(event, received_at),
-        "original_timestamp": event.timestamp or event.original_timestamp,
-        "sent_at": event.sent_at,
-        "received_at": received_at,
+        "timestamp": millis(corrected_timestamp(event, received_at)),
+        "original_timestamp": millis(happened) if happened else None,
+        "sent_at": millis(event.sent_at) if event.sent_at else None,
+        "received_at": millis(received_at),
         "source_id": source_id,
         "ip": _text(context.get("ip")) or ip,
         "user_agent": user_agent,
@@ -58,10 +67,12 @@ def to_row(
         "utm_campaign": utm[2],
         "utm_term": utm[3],
         "utm_content": utm[4],
-        "properties": properties,
-        "traits": event.traits or _dict(context.get("traits")),
-        "context": context,
     }
+    return Row(columns, properties, event.traits or _dict(context.get("traits")), context)
+
+
+def millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def corrected_timestamp(event: SegmentEvent, received_at: datetime) -> datetime:

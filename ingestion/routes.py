@@ -57,15 +57,19 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             f"content type must be application/json or text/plain, not {media_type or 'absent'}"
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body is {declared} bytes, the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    if declared and declared.isdigit():
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body is {declared} bytes, the limit is {limit}")
+        body = await request.body()  # the server holds it to the declared length
+    else:
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        body = bytes(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    data = _decompress(bytes(body), encoding, limit)
+    data = _decompress(body, encoding, limit)
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError as error:

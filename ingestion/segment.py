@@ -23,7 +23,9 @@ class SegmentEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, coerce_numbers_to_str=True)
 
     type: EventType
-    message_id: str | None = Field(default=None, alias="messageId", max_length=MAX_ID_LENGTH)
+    message_id: str | None = Field(
+        default=None, alias="messageId", max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f]*$"
+    )
     anonymous_id: str | None = Field(default=None, alias="anonymousId", max_length=MAX_ID_LENGTH)
     user_id: str | None = Field(default=None, alias="userId", max_length=MAX_ID_LENGTH)
     group_id: str | None = Field(default=None, alias="groupId", max_length=MAX_ID_LENGTH)

@@ -53,6 +53,7 @@ def settings(tmp_path: Path, redis_url: str, chdb_url: str) -> Settings:
         write_keys=[WRITE_KEY],
         api_keys=[API_KEY],
         writer_block_ms=20,
+        writer_max_wait_ms=20,
     )
 
 

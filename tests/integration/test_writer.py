@@ -51,7 +51,9 @@ def append(settings: Settings, batch: list[dict]) -> int:
 
 def writer(settings: Settings, client: redis.Redis, warehouse: Warehouse) -> WarehouseWriter:
     migrate(warehouse)
-    made = WarehouseWriter(client, warehouse, settings.events_stream, batch_size=50, block_ms=10)
+    made = WarehouseWriter(
+        client, warehouse, settings.events_stream, batch_size=50, block_ms=10, max_wait_ms=10
+    )
     made.ensure_group()
     return made
 

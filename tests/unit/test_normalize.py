@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from ingestion.normalize import corrected_timestamp, describe_user_agent, to_row
+from ingestion.normalize import corrected_timestamp, describe_user_agent, millis, to_row
 from ingestion.segment import SegmentEvent
 
 RECEIVED = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -21,7 +21,8 @@ def event(**fields: object) -> SegmentEvent:
 
 
 def row(**fields: object) -> dict:
-    return to_row(event(**fields), received_at=RECEIVED, source_id="src", ip="10.0.0.1")
+    made = to_row(event(**fields), received_at=RECEIVED, source_id="src", ip="10.0.0.1")
+    return made.columns
 
 
 def test_device_clock_skew_is_corrected_from_sent_at() -> None:
@@ -39,8 +40,9 @@ def test_without_sent_at_the_client_timestamp_stands_and_without_any_it_is_recei
 
 def test_original_timestamp_is_kept_beside_the_corrected_one() -> None:
     stored = row(timestamp="2026-11-22T12:59:55Z", sentAt="2026-11-22T13:00:00Z")
-    assert stored["original_timestamp"] == datetime(2026, 11, 22, 12, 59, 55, tzinfo=UTC)
-    assert stored["received_at"] == RECEIVED
+    assert stored["original_timestamp"] == millis(datetime(2026, 11, 22, 12, 59, 55, tzinfo=UTC))
+    assert stored["received_at"] == millis(RECEIVED)
+    assert stored["timestamp"] == millis(RECEIVED - timedelta(seconds=5))
 
 
 def test_message_id_is_generated_when_missing_and_kept_when_sent() -> None:

@@ -70,7 +70,12 @@ def test_null_objects_are_stored_empty_and_unknown_fields_ignored() -> None:
         {"type": "page", "anonymousId": "a", "properties": None, "integrations": {"All": True}}
     )
     row = to_row(event, received_at=datetime.now(UTC), source_id="s", ip="")
-    assert row["properties"] == {} and row["context"] == {} and "integrations" not in row
+    assert row.properties == {} and row.context == {} and "integrations" not in row.columns
+
+
+def test_message_id_with_control_characters_is_refused() -> None:
+    message = errors_of({"type": "page", "anonymousId": "a", "messageId": "m\n1"})[0]
+    assert message.startswith("batch[3].messageId: String should match pattern")
 
 
 def test_overlong_id_is_refused() -> None:
