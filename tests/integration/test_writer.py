@@ -49,6 +49,26 @@ def append(settings: Settings, batch: list[dict]) -> int:
     return asyncio.run(run())
 
 
+def test_concurrent_small_requests_are_committed_together_and_once(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    requests = [rows(3, prefix=f"r{i % 10}") for i in range(40)]  # each request sent 4 times
+
+    async def run() -> list[int]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            stream = EventStream(client, settings.events_stream, settings.redis_prefix, 3600)
+            return await asyncio.gather(*(stream.append(batch) for batch in requests))
+        finally:
+            await client.aclose()
+
+    added = asyncio.run(run())
+    assert sum(added) == 30 and set(added) <= {0, 3}
+    entries = redis_client.xrange(settings.events_stream)
+    assert sum(int(fields[b"n"]) for _, fields in entries) == 30
+    assert len(entries) < 10  # grouped into few calls, not one per request
+
+
 def writer(settings: Settings, client: redis.Redis, warehouse: Warehouse) -> WarehouseWriter:
     migrate(warehouse)
     made = WarehouseWriter(
