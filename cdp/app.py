@@ -158,10 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime: Runtime = request.app.state.runtime
         runtime.redis.ping()
         runtime.warehouse.query_rows("SELECT 1")
-        stream = settings.events_stream
         return {
             "status": "ok",
-            "buffered_events": runtime.redis.xlen(stream) if runtime.redis.exists(stream) else 0,
+            "buffered_entries": runtime.redis.xlen(settings.events_stream),
             "writer": runtime.writer is not None,
         }
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import API_KEY, WRITE_KEY, LiveServer
+
 pytestmark = pytest.mark.e2e
 
 
@@ -27,3 +29,28 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     keys = (tmp_path / "data" / "keys.json").read_text()
     assert "wk_" in keys and "generated keys" in result.stderr
     assert not (tmp_path / "data" / "valkey" / "valkey.pid").exists()
+
+
+def test_demo_against_a_running_server(live_server: LiveServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp", "demo", "--visitors", "15", "--url", live_server.url,
+         "--write-key", WRITE_KEY, "--api-key", API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "100"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every accepted event is stored exactly once" in result.stdout
+
+
+def test_demo_with_url_needs_keys(live_server: LiveServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp", "demo", "--url", live_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CDP_DEMO_")},
+    )
+    assert result.returncode == 2
+    assert "--url needs --write-key and --api-key" in result.stdout
