@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     run_writer: bool = True
-    writer_batch_size: int = Field(default=1_000, ge=1)  # stream entries a read
+    writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)
     writer_min_events: int = Field(default=10_000, ge=1)
     writer_max_wait_ms: int = Field(default=500, ge=1)

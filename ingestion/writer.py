@@ -71,7 +71,7 @@ class WarehouseWriter:
         warehouse: Warehouse,
         stream: str,
         *,
-        batch_size: int = 1_000,
+        batch_size: int = 200,
         block_ms: int = 200,
         min_events: int = 10_000,
         max_wait_ms: int = 500,
@@ -130,7 +130,7 @@ class WarehouseWriter:
             return 0
         events = _events_in(entries)
         if events < self.min_events:
-            # One nap, not a wake-up per arriving request: the request threads keep the GIL.
+            # One nap, not a wake-up per arriving request: the event loop keeps the GIL.
             time.sleep(self.max_wait_ms / 1000)
             while events < self.min_events:
                 more = self._read_new(None)
