@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from fastapi import Depends, FastAPI, Query, Request
@@ -24,8 +25,8 @@ from cdp.redis_server import EmbeddedRedis
 from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
-from ingestion.routes import TrackingConfig
-from ingestion.routes import router as tracking_router
+from ingestion.routes import Tracking, TrackingAPI, openapi_paths
+from ingestion.routes import router as snippet_router
 from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
 
@@ -103,16 +104,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = Runtime.start(settings)
         async_redis = connect_async_redis(runtime.redis_url)
         app.state.runtime = runtime
-        app.state.tracking = TrackingConfig(
+        app.state.tracking = Tracking(
             write_keys=runtime.keys.write_keys,
+            stream=EventStream(
+                async_redis,
+                settings.events_stream,
+                settings.redis_prefix,
+                settings.dedup_window_hours * 3600,
+            ),
             max_event_bytes=settings.max_event_bytes,
             max_batch_bytes=settings.max_batch_bytes,
-        )
-        app.state.event_stream = EventStream(
-            async_redis,
-            settings.events_stream,
-            settings.redis_prefix,
-            settings.dedup_window_hours * 3600,
+            cors_origins=frozenset(settings.cors_origins),
         )
         try:
             yield
@@ -133,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
         max_age=86400,
     )
+    # Added last, so outermost: tracking requests skip the framework's routing and CORS.
+    app.add_middleware(TrackingAPI, state=app.state)
 
     @app.exception_handler(CdpError)
     async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
@@ -151,7 +155,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "5"},
         )
 
-    app.include_router(tracking_router)
+    app.include_router(snippet_router)
+
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
+            schema = FastAPI.openapi(app)  # kept in app.openapi_schema, completed here
+            components = schema.setdefault("components", {})
+            schema["paths"] = {**openapi_paths(components), **schema["paths"]}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and storage health")
     def healthz(request: Request) -> dict[str, object]:
