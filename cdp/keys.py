@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from cdp.settings import Settings
@@ -21,6 +22,7 @@ class Keys:
     api_keys: frozenset[str]
 
 
+@lru_cache(maxsize=1024)
 def source_id(write_key: str) -> str:
     """A stable, non-secret id of the source a write key belongs to, stored with its events."""
     return hashlib.sha256(write_key.encode()).hexdigest()[:16]

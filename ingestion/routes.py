@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -236,6 +237,7 @@ def authorise(authorization: bytes, body: dict[str, Any], write_keys: frozenset[
     return key
 
 
+@lru_cache(maxsize=1024)  # a shop's clients send the same few headers over and over
 def _basic_user(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
