@@ -25,6 +25,7 @@ from cdp.redis_server import EmbeddedRedis
 from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
+from ingestion.normalize import load_user_agent_rules
 from ingestion.routes import Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import router as snippet_router
 from ingestion.stream import EventStream
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.start(settings)
+        load_user_agent_rules()
         async_redis = connect_async_redis(runtime.redis_url)
         app.state.runtime = runtime
         app.state.tracking = Tracking(
