@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import cdp
 from cdp import report
-from cdp.errors import CdpError, Unauthorized
+from cdp.errors import BUFFER_DOWN, CdpError, Unauthorized, Unavailable
 from cdp.keys import Keys, load_keys
 from cdp.redis_server import EmbeddedRedis
 from cdp.schema import migrate
@@ -142,20 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CdpError)
     async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
-        body: dict[str, object] = {"success": False, "error": error.message}
-        if error.errors:
-            body["errors"] = error.errors
-        headers = {"WWW-Authenticate": "Basic"} if isinstance(error, Unauthorized) else None
-        return JSONResponse(body, status_code=error.status, headers=headers)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
     @app.exception_handler(redis.ConnectionError)
     async def _buffer_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
-        log.error("event buffer unavailable: %s", error)
-        return JSONResponse(
-            {"success": False, "error": "event buffer unavailable, retry later"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        log.error("%s: %s", BUFFER_DOWN, error)
+        return await _cdp_error(request, Unavailable(BUFFER_DOWN))
 
     app.include_router(snippet_router)
 

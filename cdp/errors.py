@@ -1,4 +1,4 @@
-"""Expected failures, each with its HTTP status; mapped to answers in one place (cdp.app)."""
+"""Expected failures, each with its HTTP status and answer; every route answers them alike."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ class CdpError(Exception):
         self.message = message
         self.errors = errors or []
 
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {"success": False, "error": self.message}
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class BadRequest(CdpError):
     status = 400
@@ -18,6 +27,9 @@ class BadRequest(CdpError):
 
 class Unauthorized(CdpError):
     status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Basic"}
 
 
 class PayloadTooLarge(CdpError):
@@ -30,3 +42,9 @@ class UnsupportedMediaType(CdpError):
 
 class Unavailable(CdpError):
     status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+BUFFER_DOWN = "event buffer unavailable, retry later"

@@ -30,10 +30,12 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cdp.errors import (
+    BUFFER_DOWN,
     BadRequest,
     CdpError,
     PayloadTooLarge,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
 )
 from cdp.keys import source_id
@@ -128,9 +130,8 @@ async def _answer(
     except CdpError as error:
         return _error(error)
     except redis.ConnectionError as error:
-        log.error("event buffer unavailable: %s", error)
-        body_ = {"success": False, "error": "event buffer unavailable, retry later"}
-        return Answer(503, orjson.dumps(body_), [(b"retry-after", b"5")])
+        log.error("%s: %s", BUFFER_DOWN, error)
+        return _error(Unavailable(BUFFER_DOWN))
     if errors:
         refused = {
             "success": False,
@@ -144,11 +145,8 @@ async def _answer(
 
 
 def _error(error: CdpError) -> Answer:
-    body: dict[str, Any] = {"success": False, "error": error.message}
-    if error.errors:
-        body["errors"] = error.errors
-    headers = [(b"www-authenticate", b"Basic")] if isinstance(error, Unauthorized) else []
-    return Answer(error.status, orjson.dumps(body), headers)
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    return Answer(error.status, orjson.dumps(error.body()), headers)
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
