@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+from rich.columns import Columns
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -107,7 +108,13 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
     top = Table("event", "count", title="Top tracked events")
     for event, count in report.top_events.items():
         top.add_row(event, f"{count:,}")
-    console.print(by_type, top)
+    sources = Table("utm_source", "visitors", title="Traffic sources")
+    for source, count in report.visitors_by_source.items():
+        sources.add_row(source, f"{count:,}")
+    devices = Table("device", "visitors", title="Devices")
+    for device, count in report.visitors_by_device.items():
+        devices.add_row(device, f"{count:,}")
+    console.print(Columns([by_type, top]), Columns([sources, devices]))
     ok = report.events == sent.accepted and report.orders == sent.orders
     console.print(
         "[green]every accepted event is stored exactly once[/]"

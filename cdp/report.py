@@ -14,6 +14,8 @@ class Overview:
     events: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
     top_events: dict[str, int] = field(default_factory=dict)
+    visitors_by_source: dict[str, int] = field(default_factory=dict)
+    visitors_by_device: dict[str, int] = field(default_factory=dict)
     visitors: int = 0
     known_users: int = 0
     bot_events: int = 0
@@ -39,6 +41,18 @@ def overview(warehouse: Warehouse, since: datetime) -> Overview:
         params,
     ):
         report.top_events[event] = count
+    for source, count in warehouse.query_rows(
+        f"SELECT if(utm_source = '', '(direct)', utm_source) AS source, uniqExact(anonymous_id) "
+        f"FROM events {where} AND type = 'page' GROUP BY source ORDER BY 2 DESC, source LIMIT 6",
+        params,
+    ):
+        report.visitors_by_source[source] = count
+    for device, count in warehouse.query_rows(
+        f"SELECT if(device_type = '', '(unknown)', device_type) AS device, "
+        f"uniqExact(anonymous_id) FROM events {where} GROUP BY device ORDER BY 2 DESC, device",
+        params,
+    ):
+        report.visitors_by_device[device] = count
     [(visitors, known, bots, orders, revenue)] = warehouse.query_rows(
         f"""
         SELECT uniqExact(anonymous_id), uniqExactIf(user_id, user_id != ''), countIf(is_bot),

@@ -224,4 +224,7 @@ def test_snippet_health_docs_and_report(live_server: LiveServer, http: httpx.Cli
         ).json()
 
     wait_for(lambda: report()["events"] == 1)
-    assert report()["orders"] == 1 and report()["revenue"] == 12.5
+    overview = report()
+    assert overview["orders"] == 1 and overview["revenue"] == 12.5
+    assert overview["visitors_by_device"] == {"(unknown)": 1}
+    assert overview["visitors_by_source"] == {}  # no page views
