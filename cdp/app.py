@@ -14,8 +14,9 @@ from typing import Any
 import redis
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 import cdp
 from cdp import report
@@ -32,6 +33,7 @@ from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
 
 log = logging.getLogger(__name__)
+STREAM_ENTRIES = Gauge("cdp_stream_entries", "Entries in the events stream not yet trimmed")
 
 
 @dataclass
@@ -171,6 +173,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "buffered_entries": runtime.redis.xlen(settings.events_stream),
             "writer": runtime.writer is not None,
         }
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics: tracking requests and events, writer, stream backlog",
+        response_class=PlainTextResponse,
+    )
+    def metrics(request: Request) -> PlainTextResponse:
+        runtime: Runtime = request.app.state.runtime
+        STREAM_ENTRIES.set(runtime.redis.xlen(settings.events_stream))
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     bearer = HTTPBearer(auto_error=False)
 

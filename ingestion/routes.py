@@ -27,6 +27,7 @@ import orjson
 import redis
 from fastapi import APIRouter
 from fastapi.responses import Response
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from cdp.errors import (
@@ -50,6 +51,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REQUESTS = Counter(
+    "cdp_tracking_requests", "Tracking requests answered, by route and status", ["route", "status"]
+)
+EVENTS = Counter("cdp_tracking_events", "Events received, by outcome", ["outcome"])
+STORED, DUPLICATE, REFUSED = (EVENTS.labels(o) for o in ("stored", "duplicate", "refused"))
 
 JSON_TYPES = ("application/json", "text/plain")
 SUCCESS = b'{"success":true}'
@@ -99,6 +106,7 @@ class TrackingAPI:
         else:
             answer = await _answer(kind, scope, receive, headers, tracking)
             answer.headers += _allow_origin(headers.get(b"origin"), tracking.cors_origins)
+            REQUESTS.labels(kind, answer.status).inc()
         await send(
             {
                 "type": "http.response.start",
@@ -126,12 +134,15 @@ async def _answer(
             rows, errors, total = batch_rows(body, key, ip, received, tracking.max_event_bytes)
         else:
             rows, errors, total = [single_row(body, kind, key, ip, received)], [], 1
-        await tracking.stream.append(rows)
+        new = await tracking.stream.append(rows)
     except CdpError as error:
         return _error(error)
     except redis.ConnectionError as error:
         log.error("%s: %s", BUFFER_DOWN, error)
         return _error(Unavailable(BUFFER_DOWN))
+    STORED.inc(new)
+    DUPLICATE.inc(len(rows) - new)
+    REFUSED.inc(total - len(rows))
     if errors:
         refused = {
             "success": False,

@@ -22,6 +22,7 @@ import orjson
 import polars as pl
 import redis
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from prometheus_client import Counter, Histogram
 
 from cdp.storage import Warehouse
 from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS, trim_consumed
@@ -29,6 +30,12 @@ from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS, trim_consumed
 log = logging.getLogger(__name__)
 
 GROUP = "warehouse"
+WRITTEN = Counter("cdp_warehouse_events", "Events the writer settled, by outcome", ["outcome"])
+INSERT_SECONDS = Histogram(
+    "cdp_warehouse_insert_seconds",
+    "Time of one insert into ClickHouse",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 TEXT_COLUMNS = (
     "message_id", "type", "event", "name", "anonymous_id", "user_id", "group_id",
     "previous_id", "source_id", "ip", "user_agent", "browser", "os", "device_type",
@@ -174,6 +181,7 @@ class WarehouseWriter:
         frame = self._parse(entries)
         fresh = self._not_yet_stored(frame) if recovered else frame
         self.skipped_duplicates += frame.height - fresh.height
+        WRITTEN.labels("already_stored").inc(frame.height - fresh.height)
         self._insert(fresh)
         self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
         return frame.height
@@ -209,8 +217,10 @@ class WarehouseWriter:
         if frame.is_empty():
             return
         try:
-            self.warehouse.insert_arrow("events", frame.to_arrow())
+            with INSERT_SECONDS.time():
+                self.warehouse.insert_arrow("events", frame.to_arrow())
             self.written += frame.height
+            WRITTEN.labels("stored").inc(frame.height)
         except OperationalError:
             raise
         except DatabaseError as error:
@@ -224,6 +234,7 @@ class WarehouseWriter:
     def _reject(self, row: dict[str, Any], reason: str) -> None:
         log.warning("ClickHouse refused event %s: %s", row.get("message_id"), reason[:300])
         self.rejected += 1
+        WRITTEN.labels("rejected").inc()
         self.warehouse.command(
             "INSERT INTO rejected_events (received_at, source_id, stage, reason, payload) "
             "VALUES ({at:DateTime64(3)}, {source:String}, 'warehouse', {reason:String}, "

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
@@ -228,3 +229,21 @@ def test_snippet_health_docs_and_report(live_server: LiveServer, http: httpx.Cli
     assert overview["orders"] == 1 and overview["revenue"] == 12.5
     assert overview["visitors_by_device"] == {"(unknown)": 1}
     assert overview["visitors_by_source"] == {}  # no page views
+
+
+def test_metrics_count_what_happened(live_server: LiveServer, http: httpx.Client) -> None:
+    def sample(name: str, **labels: str) -> float:
+        text = httpx.get(f"{live_server.url}/metrics").text
+        for family in text_string_to_metric_families(text):
+            for found in family.samples:
+                if found.name == name and found.labels == labels:
+                    return float(found.value)
+        return 0.0
+
+    before = {o: sample("cdp_tracking_events_total", outcome=o) for o in ("stored", "duplicate")}
+    event = {"type": "track", "event": "X", "userId": "u", "messageId": "metrics-1"}
+    http.post("/v1/batch", json={"batch": [event, event, {**event, "messageId": "metrics-2"}]})
+    assert sample("cdp_tracking_events_total", outcome="stored") - before["stored"] == 2
+    assert sample("cdp_tracking_events_total", outcome="duplicate") - before["duplicate"] == 1
+    assert sample("cdp_tracking_requests_total", route="batch", status="200") >= 1
+    wait_for(lambda: sample("cdp_warehouse_events_total", outcome="stored") >= 2)
