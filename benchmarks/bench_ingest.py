@@ -128,7 +128,7 @@ def _run_wrk(url: str, seconds: int, connections: int, script: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per endpoint")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per endpoint")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch-seconds", type=int, default=10, help="wrk duration, batches")
     parser.add_argument("--batch-connections", type=int, default=16)

@@ -140,9 +140,9 @@ async def _answer(
     except redis.ConnectionError as error:
         log.error("%s: %s", BUFFER_DOWN, error)
         return _error(Unavailable(BUFFER_DOWN))
-    STORED.inc(new)
-    DUPLICATE.inc(len(rows) - new)
-    REFUSED.inc(total - len(rows))
+    _count(STORED, new)
+    _count(DUPLICATE, len(rows) - new)
+    _count(REFUSED, total - len(rows))
     if errors:
         refused = {
             "success": False,
@@ -153,6 +153,11 @@ async def _answer(
         }
         return Answer(400, orjson.dumps(refused), [])
     return Answer(200, SUCCESS, [])
+
+
+def _count(counter: Any, amount: int) -> None:
+    if amount:  # an increment takes a lock: skip the ones that change nothing
+        counter.inc(amount)
 
 
 def _error(error: CdpError) -> Answer:
