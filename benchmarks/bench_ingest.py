@@ -86,6 +86,7 @@ def stored(url: str) -> int:
 # would rightly store a repeated id once), built by wrk's LuaJIT so the load generator
 # takes little of the machine's two cores.
 WRK_BATCH_SCRIPT = """
+math.randomseed(os.time())
 local counter = 0
 local thread_id = math.random(1, 2147483647)
 local tail = [[%s]]
