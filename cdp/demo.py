@@ -102,19 +102,20 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
     summary.add_row("revenue", f"EUR {report.revenue:,.2f}", f"simulated EUR {sent.revenue:,.2f}")
     summary.add_row("elapsed", f"{elapsed:.1f} s", "")
     console.print(summary)
-    by_type = Table("type", "events", title="Events by type")
-    for event_type, count in report.events_by_type.items():
-        by_type.add_row(event_type, f"{count:,}")
-    top = Table("event", "count", title="Top tracked events")
-    for event, count in report.top_events.items():
-        top.add_row(event, f"{count:,}")
-    sources = Table("utm_source", "visitors", title="Traffic sources")
-    for source, count in report.visitors_by_source.items():
-        sources.add_row(source, f"{count:,}")
-    devices = Table("device", "visitors", title="Devices")
-    for device, count in report.visitors_by_device.items():
-        devices.add_row(device, f"{count:,}")
-    console.print(Columns([by_type, top]), Columns([sources, devices]))
+    console.print(
+        Columns(
+            [
+                _counts("Events by type", "type", "events", report.events_by_type),
+                _counts("Top tracked events", "event", "count", report.top_events),
+            ]
+        ),
+        Columns(
+            [
+                _counts("Traffic sources", "utm_source", "visitors", report.visitors_by_source),
+                _counts("Devices", "device", "visitors", report.visitors_by_device),
+            ]
+        ),
+    )
     ok = report.events == sent.accepted and report.orders == sent.orders
     console.print(
         "[green]every accepted event is stored exactly once[/]"
@@ -141,6 +142,13 @@ def run(
     report = wait_until_stored(lambda: read_report(started), sent.accepted, console)
     print_report(console, report, sent, started)
     return report.events == sent.accepted
+
+
+def _counts(title: str, key: str, value: str, counts: dict[str, int]) -> Table:
+    table = Table(key, value, title=title)
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
+    return table
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
