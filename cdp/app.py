@@ -83,7 +83,6 @@ class Runtime:
             min_events=self.settings.writer_min_events,
             max_wait_ms=self.settings.writer_max_wait_ms,
         )
-        self.writer.ensure_group()
         self._thread = threading.Thread(
             target=self.writer.run, args=(self._stop,), name="warehouse-writer", daemon=True
         )

@@ -30,6 +30,8 @@ def source_id(write_key: str) -> str:
 
 def load_keys(settings: Settings) -> Keys:
     """Keys from settings; a missing kind is generated on first start and kept in the data dir."""
+    if settings.write_keys and settings.api_keys:
+        return Keys(frozenset(settings.write_keys), frozenset(settings.api_keys))
     path = settings.data_dir / "keys.json"
     stored = _read(path)
     changed = False
@@ -37,7 +39,7 @@ def load_keys(settings: Settings) -> Keys:
         if not stored.get(kind):
             stored[kind] = [prefix + secrets.token_urlsafe(18)]
             changed = True
-    if changed and not (settings.write_keys and settings.api_keys):
+    if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=2))
         path.chmod(0o600)

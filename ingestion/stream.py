@@ -93,7 +93,7 @@ class EventStream:
     def __init__(self, client: aioredis.Redis, stream: str, prefix: str, dedup_seconds: int):
         self._client = client
         self._stream = stream
-        self._prefix = prefix
+        self._dedup_prefix = f"{prefix}:dedup:"
         self._dedup_seconds = dedup_seconds
         self._script = client.register_script(_APPEND)
         self._pending: list[tuple[int, list[bytes], asyncio.Future[int]]] = []
@@ -103,7 +103,7 @@ class EventStream:
         """Returns how many rows were new (the others were sent before), once they are stored."""
         if not rows:
             return 0
-        encoded = encode_rows(rows, f"{self._prefix}:dedup:")
+        encoded = encode_rows(rows, self._dedup_prefix)
         if len(rows) >= OWN_CALL_EVENTS:
             [count] = await self._script(keys=[self._stream], args=[self._dedup_seconds, *encoded])
             return int(count)

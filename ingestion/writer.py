@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "warehouse"
 WRITTEN = Counter("cdp_warehouse_events", "Events the writer settled, by outcome", ["outcome"])
+STORED, ALREADY_STORED, REJECTED = (
+    WRITTEN.labels(o) for o in ("stored", "already_stored", "rejected")
+)
 INSERT_SECONDS = Histogram(
     "cdp_warehouse_insert_seconds",
     "Time of one insert into ClickHouse",
@@ -154,12 +157,12 @@ class WarehouseWriter:
         return list(response[0][1]) if response else []
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
         recovering = True
         last_trim = time.monotonic()
         while not stop.is_set():
             try:
-                if recovering:
+                if recovering:  # also after an outage: the group may have to be made again
+                    self.ensure_group()
                     self.recover()
                     recovering = False
                 self.drain_once()
@@ -180,8 +183,10 @@ class WarehouseWriter:
         """Insert, then acknowledge every entry read, including ones already trimmed away."""
         frame = self._parse(entries)
         fresh = self._not_yet_stored(frame) if recovered else frame
-        self.skipped_duplicates += frame.height - fresh.height
-        WRITTEN.labels("already_stored").inc(frame.height - fresh.height)
+        skipped = frame.height - fresh.height
+        if skipped:
+            self.skipped_duplicates += skipped
+            ALREADY_STORED.inc(skipped)
         self._insert(fresh)
         self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
         return frame.height
@@ -220,7 +225,7 @@ class WarehouseWriter:
             with INSERT_SECONDS.time():
                 self.warehouse.insert_arrow("events", frame.to_arrow())
             self.written += frame.height
-            WRITTEN.labels("stored").inc(frame.height)
+            STORED.inc(frame.height)
         except OperationalError:
             raise
         except DatabaseError as error:
@@ -234,7 +239,7 @@ class WarehouseWriter:
     def _reject(self, row: dict[str, Any], reason: str) -> None:
         log.warning("ClickHouse refused event %s: %s", row.get("message_id"), reason[:300])
         self.rejected += 1
-        WRITTEN.labels("rejected").inc()
+        REJECTED.inc()
         self.warehouse.command(
             "INSERT INTO rejected_events (received_at, source_id, stage, reason, payload) "
             "VALUES ({at:DateTime64(3)}, {source:String}, 'warehouse', {reason:String}, "
