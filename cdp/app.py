@@ -8,20 +8,23 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 import cdp
-from cdp import report
-from cdp.errors import BUFFER_DOWN, CdpError, Unauthorized, Unavailable
+from cdp.api import router as api_router
+from cdp.auth import ApiKeys
+from cdp.consumer import StreamConsumer
+from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.keys import Keys, load_keys
+from cdp.profile_worker import ProfileWorker
+from cdp.profiles import ProfileStore
+from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis
 from cdp.schema import migrate
 from cdp.settings import Settings
@@ -45,10 +48,13 @@ class Runtime:
     warehouse: Warehouse
     redis_url: str
     redis: redis.Redis
+    profiles: ProfileStore
+    api_keys: ApiKeys
     embedded_redis: EmbeddedRedis | None = None
     writer: WarehouseWriter | None = None
+    workers: list[StreamConsumer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -61,41 +67,83 @@ class Runtime:
             redis_url = embedded.url
         warehouse = connect_warehouse(settings)
         migrate(warehouse)
+        client = connect_redis(redis_url)
+        keys = load_keys(settings)
         runtime = cls(
             settings=settings,
-            keys=load_keys(settings),
+            keys=keys,
             warehouse=warehouse,
             redis_url=redis_url,
-            redis=connect_redis(redis_url),
+            redis=client,
+            profiles=profile_store(client, settings),
+            api_keys=ApiKeys(client, settings.redis_prefix, keys.admin_key),
             embedded_redis=embedded,
         )
         if settings.run_writer:
             runtime.start_writer()
+        if settings.run_profile_worker:
+            runtime.start_profile_worker()
         return runtime
 
     def start_writer(self) -> None:
+        """The warehouse writer and the records writer: they own the ClickHouse inserts."""
+        settings = self.settings
         self.writer = WarehouseWriter(
             connect_redis(self.redis_url),
             self.warehouse,
+            settings.events_stream,
+            batch_size=settings.writer_batch_size,
+            block_ms=settings.writer_block_ms,
+            min_events=settings.writer_min_events,
+            max_wait_ms=settings.writer_max_wait_ms,
+        )
+        self._run(self.writer, "warehouse-writer")
+        records = RecordsWriter(
+            connect_redis(self.redis_url),
+            self.warehouse,
+            settings.records_stream,
+            block_ms=settings.writer_block_ms,
+        )
+        self._run(records, "records-writer")
+
+    def start_profile_worker(self) -> None:
+        client = connect_redis(self.redis_url)
+        worker = ProfileWorker(
+            client,
+            profile_store(client, self.settings),
             self.settings.events_stream,
-            batch_size=self.settings.writer_batch_size,
+            batch_size=self.settings.profile_batch_size,
             block_ms=self.settings.writer_block_ms,
-            min_events=self.settings.writer_min_events,
-            max_wait_ms=self.settings.writer_max_wait_ms,
         )
-        self._thread = threading.Thread(
-            target=self.writer.run, args=(self._stop,), name="warehouse-writer", daemon=True
-        )
-        self._thread.start()
+        self._run(worker, "profile-worker")
+
+    def _run(self, worker: StreamConsumer, name: str) -> None:
+        thread = threading.Thread(target=worker.run, args=(self._stop,), name=name, daemon=True)
+        thread.start()
+        self.workers.append(worker)
+        self._threads.append(thread)
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        for worker in self.workers:
+            worker.client.close()
         self.redis.close()
         self.warehouse.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
+
+
+def profile_store(client: redis.Redis, settings: Settings) -> ProfileStore:
+    return ProfileStore(
+        client,
+        settings.redis_prefix,
+        settings.records_stream,
+        seen_seconds=settings.dedup_window_hours * 3600,
+        identity_cap=settings.identity_cap,
+        days=settings.profile_days,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -184,25 +232,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         STREAM_ENTRIES.set(runtime.redis.xlen(settings.events_stream))
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    bearer = HTTPBearer(auto_error=False)
-
-    def api_key(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-    ) -> None:
-        runtime: Runtime = request.app.state.runtime
-        if credentials is None or credentials.credentials not in runtime.keys.api_keys:
-            raise Unauthorized("a valid API key is required as a Bearer token")
-
-    @app.get(
-        "/api/v1/reports/overview",
-        tags=["reports"],
-        summary="Events by type, visitors, orders and revenue since a time",
-        dependencies=[Depends(api_key)],
-    )
-    def overview(
-        request: Request, since: datetime = Query(default=datetime(1970, 1, 1, tzinfo=UTC))
-    ) -> dict[str, object]:
-        runtime: Runtime = request.app.state.runtime
-        return report.overview(runtime.warehouse, since).as_dict()
+    app.include_router(api_router)
 
     return app

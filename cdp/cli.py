@@ -136,7 +136,7 @@ def demo(
         ok = demo_module.run(
             f"http://127.0.0.1:{port}",
             sorted(runtime.keys.write_keys)[0],
-            lambda since: overview(runtime.warehouse, since),
+            lambda since: overview(runtime.warehouse, since, runtime.profiles),
             visitors,
             seed,
             console,

@@ -27,9 +27,22 @@ class BadRequest(CdpError):
 
 class Unauthorized(CdpError):
     status = 401
+    scheme = "Basic"
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Basic"}
+        return {"WWW-Authenticate": self.scheme}
+
+
+class BearerRequired(Unauthorized):
+    scheme = "Bearer"
+
+
+class Forbidden(CdpError):
+    status = 403
+
+
+class NotFound(CdpError):
+    status = 404
 
 
 class PayloadTooLarge(CdpError):

@@ -1,5 +1,6 @@
-"""Write keys (public, embedded in the shop's pages) and API keys (secret, for the marketer
-API): taken from settings, or generated once and kept in the data directory."""
+"""Write keys (public, embedded in the shop's pages, they only send events) and the bootstrap
+admin API key (secret): taken from settings, or generated once and kept in the data
+directory. Further API keys are made through `cdp.auth`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from cdp.settings import Settings
 
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Keys:
     write_keys: frozenset[str]
-    api_keys: frozenset[str]
+    admin_key: str
 
 
 @lru_cache(maxsize=1024)
@@ -30,34 +32,31 @@ def source_id(write_key: str) -> str:
 
 def load_keys(settings: Settings) -> Keys:
     """Keys from settings; a missing kind is generated on first start and kept in the data dir."""
-    if settings.write_keys and settings.api_keys:
-        return Keys(frozenset(settings.write_keys), frozenset(settings.api_keys))
+    if settings.write_keys and settings.admin_key:
+        return Keys(frozenset(settings.write_keys), settings.admin_key)
     path = settings.data_dir / "keys.json"
     stored = _read(path)
-    changed = False
-    for kind, prefix in (("write_keys", "wk_"), ("api_keys", "sk_")):
-        if not stored.get(kind):
-            stored[kind] = [prefix + secrets.token_urlsafe(18)]
-            changed = True
-    if changed:
+    generated = []
+    if not stored.get("write_keys"):
+        stored["write_keys"] = ["wk_" + secrets.token_urlsafe(18)]
+        generated.append(f"write key {stored['write_keys'][0]}")
+    if not stored.get("admin_key"):
+        stored["admin_key"] = "sk_" + secrets.token_urlsafe(24)
+        generated.append(f"admin API key {stored['admin_key']}")
+    if generated:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=2))
         path.chmod(0o600)
-        log.warning(
-            "generated keys in %s: write key %s, API key %s",
-            path,
-            stored["write_keys"][0],
-            stored["api_keys"][0],
-        )
+        log.warning("generated keys in %s: %s", path, ", ".join(generated))
     return Keys(
         write_keys=frozenset(settings.write_keys or stored["write_keys"]),
-        api_keys=frozenset(settings.api_keys or stored["api_keys"]),
+        admin_key=settings.admin_key or str(stored["admin_key"]),
     )
 
 
-def _read(path: Path) -> dict[str, list[str]]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    return {k: list(v) for k, v in data.items() if k in ("write_keys", "api_keys")}
+    return {k: v for k, v in data.items() if k in ("write_keys", "admin_key")}

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cdp.profiles import ProfileStore
 from cdp.storage import Warehouse
 
 
@@ -21,12 +22,18 @@ class Overview:
     bot_events: int = 0
     orders: int = 0
     revenue: float = 0.0
+    profiles: int = 0
+    identified_profiles: int = 0
+    anonymous_profiles: int = 0
+    merges: int = 0
+    refused_merges: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def overview(warehouse: Warehouse, since: datetime) -> Overview:
+def overview(warehouse: Warehouse, since: datetime, profiles: ProfileStore) -> Overview:
+    """Event counts since `since`; the profile counts are of now, merges of all time."""
     params = {"since": since}
     where = "WHERE received_at >= {since:DateTime64(3)}"
     report = Overview()
@@ -64,4 +71,11 @@ def overview(warehouse: Warehouse, since: datetime) -> Overview:
     )
     report.visitors, report.known_users, report.bot_events = visitors, known, bots
     report.orders, report.revenue = orders, round(float(revenue), 2)
+    report.profiles, report.identified_profiles = profiles.counts()
+    report.anonymous_profiles = report.profiles - report.identified_profiles
+    [(merges, refused)] = warehouse.query_rows(
+        "SELECT countIf(NOT startsWith(cause, 'refused')), countIf(startsWith(cause, 'refused')) "
+        "FROM identity_merges"
+    )
+    report.merges, report.refused_merges = int(merges), int(refused)
     return report

@@ -84,6 +84,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "identity graph history, consent and suppression audit logs, events by profile",
+        (
+            # The current profile of each identifier: the row with the highest version.
+            """
+            CREATE TABLE IF NOT EXISTS identities (
+                record_id String,
+                kind LowCardinality(String),
+                value String,
+                profile_id String,
+                version UInt64,
+                at DateTime64(3, 'UTC')
+            )
+            ENGINE = ReplacingMergeTree(version)
+            ORDER BY (kind, value)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS identity_merges (
+                record_id String,
+                survivor String,
+                merged String,
+                cause String,
+                message_id String,
+                event_at DateTime64(3, 'UTC'),
+                at DateTime64(3, 'UTC'),
+                INDEX idx_merged merged TYPE bloom_filter GRANULARITY 4
+            )
+            ENGINE = MergeTree
+            ORDER BY (survivor, at)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS consent_log (
+                record_id String,
+                profile_id String,
+                channel LowCardinality(String),
+                purpose LowCardinality(String),
+                status LowCardinality(String),
+                at DateTime64(3, 'UTC'),
+                source LowCardinality(String),
+                message_id String,
+                current Bool,
+                recorded_at DateTime64(3, 'UTC')
+            )
+            ENGINE = MergeTree
+            ORDER BY (profile_id, at)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS suppression_log (
+                record_id String,
+                profile_id String,
+                channel LowCardinality(String),
+                reason LowCardinality(String),
+                suppressed Bool,
+                at DateTime64(3, 'UTC'),
+                source LowCardinality(String)
+            )
+            ENGINE = MergeTree
+            ORDER BY (profile_id, at)
+            """,
+            # Every event with the profile it belongs to now, merges included.
+            """
+            CREATE VIEW IF NOT EXISTS profile_events AS
+            SELECT if(u.profile_id != '', u.profile_id, a.profile_id) AS profile_id, e.*
+            FROM events AS e
+            LEFT JOIN (
+                SELECT value, argMax(profile_id, version) AS profile_id
+                FROM identities WHERE kind = 'user_id' GROUP BY value
+            ) AS u ON u.value = e.user_id
+            LEFT JOIN (
+                SELECT value, argMax(profile_id, version) AS profile_id
+                FROM identities WHERE kind = 'anonymous_id' GROUP BY value
+            ) AS a ON a.value = e.anonymous_id
+            """,
+        ),
+    ),
 )
 
 

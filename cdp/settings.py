@@ -22,9 +22,15 @@ class Settings(BaseSettings):
     redis_prefix: str = "cdp"
     # Comma-separated. Empty: one key is generated on first start and kept in the data dir.
     write_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The first admin API key. Empty: generated on first start and kept in the data dir.
+    admin_key: str = ""
 
     run_writer: bool = True
+    run_profile_worker: bool = True
+    profile_batch_size: int = Field(default=100, ge=1)  # stream entries a read
+    identity_cap: int = Field(default=50, ge=2)  # identifiers one profile may hold
+    profile_days: int = Field(default=90, ge=1)  # daily counts kept
+    erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)
     writer_min_events: int = Field(default=10_000, ge=1)
@@ -34,7 +40,7 @@ class Settings(BaseSettings):
     max_batch_bytes: int = 500 * 1024
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
-    @field_validator("write_keys", "api_keys", "cors_origins", mode="before")
+    @field_validator("write_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -66,3 +72,8 @@ class Settings(BaseSettings):
     @property
     def events_stream(self) -> str:
         return f"{self.redis_prefix}:stream:events"
+
+    @property
+    def records_stream(self) -> str:
+        """Rows bound for ClickHouse that Redis-side changes produce (merges, consent, ...)."""
+        return f"{self.redis_prefix}:stream:records"

@@ -65,3 +65,35 @@ def connect_redis(url: str) -> redis.Redis:
 
 def connect_async_redis(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, protocol=2)
+
+
+def trim_consumed(client: redis.Redis, stream: str) -> int:
+    """Drop entries every consumer group has read and acknowledged; returns how many."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return 0
+    if not groups:
+        return 0
+    floor: tuple[int, int] | None = None
+    for group in groups:
+        candidates = [entry_id(group["last-delivered-id"])]
+        if group["pending"]:
+            summary = client.xpending(stream, group["name"])
+            candidates.append(entry_id(summary["min"]))
+        lowest = min(candidates)
+        floor = lowest if floor is None else min(floor, lowest)
+    if floor is None or floor == (0, 0):
+        return 0
+    return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
+
+def entry_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

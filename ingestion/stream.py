@@ -14,7 +14,6 @@ import asyncio
 from typing import Any
 
 import orjson
-import redis
 import redis.asyncio as aioredis
 
 from ingestion.normalize import Row
@@ -137,30 +136,3 @@ class EventStream:
             for (_, _, future), count in zip(group, counts, strict=True):
                 if not future.done():
                     future.set_result(int(count))
-
-
-def trim_consumed(client: redis.Redis, stream: str) -> int:
-    """Drop entries every consumer group has read and acknowledged; returns how many."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return 0
-    if not groups:
-        return 0
-    floor: tuple[int, int] | None = None
-    for group in groups:
-        candidates = [_entry_id(group["last-delivered-id"])]
-        if group["pending"]:
-            summary = client.xpending(stream, group["name"])
-            candidates.append(_entry_id(summary["min"]))
-        lowest = min(candidates)
-        floor = lowest if floor is None else min(floor, lowest)
-    if floor is None or floor == (0, 0):
-        return 0
-    return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
-
-
-def _entry_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +22,10 @@ import redis
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import Counter, Histogram
 
+from cdp.consumer import Entries, StreamConsumer
+from cdp.events import COLUMNS, COUNT, JSON_FIELDS
 from cdp.storage import Warehouse
-from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS, trim_consumed
+from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,12 @@ SCALARS: dict[str, Any] = {
     **{column: pl.Int64 for column in TIME_COLUMNS},
     "is_bot": pl.Boolean,
 }
-FIELDS = {"properties": b"p", "traits": b"t", "context": b"c"}
 
 
 def to_frame(entries: list[tuple[Any, dict[bytes, bytes] | None]]) -> pl.DataFrame:
     """The events of stream entries as one frame with the `events` table's column types."""
     present = [fields for _, fields in entries if fields]
-    lines = b"\n".join(fields[b"d"] for fields in present)
+    lines = b"\n".join(fields[COLUMNS] for fields in present)
     if not lines:
         return pl.DataFrame(schema={**SCALARS, **{column: pl.Utf8 for column in JSON_COLUMNS}})
     frame = pl.read_ndjson(io.BytesIO(lines), schema=SCALARS)
@@ -66,7 +65,7 @@ def to_frame(entries: list[tuple[Any, dict[bytes, bytes] | None]]) -> pl.DataFra
             b"\n".join(fields[key] for fields in present).decode().split("\n"),
             dtype=pl.Utf8,
         )
-        for column, key in FIELDS.items()
+        for column, key in JSON_FIELDS.items()
     ]
     return frame.with_columns(
         *[pl.col(column).cast(pl.Datetime("ms", "UTC")) for column in TIME_COLUMNS],
@@ -74,68 +73,33 @@ def to_frame(entries: list[tuple[Any, dict[bytes, bytes] | None]]) -> pl.DataFra
     )
 
 
-class WarehouseWriter:
+class WarehouseWriter(StreamConsumer):
+    group = GROUP
+    storage_errors = (redis.ConnectionError, OperationalError)
+
     def __init__(
         self,
         client: redis.Redis,
         warehouse: Warehouse,
         stream: str,
         *,
-        batch_size: int = 200,
-        block_ms: int = 200,
         min_events: int = 10_000,
         max_wait_ms: int = 500,
-        consumer: str | None = None,
-        claim_idle_ms: int = 60_000,
+        **options: Any,
     ) -> None:
-        self.client = client
+        super().__init__(client, stream, **options)
         self.warehouse = warehouse
-        self.stream = stream
-        self.batch_size = batch_size  # stream entries a read; each holds one request or more
-        self.block_ms = block_ms
         # ClickHouse wants few large inserts: gather up to min_events, waiting at most max_wait.
         self.min_events = min_events
         self.max_wait_ms = max_wait_ms
-        # Stable across restarts on one host, so a restarted writer finds its own pending entries.
-        self.consumer = consumer or f"writer-{socket.gethostname()}"
-        self.claim_idle_ms = claim_idle_ms
         self.written = 0
         self.rejected = 0
         self.skipped_duplicates = 0
 
-    def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-
-    def recover(self) -> int:
-        """Write what this consumer read but never acknowledged, and what dead writers left;
-        returns how many events were settled."""
-        settled = 0
-        while True:
-            response: Any = self.client.xreadgroup(
-                GROUP, self.consumer, {self.stream: "0"}, count=self.batch_size
-            )
-            if not response or not response[0][1]:
-                break
-            settled += self._write(response[0][1], recovered=True)
-        start = "0-0"
-        while True:
-            start, claimed, *_ = self.client.xautoclaim(
-                self.stream, GROUP, self.consumer, self.claim_idle_ms, start, count=self.batch_size
-            )
-            if claimed:
-                settled += self._write(claimed, recovered=True)
-            if start in (b"0-0", "0-0"):
-                break
-        return settled
-
     def drain_once(self, block_ms: int | None = None) -> int:
         """Read new entries (waiting up to block_ms for the first), gather more while they come
         and the batch is small, write and acknowledge them; returns how many events they held."""
-        entries = self._read_new(self.block_ms if block_ms is None else block_ms)
+        entries = self.read_new(self.block_ms if block_ms is None else block_ms)
         if not entries:
             return 0
         events = _events_in(entries)
@@ -143,44 +107,15 @@ class WarehouseWriter:
             # One nap, not a wake-up per arriving request: the event loop keeps the GIL.
             time.sleep(self.max_wait_ms / 1000)
             while events < self.min_events:
-                more = self._read_new(None)
+                more = self.read_new(None)
                 if not more:
                     break
                 entries += more
                 events += _events_in(more)
-        return self._write(entries, recovered=False)
+        return self.handle(entries, recovered=False)
 
-    def _read_new(self, block_ms: int | None) -> list[Any]:
-        response: Any = self.client.xreadgroup(
-            GROUP, self.consumer, {self.stream: ">"}, count=self.batch_size, block=block_ms
-        )
-        return list(response[0][1]) if response else []
-
-    def run(self, stop: threading.Event) -> None:
-        recovering = True
-        last_trim = time.monotonic()
-        while not stop.is_set():
-            try:
-                if recovering:  # also after an outage: the group may have to be made again
-                    self.ensure_group()
-                    self.recover()
-                    recovering = False
-                self.drain_once()
-                if time.monotonic() - last_trim > 5:
-                    trim_consumed(self.client, self.stream)
-                    last_trim = time.monotonic()
-            except (redis.ConnectionError, OperationalError) as error:
-                log.warning("writer waiting for storage: %s", error)
-                recovering = True
-                stop.wait(1.0)
-            except Exception:
-                # What was read stays unacknowledged and is written again by recover().
-                log.exception("writer failed; retrying")
-                recovering = True
-                stop.wait(1.0)
-
-    def _write(self, entries: list[Any], *, recovered: bool) -> int:
-        """Insert, then acknowledge every entry read, including ones already trimmed away."""
+    def handle(self, entries: Entries, *, recovered: bool) -> int:
+        """Insert (what is not stored yet, after a crash), then acknowledge."""
         frame = self._parse(entries)
         fresh = self._not_yet_stored(frame) if recovered else frame
         skipped = frame.height - fresh.height
@@ -188,7 +123,7 @@ class WarehouseWriter:
             self.skipped_duplicates += skipped
             ALREADY_STORED.inc(skipped)
         self._insert(fresh)
-        self.client.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
+        self.ack(entries)
         return frame.height
 
     def _parse(self, entries: list[Any]) -> pl.DataFrame:
@@ -202,7 +137,7 @@ class WarehouseWriter:
             try:
                 frames.append(to_frame([entry]))
             except pl.exceptions.PolarsError as error:
-                data = (entry[1] or {}).get(b"d", b"")
+                data = (entry[1] or {}).get(COLUMNS, b"")
                 self._reject({"entry": entry[0], "data": data.decode(errors="replace")}, str(error))
         return pl.concat(frames) if frames else to_frame([])
 
@@ -254,4 +189,4 @@ class WarehouseWriter:
 
 
 def _events_in(entries: list[Any]) -> int:
-    return sum(int(fields[b"n"]) for _, fields in entries if fields)
+    return sum(int(fields[COUNT]) for _, fields in entries if fields)

@@ -51,7 +51,7 @@ def settings(tmp_path: Path, redis_url: str, chdb_url: str) -> Settings:
         redis_url=redis_url,
         redis_prefix=namespace,
         write_keys=[WRITE_KEY],
-        api_keys=[API_KEY],
+        admin_key=API_KEY,
         writer_block_ms=20,
         writer_max_wait_ms=20,
     )

@@ -32,7 +32,7 @@ class ServerProcess:
             **os.environ,
             "CDP_DATA_DIR": str(data_dir),
             "CDP_WRITE_KEYS": WRITE_KEY,
-            "CDP_API_KEYS": API_KEY,
+            "CDP_ADMIN_KEY": API_KEY,
             "CDP_RUN_WRITER": str(run_writer).lower(),
         }
         for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):

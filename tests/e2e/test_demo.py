@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     env = {**os.environ, "CDP_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "100"}
-    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL", "CDP_WRITE_KEYS", "CDP_API_KEYS"):
+    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL", "CDP_WRITE_KEYS", "CDP_ADMIN_KEY"):
         env.pop(name, None)
     result = subprocess.run(
         [sys.executable, "-m", "cdp", "demo", "--visitors", "40", "--seed", "7"],

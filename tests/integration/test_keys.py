@@ -6,18 +6,18 @@ from cdp.settings import Settings
 
 
 def test_keys_are_generated_once_and_kept(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, write_keys=[], api_keys=[])
+    settings = Settings(data_dir=tmp_path, write_keys=[], admin_key="")
     first = load_keys(settings)
     assert len(first.write_keys) == 1 and next(iter(first.write_keys)).startswith("wk_")
-    assert next(iter(first.api_keys)).startswith("sk_")
+    assert first.admin_key.startswith("sk_")
     assert load_keys(settings) == first
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "keys.json").read_text())["write_keys"] == list(first.write_keys)
 
 
 def test_configured_keys_win(tmp_path: Path) -> None:
-    keys = load_keys(Settings(data_dir=tmp_path, write_keys=["wk_a", "wk_b"], api_keys=["sk_x"]))
-    assert keys.write_keys == {"wk_a", "wk_b"} and keys.api_keys == {"sk_x"}
+    keys = load_keys(Settings(data_dir=tmp_path, write_keys=["wk_a", "wk_b"], admin_key="sk_x"))
+    assert keys.write_keys == {"wk_a", "wk_b"} and keys.admin_key == "sk_x"
     assert not (tmp_path / "keys.json").exists()
 
 

@@ -11,7 +11,8 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse
 from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent
-from ingestion.stream import EventStream, trim_consumed
+from cdp.storage import trim_consumed
+from ingestion.stream import EventStream
 from ingestion.writer import GROUP, WarehouseWriter, to_frame
 from tests.conftest import count_events
 

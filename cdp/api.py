@@ -1,0 +1,278 @@
+"""The marketer API under `/api/v1`: profiles (look-up by any identifier, timeline, merge
+history), consent and suppression, GDPR export and erasure, API keys, reports. Bearer secret
+keys with scopes; the routes parse, authorise, call the core, answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from cdp import privacy, report
+from cdp.auth import ApiKey, Scope
+from cdp.consent import Channel, Purpose, Status, SuppressionReason
+from cdp.errors import BadRequest, BearerRequired, Forbidden, NotFound, Unavailable
+from cdp.identity import InvalidIdentifier, Kind, normalise
+from cdp.profiles import Profile
+
+if TYPE_CHECKING:
+    from cdp.app import Runtime
+
+router = APIRouter(prefix="/api/v1")
+bearer = HTTPBearer(auto_error=False)
+
+
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def require(scope: Scope) -> Any:
+    def check(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> ApiKey:
+        runtime = runtime_of(request)
+        if credentials is None:
+            raise BearerRequired("an API key is required: Authorization: Bearer sk_...")
+        if credentials.credentials in runtime.keys.write_keys:
+            raise Forbidden("a write key only sends events; use a secret API key")
+        key = runtime.api_keys.verify(credentials.credentials)
+        if key is None:
+            raise BearerRequired("unknown API key")
+        if not key.scope.includes(scope):
+            raise Forbidden(f"this key has the {key.scope} scope; {scope} is required")
+        return key
+
+    return Depends(check)
+
+
+READ, WRITE, ADMIN = require(Scope.READ), require(Scope.WRITE), require(Scope.ADMIN)
+
+
+def profile_or_404(runtime: Runtime, profile_id: str) -> Profile:
+    profile = runtime.profiles.read(profile_id)
+    if profile is None:
+        raise NotFound(f"no profile {profile_id}")
+    return profile
+
+
+# Profiles
+
+
+@router.get("/profiles", tags=["profiles"], summary="Find a profile by one of its identifiers")
+def find_profile(
+    request: Request,
+    _: Annotated[ApiKey, READ],
+    email: str | None = None,
+    phone: str | None = None,
+    user_id: str | None = None,
+    anonymous_id: str | None = None,
+    region: Annotated[str | None, Query(description="Country of a phone without +code")] = None,
+) -> dict[str, Any]:
+    given = {Kind.EMAIL: email, Kind.PHONE: phone, Kind.USER_ID: user_id,
+             Kind.ANONYMOUS_ID: anonymous_id}  # fmt: skip
+    asked = [(kind, value) for kind, value in given.items() if value is not None]
+    if len(asked) != 1:
+        raise BadRequest("give exactly one of email, phone, user_id, anonymous_id")
+    kind, value = asked[0]
+    try:
+        value = normalise(kind, value, region)
+    except InvalidIdentifier as error:
+        raise BadRequest(str(error)) from None
+    runtime = runtime_of(request)
+    profile_id = runtime.profiles.find(kind.tag, value)
+    if profile_id is None:
+        raise NotFound(f"no profile with {kind.value} {value}")
+    return asdict(profile_or_404(runtime, profile_id))
+
+
+@router.get(
+    "/profiles/{profile_id}",
+    tags=["profiles"],
+    summary="A profile: identities, traits, features, consent (a merged-away id finds it too)",
+)
+def get_profile(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> dict[str, Any]:
+    return asdict(profile_or_404(runtime_of(request), profile_id))
+
+
+@router.get(
+    "/profiles/{profile_id}/events",
+    tags=["profiles"],
+    summary="The profile's event timeline, newest first, across all its identities",
+)
+def profile_events(
+    request: Request,
+    profile_id: str,
+    _: Annotated[ApiKey, READ],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    profile = profile_or_404(runtime, profile_id)
+    before = None
+    if cursor:
+        ms, _sep, message_id = cursor.partition(":")
+        if not ms.isdigit() or not message_id:
+            raise BadRequest("cursor is not one this API gave")
+        before = (int(ms), message_id)
+    events = privacy.events_of(runtime.warehouse, profile, limit=limit + 1, before=before)
+    page, more = events[:limit], len(events) > limit
+    next_cursor = None
+    if more:
+        last = page[-1]
+        next_cursor = f"{int(last['timestamp'].timestamp() * 1000)}:{last['message_id']}"
+    return {"profile_id": profile.id, "events": page, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/profiles/{profile_id}/merges",
+    tags=["profiles"],
+    summary="Why these identities are one person: every merge, with its cause and event",
+)
+def profile_merges(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    profile = profile_or_404(runtime, profile_id)
+    return {
+        "profile_id": profile.id,
+        "identities": profile.identities,
+        "merges": privacy.history(runtime.warehouse, profile)["merges"],
+    }
+
+
+# Consent and suppression
+
+
+class ConsentChange(BaseModel):
+    channel: Channel
+    purpose: Purpose = Purpose.MARKETING
+    status: Status
+    source: str = Field(default="api", max_length=64, description="Where the consent was given")
+
+
+class Suppression(BaseModel):
+    channel: Channel
+    reason: SuppressionReason
+    source: str = Field(default="api", max_length=64)
+
+
+def _change(runtime: Runtime, profile_id: str, change: dict[str, Any]) -> dict[str, Any]:
+    profile = profile_or_404(runtime, profile_id)
+    change = {**change, "profile": profile.id, "t": int(time.time() * 1000)}
+    if runtime.profiles.apply([change]).events == 0:  # erased or merged meanwhile
+        raise NotFound(f"no profile {profile_id}")
+    updated = profile_or_404(runtime, profile.id)
+    return {
+        "profile_id": updated.id,
+        "consent": updated.consent,
+        "suppression": updated.suppression,
+    }
+
+
+@router.put("/profiles/{profile_id}/consent", tags=["consent"], summary="Grant, deny or revoke")
+def set_consent(
+    request: Request, profile_id: str, body: ConsentChange, _: Annotated[ApiKey, WRITE]
+) -> dict[str, Any]:
+    statement = [body.channel.value, body.purpose.value, body.status.value]
+    return _change(
+        runtime_of(request),
+        profile_id,
+        {"kind": "consent", "consent": statement, "source": body.source},
+    )
+
+
+@router.post("/profiles/{profile_id}/suppressions", tags=["consent"], summary="Suppress a channel")
+def suppress(
+    request: Request, profile_id: str, body: Suppression, _: Annotated[ApiKey, WRITE]
+) -> dict[str, Any]:
+    change = {"kind": "suppress", "channel": body.channel.value, "reason": body.reason.value,
+              "source": body.source}  # fmt: skip
+    return _change(runtime_of(request), profile_id, change)
+
+
+@router.delete(
+    "/profiles/{profile_id}/suppressions/{channel}", tags=["consent"], summary="Lift a suppression"
+)
+def unsuppress(
+    request: Request, profile_id: str, channel: Channel, _: Annotated[ApiKey, WRITE]
+) -> dict[str, Any]:
+    change = {"kind": "unsuppress", "channel": channel.value, "source": "api"}
+    return _change(runtime_of(request), profile_id, change)
+
+
+# Privacy
+
+
+@router.get(
+    "/profiles/{profile_id}/export",
+    tags=["privacy"],
+    summary="Everything held on the person, as JSON (GDPR Art. 15 and 20)",
+)
+def export_profile(
+    request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    return privacy.export(runtime.warehouse, profile_or_404(runtime, profile_id))
+
+
+@router.delete(
+    "/profiles/{profile_id}",
+    tags=["privacy"],
+    summary="Erase the person everywhere (GDPR Art. 17); answers what was removed",
+)
+def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    profile_or_404(runtime, profile_id)
+    streams = [settings.events_stream, settings.records_stream]
+    if not privacy.wait_until_settled(runtime.redis, streams, settings.erase_wait_seconds):
+        raise Unavailable("events received before this request are still being processed")
+    profile = profile_or_404(runtime, profile_id)  # as it is now all is settled
+    removed = privacy.erase(runtime.redis, runtime.warehouse, runtime.profiles, profile, streams)
+    return {"profile_id": profile.id, "erased": True, "removed": removed}
+
+
+# API keys
+
+
+class NewKey(BaseModel):
+    scope: Scope
+    name: str = Field(default="", max_length=100)
+
+
+@router.post("/keys", tags=["keys"], summary="Make an API key; its secret is shown only now")
+def create_key(request: Request, body: NewKey, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
+    secret, key = runtime_of(request).api_keys.create(body.scope, body.name)
+    return {**asdict(key), "secret": secret}
+
+
+@router.get("/keys", tags=["keys"], summary="The API keys (never their secrets)")
+def list_keys(request: Request, _: Annotated[ApiKey, ADMIN]) -> list[dict[str, Any]]:
+    return [asdict(key) for key in runtime_of(request).api_keys.list()]
+
+
+@router.delete("/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
+def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
+    if not runtime_of(request).api_keys.revoke(key_id):
+        raise NotFound(f"no API key {key_id}")
+    return {"revoked": key_id}
+
+
+# Reports
+
+
+@router.get(
+    "/reports/overview",
+    tags=["reports"],
+    summary="Events by type, visitors, orders and revenue since a time; profiles",
+)
+def overview(
+    request: Request,
+    _: Annotated[ApiKey, READ],
+    since: datetime = Query(default=datetime(1970, 1, 1, tzinfo=UTC)),
+) -> dict[str, object]:
+    runtime = runtime_of(request)
+    return report.overview(runtime.warehouse, since, runtime.profiles).as_dict()

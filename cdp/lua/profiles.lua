@@ -1,0 +1,445 @@
+-- Live profile state: the identity graph and each profile's features, changed atomically.
+--
+-- ARGV: 1 key prefix, 2 JSON array of changes, 3 seen-key TTL (s), 4 identifier cap,
+--       5 days of daily counts kept, 6 now (ms), 7 records stream.
+-- A change is {kind="event"|"consent"|"suppress", ...}; an event change carries a seen key
+-- (`k`) so applying it twice is a no-op. Rows for ClickHouse (identities, merges, consent)
+-- go to the records stream in the same call, so they exist if and only if the change does.
+--
+-- A profile's id is derived from its root: the identifier seen first (earliest event time,
+-- then the smaller string). When two profiles merge, the one with the earlier root survives;
+-- when a late event makes another identifier the earliest, the profile is moved to the new
+-- id. So the same events give the same profiles in whatever order they arrive.
+-- Returns {events applied, events seen before, merges, refused merges}.
+
+local P = ARGV[1]
+local changes = cjson.decode(ARGV[2])
+local seen_ttl = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local keep_days = tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
+local records = ARGV[7]
+local first_day = math.floor(now / 86400000) - keep_days + 1
+local VIEWED_KEPT = 20
+local LOG_KEPT = 100
+local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'viewed',
+               'viewed_items', 'consent', 'consent_at', 'consent_src', 'suppression', 'log',
+               'absorbed'}
+
+local applied, skipped, merges, refused = 0, 0, 0, 0
+
+local function key(pid, part)
+  if part then return P .. ':profile:' .. pid .. ':' .. part end
+  return P .. ':profile:' .. pid
+end
+local function day_key(pid, day) return P .. ':profile:' .. pid .. ':day:' .. day end
+local function identity_key(ident) return P .. ':identity:' .. ident end
+
+local salt = redis.call('GET', P .. ':salt')
+if not salt then
+  salt = redis.sha1hex(tostring(now) .. tostring(math.random()))
+  redis.call('SET', P .. ':salt', salt)
+end
+local function profile_id(root) return 'p_' .. string.sub(redis.sha1hex(salt .. root), 1, 24) end
+
+local function before(t1, i1, t2, i2)
+  return t1 < t2 or (t1 == t2 and i1 < i2)
+end
+
+local function record(tbl, row)
+  redis.call('XADD', records, '*', 'table', tbl, 'row', cjson.encode(row))
+end
+
+local function record_identity(ident, pid)
+  local version = redis.call('INCR', P .. ':identity_version')
+  local colon = string.find(ident, ':', 1, true)
+  record('identities', {kind = string.sub(ident, 1, colon - 1), value = string.sub(ident, colon + 1),
+                        profile_id = pid, version = version, at = now})
+end
+
+local function log(pid, level, message, at)
+  redis.call('LPUSH', key(pid, 'log'), cjson.encode({at = at, level = level, message = message}))
+  redis.call('LTRIM', key(pid, 'log'), 0, LOG_KEPT - 1)
+end
+
+local function meta_number(pid, field)
+  return tonumber(redis.call('HGET', key(pid), field) or '0') or 0
+end
+
+local function is_known(ident) return string.sub(ident, 1, 2) ~= 'a:' end
+
+-- Follow merge redirects to the live profile.
+local function live(pid)
+  for _ = 1, 32 do
+    local next_pid = redis.call('GET', P .. ':merged:' .. pid)
+    if not next_pid then return pid end
+    pid = next_pid
+  end
+  return pid
+end
+
+local function new_profile(ident, t)
+  local pid = profile_id(ident)
+  redis.call('HSET', key(pid), 'root', ident, 'first_seen', t, 'last_seen', t, 'created_at', now)
+  redis.call('SADD', P .. ':profiles', pid)
+  return pid
+end
+
+local function add_identifier(pid, ident, t)
+  redis.call('SET', identity_key(ident), pid)
+  redis.call('HSET', key(pid, 'ids'), ident, t)
+  if string.sub(ident, 1, 2) == 'u:' then redis.call('HINCRBY', key(pid), 'users', 1) end
+  if is_known(ident) then
+    redis.call('HINCRBY', key(pid), 'known', 1)
+    redis.call('SADD', P .. ':profiles:known', pid)
+  end
+  record_identity(ident, pid)
+end
+
+local function keep_latest(dst_values, dst_times, field, value, t)
+  local current_t = redis.call('HGET', dst_times, field)
+  if current_t then
+    current_t = tonumber(current_t)
+    if t < current_t then return false end
+    if t == current_t and value <= (redis.call('HGET', dst_values, field) or '') then return false end
+  end
+  redis.call('HSET', dst_values, field, value)
+  redis.call('HSET', dst_times, field, t)
+  return true
+end
+
+local function trim_viewed(pid)
+  local extra = redis.call('ZCARD', key(pid, 'viewed')) - VIEWED_KEPT
+  if extra > 0 then
+    local old = redis.call('ZRANGE', key(pid, 'viewed'), 0, extra - 1)
+    redis.call('ZREM', key(pid, 'viewed'), unpack(old))
+    redis.call('HDEL', key(pid, 'viewed_items'), unpack(old))
+  end
+end
+
+-- Move everything of profile `from` into `to` (which may not exist yet), then retire `from`.
+local function move(from, to, cause, message_id, at)
+  local m = redis.call('HGETALL', key(from))
+  local meta = {}
+  for i = 1, #m, 2 do meta[m[i]] = m[i + 1] end
+  local exists = redis.call('EXISTS', key(to)) == 1
+  if not exists then redis.call('SADD', P .. ':profiles', to) end
+  for _, field in ipairs({'events', 'orders', 'revenue', 'users', 'known'}) do
+    if meta[field] then redis.call('HINCRBY', key(to), field, meta[field]) end
+  end
+  for _, field in ipairs({'first_seen', 'created_at'}) do
+    local v = tonumber(meta[field])
+    local cur = tonumber(redis.call('HGET', key(to), field))
+    if v and (not cur or v < cur) then redis.call('HSET', key(to), field, v) end
+  end
+  for _, field in ipairs({'last_seen', 'last_order_at', 'cart_at', 'cart_cleared_at'}) do
+    local v = tonumber(meta[field])
+    local cur = tonumber(redis.call('HGET', key(to), field))
+    if v and (not cur or v > cur) then redis.call('HSET', key(to), field, v) end
+  end
+  if not exists then redis.call('HSET', key(to), 'root', meta['root']) end
+  if meta['tz'] then
+    local cur = tonumber(redis.call('HGET', key(to), 'tz_at'))
+    if not cur or tonumber(meta['tz_at']) >= cur then
+      redis.call('HSET', key(to), 'tz', meta['tz'], 'tz_at', meta['tz_at'])
+    end
+  end
+  if tonumber(meta['known'] or '0') > 0 then redis.call('SADD', P .. ':profiles:known', to) end
+
+  local ids = redis.call('HGETALL', key(from, 'ids'))
+  for i = 1, #ids, 2 do
+    local ident, first = ids[i], tonumber(ids[i + 1])
+    redis.call('SET', identity_key(ident), to)
+    local cur = tonumber(redis.call('HGET', key(to, 'ids'), ident))
+    if not cur or first < cur then redis.call('HSET', key(to, 'ids'), ident, first) end
+    record_identity(ident, to)
+  end
+
+  local traits = redis.call('HGETALL', key(from, 'traits'))
+  for i = 1, #traits, 2 do
+    local t = tonumber(redis.call('HGET', key(from, 'traits_at'), traits[i]))
+    keep_latest(key(to, 'traits'), key(to, 'traits_at'), traits[i], traits[i + 1], t)
+  end
+
+  for _, day in ipairs(redis.call('ZRANGE', key(from, 'days'), 0, -1)) do
+    local counts = redis.call('HGETALL', day_key(from, day))
+    for i = 1, #counts, 2 do redis.call('HINCRBY', day_key(to, day), counts[i], counts[i + 1]) end
+    if #counts > 0 then
+      redis.call('EXPIREAT', day_key(to, day), (tonumber(day) + keep_days) * 86400)
+      redis.call('ZADD', key(to, 'days'), day, day)
+    end
+    redis.call('DEL', day_key(from, day))
+  end
+
+  local cleared = tonumber(redis.call('HGET', key(to), 'cart_cleared_at') or '0')
+  local cart = redis.call('HGETALL', key(from, 'cart'))
+  for i = 1, #cart, 2 do
+    local added = tonumber(redis.call('HGET', key(from, 'cart_items'), cart[i] .. ':at') or '0')
+    if added > cleared then
+      redis.call('HINCRBY', key(to, 'cart'), cart[i], cart[i + 1])
+      redis.call('HSETNX', key(to, 'cart_items'), cart[i],
+                 redis.call('HGET', key(from, 'cart_items'), cart[i]))
+      redis.call('HSET', key(to, 'cart_items'), cart[i] .. ':at', added)
+    end
+  end
+
+  local viewed = redis.call('ZRANGE', key(from, 'viewed'), 0, -1, 'WITHSCORES')
+  for i = 1, #viewed, 2 do
+    redis.call('ZADD', key(to, 'viewed'), 'GT', viewed[i + 1], viewed[i])
+    redis.call('HSET', key(to, 'viewed_items'), viewed[i],
+               redis.call('HGET', key(from, 'viewed_items'), viewed[i]))
+  end
+  trim_viewed(to)
+
+  local consent = redis.call('HGETALL', key(from, 'consent'))
+  for i = 1, #consent, 2 do
+    local t = tonumber(redis.call('HGET', key(from, 'consent_at'), consent[i]))
+    if keep_latest(key(to, 'consent'), key(to, 'consent_at'), consent[i], consent[i + 1], t) then
+      redis.call('HSET', key(to, 'consent_src'), consent[i],
+                 redis.call('HGET', key(from, 'consent_src'), consent[i]))
+    end
+  end
+  local suppression = redis.call('HGETALL', key(from, 'suppression'))
+  for i = 1, #suppression, 2 do
+    redis.call('HSETNX', key(to, 'suppression'), suppression[i], suppression[i + 1])
+  end
+  local entries = redis.call('LRANGE', key(from, 'log'), 0, -1)
+  if #entries > 0 then
+    redis.call('RPUSH', key(to, 'log'), unpack(entries))
+    redis.call('LTRIM', key(to, 'log'), 0, LOG_KEPT - 1)
+  end
+  -- `to` may itself have been merged away once (a root that became the earliest again).
+  redis.call('DEL', P .. ':merged:' .. to)
+  local absorbed = redis.call('SMEMBERS', key(from, 'absorbed'))
+  redis.call('SADD', key(to, 'absorbed'), from, unpack(absorbed))
+  redis.call('SREM', key(to, 'absorbed'), to)
+  for _, old in ipairs(absorbed) do
+    if old ~= to then redis.call('SET', P .. ':merged:' .. old, to) end
+  end
+
+  redis.call('DEL', key(from))
+  for _, part in ipairs(PARTS) do redis.call('DEL', key(from, part)) end
+  redis.call('SREM', P .. ':profiles', from)
+  redis.call('SREM', P .. ':profiles:known', from)
+  redis.call('SET', P .. ':merged:' .. from, to)
+  record('identity_merges', {survivor = to, merged = from, cause = cause,
+                             message_id = message_id, event_at = at, at = now})
+  merges = merges + 1
+end
+
+-- The profile's root is its earliest identifier; when that changes, so does its id.
+local function check_root(pid, ident, t, message_id)
+  local root = redis.call('HGET', key(pid), 'root')
+  if before(t, ident, meta_number(pid, 'first_seen'), root) then
+    redis.call('HSET', key(pid), 'root', ident, 'first_seen', t)
+    local renamed = profile_id(ident)
+    if renamed ~= pid then
+      move(pid, renamed, 'earlier identifier ' .. ident, message_id, t)
+      return renamed
+    end
+  end
+  return pid
+end
+
+local function touch_identifier(pid, ident, t, message_id)
+  local first = tonumber(redis.call('HGET', key(pid, 'ids'), ident))
+  if first and first <= t then return pid end
+  redis.call('HSET', key(pid, 'ids'), ident, t)
+  return check_root(pid, ident, t, message_id)
+end
+
+local function merge(a, b, cause, message_id, t)
+  local ra, rb = redis.call('HGET', key(a), 'root'), redis.call('HGET', key(b), 'root')
+  local fa, fb = meta_number(a, 'first_seen'), meta_number(b, 'first_seen')
+  if before(fb, rb, fa, ra) then a, b = b, a end
+  move(b, a, cause, message_id, t)
+  return a
+end
+
+local function refuse(pid, other, reason, message_id, t)
+  refused = refused + 1
+  record('identity_merges', {survivor = pid, merged = other, cause = 'refused: ' .. reason,
+                             message_id = message_id, event_at = t, at = now})
+  log(pid, 'warning', 'not merged with another profile: ' .. reason, t)
+end
+
+local function apply_consent(pid, c, t, source, message_id)
+  local field = c[1] .. ':' .. c[2]
+  local status = c[3]
+  local current = redis.call('HGET', key(pid, 'consent'), field)
+  if status == 'denied' and current == 'granted' then status = 'revoked' end
+  local kept = keep_latest(key(pid, 'consent'), key(pid, 'consent_at'), field, status, t)
+  if kept then redis.call('HSET', key(pid, 'consent_src'), field, source) end
+  record('consent_log', {profile_id = pid, channel = c[1], purpose = c[2], status = status,
+                         at = t, source = source, message_id = message_id,
+                         current = kept, recorded_at = now})
+end
+
+local function resolve(e)
+  local t, mid = e.t, e.mid
+  local ids = e.ids
+  if e.prev then  -- alias: the previous id is a known user id, or else an anonymous id
+    local prev = 'u:' .. e.prev
+    if redis.call('EXISTS', identity_key(prev)) == 0 then prev = 'a:' .. e.prev end
+    ids[#ids + 1] = prev
+  end
+  local owner, owned = {}, {}
+  for _, ident in ipairs(ids) do
+    local pid = redis.call('GET', identity_key(ident))
+    if pid then
+      owner[ident] = pid
+      if not owned[pid] then owned[pid] = true; owned[#owned + 1] = pid end
+    end
+  end
+  local user = nil
+  if string.sub(ids[1], 1, 2) == 'u:' then user = ids[1] end
+  local pending_user = user ~= nil and owner[user] == nil
+
+  -- The profile the event belongs to: its user's, else the first one compatible with it,
+  -- else a new one rooted at the event's smallest identifier.
+  local anchor = user and owner[user]
+  if not anchor then
+    for _, pid in ipairs(owned) do
+      if not user or meta_number(pid, 'users') == 0 then anchor = pid; break end
+    end
+  end
+  if not anchor then
+    local root = nil
+    for _, ident in ipairs(ids) do
+      if not owner[ident] and (not root or ident < root) then root = ident end
+    end
+    anchor = new_profile(root, t)
+  end
+
+  -- Bring the others in, unless that would join two people known by different user ids
+  -- (only an explicit alias may) or exceed the identifier cap.
+  for _, pid in ipairs(owned) do
+    pid = live(pid)
+    if pid ~= anchor then
+      local users_a = meta_number(anchor, 'users') + (pending_user and 1 or 0)
+      local size = redis.call('HLEN', key(anchor, 'ids')) + redis.call('HLEN', key(pid, 'ids'))
+      if users_a > 0 and meta_number(pid, 'users') > 0 and not e.prev then
+        refuse(anchor, pid, 'both have a user id', mid, t)
+      elseif size > cap then
+        refuse(anchor, pid, 'more than ' .. cap .. ' identifiers', mid, t)
+      else
+        anchor = merge(anchor, pid, e.type, mid, t)
+      end
+    end
+  end
+  for _, ident in ipairs(ids) do
+    local pid = owner[ident] and live(owner[ident])
+    if not pid then
+      if redis.call('HLEN', key(anchor, 'ids')) >= cap then
+        log(anchor, 'warning', ident .. ' not linked: the profile holds ' .. cap .. ' identifiers', t)
+      else
+        add_identifier(anchor, ident, t)
+        anchor = check_root(anchor, ident, t, mid)
+      end
+    elseif pid == anchor then
+      anchor = touch_identifier(anchor, ident, t, mid)
+    end
+  end
+  return anchor
+end
+
+local function apply_event(e)
+  local pid = resolve(e)
+  local t = e.t
+  local profile = key(pid)
+  redis.call('HINCRBY', profile, 'events', 1)
+  if t > meta_number(pid, 'last_seen') then redis.call('HSET', profile, 'last_seen', t) end
+
+  local day = math.floor(t / 86400000)
+  if e.f and day >= first_day then
+    local dk = day_key(pid, day)
+    for _, field in ipairs(e.f) do redis.call('HINCRBY', dk, field, 1) end
+    redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
+    redis.call('ZADD', key(pid, 'days'), day, day)
+    redis.call('ZREMRANGEBYSCORE', key(pid, 'days'), '-inf', first_day - 1)
+  end
+  if e.tr then
+    for name, value in pairs(e.tr) do keep_latest(key(pid, 'traits'), key(pid, 'traits_at'), name, value, t) end
+  end
+  if e.tz then
+    local at = tonumber(redis.call('HGET', profile, 'tz_at'))
+    if not at or t >= at then redis.call('HSET', profile, 'tz', e.tz, 'tz_at', t) end
+  end
+  if e.cart then
+    local op, product = e.cart[1], e.cart[2]
+    local cleared = meta_number(pid, 'cart_cleared_at')
+    if op == 'clear' then
+      if t > cleared then
+        -- Keep only what was put in after the order (a late event may be older).
+        local items = redis.call('HGETALL', key(pid, 'cart'))
+        for i = 1, #items, 2 do
+          local added = tonumber(redis.call('HGET', key(pid, 'cart_items'), items[i] .. ':at') or '0')
+          if added <= t then
+            redis.call('HDEL', key(pid, 'cart'), items[i])
+            redis.call('HDEL', key(pid, 'cart_items'), items[i], items[i] .. ':at')
+          end
+        end
+        redis.call('HSET', profile, 'cart_cleared_at', t)
+      end
+    elseif t > cleared then
+      if op == 'add' then
+        redis.call('HINCRBY', key(pid, 'cart'), product, e.cart[3])
+        redis.call('HSET', key(pid, 'cart_items'), product, e.cart[4])
+        local at = tonumber(redis.call('HGET', key(pid, 'cart_items'), product .. ':at') or '0')
+        if t > at then redis.call('HSET', key(pid, 'cart_items'), product .. ':at', t) end
+      else
+        local left = redis.call('HINCRBY', key(pid, 'cart'), product, -e.cart[3])
+        if left <= 0 then
+          redis.call('HDEL', key(pid, 'cart'), product)
+          redis.call('HDEL', key(pid, 'cart_items'), product, product .. ':at')
+        end
+      end
+    end
+    if t > meta_number(pid, 'cart_at') then redis.call('HSET', profile, 'cart_at', t) end
+  end
+  if e.view then
+    redis.call('ZADD', key(pid, 'viewed'), 'GT', t, e.view[1])
+    redis.call('HSET', key(pid, 'viewed_items'), e.view[1], e.view[2])
+    trim_viewed(pid)
+  end
+  if e.order then
+    redis.call('HINCRBY', profile, 'orders', 1)
+    redis.call('HINCRBY', profile, 'revenue', e.order)
+    if t > meta_number(pid, 'last_order_at') then redis.call('HSET', profile, 'last_order_at', t) end
+  end
+  if e.consent then
+    for _, c in ipairs(e.consent) do apply_consent(pid, c, t, e.type, e.mid) end
+  end
+  if e.warn then
+    for _, message in ipairs(e.warn) do log(pid, 'warning', message, t) end
+  end
+end
+
+for _, c in ipairs(changes) do
+  if c.kind == 'event' then
+    if redis.call('SET', c.k, '1', 'NX', 'EX', seen_ttl) then
+      apply_event(c)
+      applied = applied + 1
+    else
+      skipped = skipped + 1
+    end
+  else
+    local pid = live(c.profile)
+    if redis.call('EXISTS', key(pid)) == 1 then
+      if c.kind == 'consent' then
+        apply_consent(pid, c.consent, c.t, c.source, '')
+      elseif c.kind == 'suppress' then
+        redis.call('HSET', key(pid, 'suppression'), c.channel,
+                   cjson.encode({reason = c.reason, at = c.t, source = c.source}))
+        record('suppression_log', {profile_id = pid, channel = c.channel, reason = c.reason,
+                                   suppressed = true, at = c.t, source = c.source})
+      elseif c.kind == 'unsuppress' then
+        redis.call('HDEL', key(pid, 'suppression'), c.channel)
+        record('suppression_log', {profile_id = pid, channel = c.channel, reason = '',
+                                   suppressed = false, at = c.t, source = c.source})
+      end
+      applied = applied + 1
+    end
+  end
+end
+return {applied, skipped, merges, refused}

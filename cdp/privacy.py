@@ -1,0 +1,157 @@
+"""GDPR: export all we hold on a person (Art. 15 and 20) and erase it everywhere (Art. 17):
+the profile's Redis keys, its identifiers in the identity graph, its rows in every ClickHouse
+table, and the stream entries that carried its events.
+
+Erasure first waits until every consumer has settled what was received before it, so no
+event on its way to ClickHouse or to the profile brings the person back afterwards."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import redis
+
+from cdp.identity import Kind, tagged
+from cdp.profiles import PARTS, Profile, ProfileStore
+from cdp.storage import Warehouse, entry_id, text, trim_consumed
+
+EVENT_COLUMNS = (
+    "message_id, type, event, name, anonymous_id, user_id, timestamp, received_at, page_url, "
+    "properties, traits, context"
+)
+
+
+def settled(client: redis.Redis, stream: str, upto: tuple[int, int]) -> bool:
+    """Whether every consumer group has read and acknowledged the stream up to `upto`."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return True  # no stream yet
+    for group in groups:
+        if entry_id(group["last-delivered-id"]) < upto:
+            return False
+        if group["pending"] and entry_id(client.xpending(stream, group["name"])["min"]) <= upto:
+            return False
+    return True
+
+
+def last_entry(client: redis.Redis, stream: str) -> tuple[int, int]:
+    try:
+        return entry_id(client.xinfo_stream(stream)["last-generated-id"])
+    except redis.ResponseError:
+        return (0, 0)
+
+
+def wait_until_settled(client: redis.Redis, streams: list[str], timeout: float) -> bool:
+    """Wait for each stream in turn (the later ones are fed by consumers of the earlier)."""
+    deadline = time.monotonic() + timeout
+    for stream in streams:
+        upto = last_entry(client, stream)
+        while not settled(client, stream, upto):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True
+
+
+def events_of(
+    warehouse: Warehouse,
+    profile: Profile,
+    limit: int | None = None,
+    before: tuple[int, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The profile's events, newest first: those of all its anonymous ids and user ids."""
+    where = "(anonymous_id IN {anonymous:Array(String)} OR user_id IN {users:Array(String)})"
+    parameters: dict[str, Any] = {
+        "anonymous": profile.identifiers("anonymous_id"),
+        "users": profile.identifiers("user_id"),
+    }
+    if before is not None:
+        where += " AND (toUnixTimestamp64Milli(timestamp), message_id) < ({ms:Int64}, {mid:String})"
+        parameters |= {"ms": before[0], "mid": before[1]}
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY timestamp DESC, message_id DESC"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    names = [c.strip() for c in EVENT_COLUMNS.split(",")]
+    return [dict(zip(names, row, strict=True)) for row in warehouse.query_rows(sql, parameters)]
+
+
+def _profile_ids(profile: Profile) -> list[str]:
+    return [profile.id, *profile.merged_profiles]
+
+
+def history(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, Any]]]:
+    """The profile's rows in the audit tables: merges, consent and suppression statements."""
+    ids = {"ids": _profile_ids(profile)}
+    queries = {
+        "merges": "SELECT survivor, merged, cause, message_id, event_at, at FROM identity_merges "
+        "WHERE survivor IN {ids:Array(String)} OR merged IN {ids:Array(String)} ORDER BY at",
+        "consent_log": "SELECT channel, purpose, status, at, source, message_id, current "
+        "FROM consent_log WHERE profile_id IN {ids:Array(String)} ORDER BY at",
+        "suppression_log": "SELECT channel, reason, suppressed, at, source FROM suppression_log "
+        "WHERE profile_id IN {ids:Array(String)} ORDER BY at",
+    }
+    out = {}
+    for name, sql in queries.items():
+        rows = warehouse.query_rows(sql, ids)
+        columns = [c.strip() for c in sql.split("FROM")[0].removeprefix("SELECT").split(",")]
+        out[name] = [dict(zip(columns, row, strict=True)) for row in rows]
+    return out
+
+
+def export(warehouse: Warehouse, profile: Profile) -> dict[str, Any]:
+    return {
+        "profile": asdict(profile),
+        **history(warehouse, profile),
+        "events": events_of(warehouse, profile),
+    }
+
+
+def erase(
+    client: redis.Redis,
+    warehouse: Warehouse,
+    store: ProfileStore,
+    profile: Profile,
+    streams: list[str],
+) -> dict[str, int]:
+    """Remove the person everywhere; returns what was removed where."""
+    pids = _profile_ids(profile)
+    values = [identity["value"] for identity in profile.identities]
+    keys = [store.key(profile.id), *(store.key(profile.id, part) for part in PARTS)]
+    days = client.zrange(store.key(profile.id, "days"), 0, -1)
+    keys += [f"{store.key(profile.id)}:day:{text(day)}" for day in days]
+    keys += [
+        f"{store.prefix}:identity:{tagged(Kind(i['kind']), i['value'])}" for i in profile.identities
+    ]
+    keys += [f"{store.prefix}:merged:{pid}" for pid in pids]
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*keys)
+    pipe.srem(f"{store.prefix}:profiles", profile.id)
+    pipe.srem(f"{store.prefix}:profiles:known", profile.id)
+    removed_keys = int(pipe.execute()[0])
+
+    anonymous, users = profile.identifiers("anonymous_id"), profile.identifiers("user_id")
+    deletions = {
+        "events": ("anonymous_id IN {anonymous:Array(String)} OR user_id IN {users:Array(String)}"),
+        "identities": "profile_id IN {pids:Array(String)} OR value IN {values:Array(String)}",
+        "identity_merges": "survivor IN {pids:Array(String)} OR merged IN {pids:Array(String)}",
+        "consent_log": "profile_id IN {pids:Array(String)}",
+        "suppression_log": "profile_id IN {pids:Array(String)}",
+        "rejected_events": "multiSearchAny(payload, {values:Array(String)})",
+    }
+    parameters = {"anonymous": anonymous, "users": users, "pids": pids, "values": values}
+    report = {"redis_keys": removed_keys}
+    for table, where in deletions.items():
+        count = warehouse.query_rows(f"SELECT count() FROM {table} WHERE {where}", parameters)[0][0]
+        if count:
+            warehouse.command(
+                f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", parameters
+            )
+        report[table] = int(count)
+    for stream in streams:  # what carried the events, all settled by now
+        report[f"stream_entries:{stream}"] = trim_consumed(client, stream)
+    return report
