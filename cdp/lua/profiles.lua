@@ -50,10 +50,10 @@ local function record(tbl, row)
   redis.call('XADD', records, '*', 'table', tbl, 'row', cjson.encode(row))
 end
 
+local KINDS = {a = 'anonymous_id', u = 'user_id', e = 'email', p = 'phone'}
 local function record_identity(ident, pid)
   local version = redis.call('INCR', P .. ':identity_version')
-  local colon = string.find(ident, ':', 1, true)
-  record('identities', {kind = string.sub(ident, 1, colon - 1), value = string.sub(ident, colon + 1),
+  record('identities', {kind = KINDS[string.sub(ident, 1, 1)], value = string.sub(ident, 3),
                         profile_id = pid, version = version, at = now})
 end
 

@@ -8,10 +8,9 @@ import redis.asyncio as aioredis
 
 from cdp.schema import migrate
 from cdp.settings import Settings
-from cdp.storage import Warehouse
+from cdp.storage import Warehouse, trim_consumed
 from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent
-from cdp.storage import trim_consumed
 from ingestion.stream import EventStream
 from ingestion.writer import GROUP, WarehouseWriter, to_frame
 from tests.conftest import count_events
