@@ -228,10 +228,11 @@ def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]
     settings = runtime.settings
     profile_or_404(runtime, profile_id)
     streams = [settings.events_stream, settings.records_stream]
-    if not privacy.wait_until_settled(runtime.redis, streams, settings.erase_wait_seconds):
+    settled = privacy.wait_until_settled(runtime.redis, streams, settings.erase_wait_seconds)
+    if settled is None:
         raise Unavailable("events received before this request are still being processed")
     profile = profile_or_404(runtime, profile_id)  # as it is now all is settled
-    removed = privacy.erase(runtime.redis, runtime.warehouse, runtime.profiles, profile, streams)
+    removed = privacy.erase(runtime.redis, runtime.warehouse, runtime.profiles, profile, settled)
     return {"profile_id": profile.id, "erased": True, "removed": removed}
 
 

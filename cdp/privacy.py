@@ -15,7 +15,7 @@ import redis
 
 from cdp.identity import Kind, tagged
 from cdp.profiles import PARTS, Profile, ProfileStore
-from cdp.storage import Warehouse, entry_id, text, trim_consumed
+from cdp.storage import Warehouse, entry_id, text
 
 EVENT_COLUMNS = (
     "message_id, type, event, name, anonymous_id, user_id, timestamp, received_at, page_url, "
@@ -44,16 +44,21 @@ def last_entry(client: redis.Redis, stream: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def wait_until_settled(client: redis.Redis, streams: list[str], timeout: float) -> bool:
-    """Wait for each stream in turn (the later ones are fed by consumers of the earlier)."""
+def wait_until_settled(
+    client: redis.Redis, streams: list[str], timeout: float
+) -> dict[str, tuple[int, int]] | None:
+    """Wait for each stream in turn (the later ones are fed by consumers of the earlier);
+    returns the entry each stream is settled up to, or None when time ran out."""
     deadline = time.monotonic() + timeout
+    marks = {}
     for stream in streams:
         upto = last_entry(client, stream)
         while not settled(client, stream, upto):
             if time.monotonic() > deadline:
-                return False
+                return None
             time.sleep(0.05)
-    return True
+        marks[stream] = upto
+    return marks
 
 
 def events_of(
@@ -116,7 +121,7 @@ def erase(
     warehouse: Warehouse,
     store: ProfileStore,
     profile: Profile,
-    streams: list[str],
+    settled_upto: dict[str, tuple[int, int]],
 ) -> dict[str, int]:
     """Remove the person everywhere; returns what was removed where."""
     pids = _profile_ids(profile)
@@ -152,6 +157,6 @@ def erase(
                 f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", parameters
             )
         report[table] = int(count)
-    for stream in streams:  # what carried the events, all settled by now
-        report[f"stream_entries:{stream}"] = trim_consumed(client, stream)
+    for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
+        report[f"stream_entries:{stream}"] = int(client.xtrim(stream, minid=f"{ms}-{seq + 1}"))
     return report
