@@ -85,13 +85,25 @@ def events_of(
     return [dict(zip(names, row, strict=True)) for row in warehouse.query_rows(sql, parameters)]
 
 
-def _profile_ids(profile: Profile) -> list[str]:
-    return [profile.id, *profile.merged_profiles]
+def profile_ids(warehouse: Warehouse, profile: Profile) -> list[str]:
+    """The profile's id and every id merged into it, by the live graph or the merge history
+    (a replay may have rebuilt the graph through fewer intermediate profiles)."""
+    ids = {profile.id, *profile.merged_profiles}
+    while True:
+        merged = warehouse.query_rows(
+            "SELECT DISTINCT merged FROM identity_merges WHERE survivor IN {ids:Array(String)} "
+            "AND NOT startsWith(cause, 'refused')",
+            {"ids": sorted(ids)},
+        )
+        found = {row[0] for row in merged} - ids
+        if not found:
+            return sorted(ids)
+        ids |= found
 
 
 def history(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, Any]]]:
     """The profile's rows in the audit tables: merges, consent and suppression statements."""
-    ids = {"ids": _profile_ids(profile)}
+    ids = {"ids": profile_ids(warehouse, profile)}
     queries = {
         "merges": "SELECT survivor, merged, cause, message_id, event_at, at FROM identity_merges "
         "WHERE survivor IN {ids:Array(String)} OR merged IN {ids:Array(String)} ORDER BY at",
@@ -124,7 +136,7 @@ def erase(
     settled_upto: dict[str, tuple[int, int]],
 ) -> dict[str, int]:
     """Remove the person everywhere; returns what was removed where."""
-    pids = _profile_ids(profile)
+    pids = profile_ids(warehouse, profile)
     values = [identity["value"] for identity in profile.identities]
     keys = [store.key(profile.id), *(store.key(profile.id, part) for part in PARTS)]
     days = client.zrange(store.key(profile.id, "days"), 0, -1)

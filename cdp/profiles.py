@@ -47,8 +47,13 @@ def _product_id(properties: dict[str, Any]) -> str:
     return str(value) if isinstance(value, str | int) and value != "" else ""
 
 
+def _json(value: Any) -> str:
+    # Sorted keys: the warehouse gives JSON objects back sorted, and replay must match live.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _item(properties: dict[str, Any]) -> str:
-    return orjson.dumps({k: properties[k] for k in ITEM_FIELDS if k in properties}).decode()
+    return _json({k: properties[k] for k in ITEM_FIELDS if k in properties})
 
 
 def _quantity(properties: dict[str, Any], default: int) -> int:
@@ -125,10 +130,9 @@ def change_of(event: StoredEvent, seen_prefix: str) -> dict[str, Any]:
             fields.add(f"ep:{name}|{product}")
     change["f"] = sorted(fields)
 
-    if traits:
-        change["tr"] = {
-            key: orjson.dumps(value).decode() for key, value in traits.items() if key != "consent"
-        } or None
+    kept = {k: _json(v) for k, v in traits.items() if k != "consent" and v is not None}
+    if kept:
+        change["tr"] = kept
     time_zone = event.context.get("timezone")
     if isinstance(time_zone, str) and time_zone in _time_zones():
         change["tz"] = time_zone
@@ -166,7 +170,9 @@ class Applied:
     merges: int = 0
     refused_merges: int = 0
 
-    def add(self, counts: Sequence[int]) -> None:
+    def add(self, counts: Sequence[int] | Applied) -> None:
+        if isinstance(counts, Applied):
+            counts = [counts.events, counts.seen_before, counts.merges, counts.refused_merges]
         self.events += int(counts[0])
         self.seen_before += int(counts[1])
         self.merges += int(counts[2])
@@ -231,25 +237,27 @@ class ProfileStore:
         base = f"{self.prefix}:profile:{profile_id}"
         return f"{base}:{part}" if part else base
 
-    def apply(self, changes: Iterable[dict[str, Any]], now_ms: int | None = None) -> Applied:
+    def apply(self, changes: Iterable[dict[str, Any]], *, replaying: bool = False) -> Applied:
+        """Apply changes in order; `replaying` records no audit rows (they exist already)."""
         applied = Applied()
         batch: list[dict[str, Any]] = []
         for change in changes:
             batch.append(change)
             if len(batch) == CHANGES_PER_CALL:
-                applied.add(self._run(batch, now_ms))
+                applied.add(self._run(batch, replaying))
                 batch = []
         if batch:
-            applied.add(self._run(batch, now_ms))
+            applied.add(self._run(batch, replaying))
         return applied
 
-    def apply_events(self, events: Iterable[StoredEvent]) -> Applied:
-        return self.apply(change_of(event, self.seen_prefix) for event in events)
+    def apply_events(self, events: Iterable[StoredEvent], *, replaying: bool = False) -> Applied:
+        changes = (change_of(event, self.seen_prefix) for event in events)
+        return self.apply(changes, replaying=replaying)
 
-    def _run(self, batch: list[dict[str, Any]], now_ms: int | None) -> list[int]:
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
+    def _run(self, batch: list[dict[str, Any]], replaying: bool) -> list[int]:
         args = [self.prefix, orjson.dumps(batch), self.seen_seconds, self.identity_cap,
-                self.days, now, self.records_stream]  # fmt: skip
+                self.days, int(time.time() * 1000), self.records_stream,
+                "1" if replaying else "0"]  # fmt: skip
         return self._script(args=args)  # type: ignore[arg-type,no-any-return]
 
     # Reading

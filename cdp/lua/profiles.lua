@@ -1,7 +1,8 @@
 -- Live profile state: the identity graph and each profile's features, changed atomically.
 --
 -- ARGV: 1 key prefix, 2 JSON array of changes, 3 seen-key TTL (s), 4 identifier cap,
---       5 days of daily counts kept, 6 now (ms), 7 records stream.
+--       5 days of daily counts kept, 6 now (ms), 7 records stream, 8 '1' when replaying
+--       (the audit rows exist already: only identity mappings are recorded again).
 -- A change is {kind="event"|"consent"|"suppress", ...}; an event change carries a seen key
 -- (`k`) so applying it twice is a no-op. Rows for ClickHouse (identities, merges, consent)
 -- go to the records stream in the same call, so they exist if and only if the change does.
@@ -19,6 +20,7 @@ local cap = tonumber(ARGV[4])
 local keep_days = tonumber(ARGV[5])
 local now = tonumber(ARGV[6])
 local records = ARGV[7]
+local replaying = ARGV[8] == '1'
 local first_day = math.floor(now / 86400000) - keep_days + 1
 local VIEWED_KEPT = 20
 local LOG_KEPT = 100
@@ -47,6 +49,7 @@ local function before(t1, i1, t2, i2)
 end
 
 local function record(tbl, row)
+  if replaying and tbl ~= 'identities' then return end
   redis.call('XADD', records, '*', 'table', tbl, 'row', cjson.encode(row))
 end
 
@@ -117,6 +120,17 @@ local function trim_viewed(pid)
   end
 end
 
+local function clear_cart(pid, upto)
+  local items = redis.call('HGETALL', key(pid, 'cart'))
+  for i = 1, #items, 2 do
+    local added = tonumber(redis.call('HGET', key(pid, 'cart_items'), items[i] .. ':at') or '0')
+    if added <= upto then
+      redis.call('HDEL', key(pid, 'cart'), items[i])
+      redis.call('HDEL', key(pid, 'cart_items'), items[i], items[i] .. ':at')
+    end
+  end
+end
+
 -- Move everything of profile `from` into `to` (which may not exist yet), then retire `from`.
 local function move(from, to, cause, message_id, at)
   local m = redis.call('HGETALL', key(from))
@@ -171,17 +185,17 @@ local function move(from, to, cause, message_id, at)
     redis.call('DEL', day_key(from, day))
   end
 
-  local cleared = tonumber(redis.call('HGET', key(to), 'cart_cleared_at') or '0')
   local cart = redis.call('HGETALL', key(from, 'cart'))
   for i = 1, #cart, 2 do
     local added = tonumber(redis.call('HGET', key(from, 'cart_items'), cart[i] .. ':at') or '0')
-    if added > cleared then
-      redis.call('HINCRBY', key(to, 'cart'), cart[i], cart[i + 1])
-      redis.call('HSETNX', key(to, 'cart_items'), cart[i],
-                 redis.call('HGET', key(from, 'cart_items'), cart[i]))
-      redis.call('HSET', key(to, 'cart_items'), cart[i] .. ':at', added)
-    end
+    redis.call('HINCRBY', key(to, 'cart'), cart[i], cart[i + 1])
+    redis.call('HSETNX', key(to, 'cart_items'), cart[i],
+               redis.call('HGET', key(from, 'cart_items'), cart[i]))
+    local at = tonumber(redis.call('HGET', key(to, 'cart_items'), cart[i] .. ':at') or '0')
+    if added > at then redis.call('HSET', key(to, 'cart_items'), cart[i] .. ':at', added) end
   end
+  -- An order of either profile empties what either put in the cart before it.
+  clear_cart(to, tonumber(redis.call('HGET', key(to), 'cart_cleared_at') or '0'))
 
   local viewed = redis.call('ZRANGE', key(from, 'viewed'), 0, -1, 'WITHSCORES')
   for i = 1, #viewed, 2 do
@@ -371,14 +385,7 @@ local function apply_event(e)
     if op == 'clear' then
       if t > cleared then
         -- Keep only what was put in after the order (a late event may be older).
-        local items = redis.call('HGETALL', key(pid, 'cart'))
-        for i = 1, #items, 2 do
-          local added = tonumber(redis.call('HGET', key(pid, 'cart_items'), items[i] .. ':at') or '0')
-          if added <= t then
-            redis.call('HDEL', key(pid, 'cart'), items[i])
-            redis.call('HDEL', key(pid, 'cart_items'), items[i], items[i] .. ':at')
-          end
-        end
+        clear_cart(pid, t)
         redis.call('HSET', profile, 'cart_cleared_at', t)
       end
     elseif t > cleared then
