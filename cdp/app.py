@@ -123,12 +123,16 @@ class Runtime:
         self.workers.append(worker)
         self._threads.append(thread)
 
-    def close(self) -> None:
+    def stop_workers(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
         for worker in self.workers:
             worker.client.close()
+        self._threads, self.workers = [], []
+
+    def close(self) -> None:
+        self.stop_workers()
         self.redis.close()
         self.warehouse.close()
         if self.embedded_redis is not None:

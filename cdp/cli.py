@@ -1,4 +1,4 @@
-"""The `cdp` command: serve, demo, migrate, writer."""
+"""The `cdp` command: serve, demo, migrate, writer, profile-worker, replay, keys."""
 
 from __future__ import annotations
 
@@ -7,18 +7,26 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import httpx
+import redis
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.table import Table
 
 from cdp import demo as demo_module
+from cdp.auth import ApiKeys, Scope
+from cdp.keys import load_keys
+from cdp.redis_server import EmbeddedRedis
 from cdp.report import Overview
 from cdp.settings import Settings
+from cdp.storage import connect_redis
 
 app = typer.Typer(help="Customer data platform for web shops.", no_args_is_help=True)
 console = Console()
@@ -87,6 +95,134 @@ def writer(log_level: str = typer.Option("info")) -> None:
         pass
     finally:
         runtime.close()
+
+
+@app.command("profile-worker")
+def profile_worker(log_level: str = typer.Option("info")) -> None:
+    """Run a profile worker alone: it needs Redis only; more of them share the stream."""
+    import threading as threads
+
+    from cdp.app import profile_store
+    from cdp.profile_worker import ProfileWorker
+
+    _logging(log_level)
+    settings = _settings()
+    stop = threads.Event()
+    with _redis(settings) as client:
+        worker = ProfileWorker(
+            client,
+            profile_store(client, settings),
+            settings.events_stream,
+            batch_size=settings.profile_batch_size,
+        )
+        try:
+            worker.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+
+
+@app.command()
+def replay() -> None:
+    """Rebuild all live profile state from ClickHouse (stop profile workers first)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cdp.app import Runtime
+    from cdp.privacy import last_entry, settled
+    from cdp.replay import replay as rebuild
+
+    _logging("warning")
+    settings = _settings()
+    # The warehouse writer first stores what is still buffered, so replay sees all of it.
+    runtime = Runtime.start(settings.model_copy(update={"run_profile_worker": False}))
+    try:
+        upto = last_entry(runtime.redis, settings.events_stream)
+        with console.status("storing buffered events"):
+            while runtime.writer and not settled(
+                runtime.redis, settings.events_stream, upto, groups=("warehouse",)
+            ):
+                time.sleep(0.1)
+        runtime.stop_workers()
+        columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("replaying events", total=None)
+            applied = rebuild(
+                runtime.warehouse,
+                runtime.profiles,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        total, known = runtime.profiles.counts()
+        console.print(
+            f"replayed {applied.events:,} events into {total:,} profiles "
+            f"({known:,} identified, {applied.merges:,} merges, "
+            f"{applied.refused_merges:,} refused)"
+        )
+    finally:
+        runtime.close()
+
+
+keys_app = typer.Typer(help="Secret API keys for the marketer API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Scope = typer.Option(..., help="read, write or admin."),
+    name: str = typer.Option("", help="What the key is for."),
+) -> None:
+    """Make a key; its secret is printed once."""
+    settings = _settings()
+    with _redis(settings) as client:
+        secret, key = _api_keys(settings, client).create(scope, name)
+    console.print(f"{key.scope} key {key.id} ({key.name}): [bold]{secret}[/]")
+    console.print("keep the secret now: it is stored only as a digest")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys, never their secrets."""
+    settings = _settings()
+    with _redis(settings) as client:
+        keys = _api_keys(settings, client).list()
+    table = Table("id", "scope", "name", "created")
+    for key in keys:
+        table.add_row(key.id, key.scope, key.name, key.created_at)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (`cdp keys list`)."""
+    settings = _settings()
+    with _redis(settings) as client:
+        revoked = _api_keys(settings, client).revoke(key_id)
+    if not revoked:
+        console.print(f"[red]no key {key_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+def _api_keys(settings: Settings, client: redis.Redis) -> ApiKeys:
+    return ApiKeys(client, settings.redis_prefix, load_keys(settings).admin_key)
+
+
+@contextmanager
+def _redis(settings: Settings) -> Iterator[redis.Redis]:
+    """Redis for a command that needs nothing else: the embedded server is reused when a
+    server runs, else started for the command and stopped after."""
+    embedded = None
+    url = settings.redis_url
+    if settings.embedded_redis:
+        embedded = EmbeddedRedis(settings.data_dir)
+        embedded.start()
+        url = embedded.url
+    client = connect_redis(url)
+    try:
+        yield client
+    finally:
+        client.close()
+        if embedded is not None and not embedded.reused:
+            embedded.stop()
 
 
 @app.command()

@@ -23,13 +23,18 @@ EVENT_COLUMNS = (
 )
 
 
-def settled(client: redis.Redis, stream: str, upto: tuple[int, int]) -> bool:
-    """Whether every consumer group has read and acknowledged the stream up to `upto`."""
+def settled(
+    client: redis.Redis, stream: str, upto: tuple[int, int], groups: tuple[str, ...] = ()
+) -> bool:
+    """Whether every consumer group (or those named) has read and acknowledged the stream
+    up to `upto`."""
     try:
-        groups = client.xinfo_groups(stream)
+        infos = client.xinfo_groups(stream)
     except redis.ResponseError:
         return True  # no stream yet
-    for group in groups:
+    for group in infos:
+        if groups and text(group["name"]) not in groups:
+            continue
         if entry_id(group["last-delivered-id"]) < upto:
             return False
         if group["pending"] and entry_id(client.xpending(stream, group["name"])["min"]) <= upto:
