@@ -276,4 +276,5 @@ def overview(
     since: datetime = Query(default=datetime(1970, 1, 1, tzinfo=UTC)),
 ) -> dict[str, object]:
     runtime = runtime_of(request)
-    return report.overview(runtime.warehouse, since, runtime.profiles).as_dict()
+    streams = [runtime.settings.events_stream, runtime.settings.records_stream]
+    return report.overview(runtime.warehouse, since, runtime.profiles, streams).as_dict()

@@ -272,7 +272,12 @@ def demo(
         ok = demo_module.run(
             f"http://127.0.0.1:{port}",
             sorted(runtime.keys.write_keys)[0],
-            lambda since: overview(runtime.warehouse, since, runtime.profiles),
+            lambda since: overview(
+                runtime.warehouse,
+                since,
+                runtime.profiles,
+                [settings.events_stream, settings.records_stream],
+            ),
             visitors,
             seed,
             console,

@@ -28,6 +28,8 @@ class Sent:
     refused: int = 0
     orders: int = 0
     revenue: float = 0.0
+    people: int = 0
+    devices: int = 0
 
 
 def send_traffic(
@@ -74,6 +76,8 @@ def send_traffic(
             sent.refused += refused
             sent.orders += visitor.orders
             sent.revenue += visitor.revenue
+            sent.people += 1
+            sent.devices += visitor.devices
             progress.advance(task)
     return sent
 
@@ -82,10 +86,11 @@ def wait_until_stored(
     read: Callable[[], Overview], expected: int, console: Console, timeout: float = 120
 ) -> Overview:
     deadline = time.monotonic() + timeout
-    with console.status("waiting for the warehouse writer..."):
+    with console.status("waiting for the warehouse writer and the profile worker..."):
         while True:
             report = read()
-            if report.events >= expected or time.monotonic() > deadline:
+            settled = report.events >= expected and report.backlog == 0
+            if settled or time.monotonic() > deadline:
                 return report
             time.sleep(0.25)
 
@@ -96,7 +101,18 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
     summary = Table.grid(padding=(0, 2))
     summary.add_row("events stored", f"{report.events:,}", f"of {sent.accepted:,} accepted")
     summary.add_row("events refused", f"{sent.refused:,}", "malformed on purpose, answered 400")
-    summary.add_row("visitors", f"{report.visitors:,}", f"{report.known_users:,} identified")
+    summary.add_row("visitors", f"{report.visitors:,}", "anonymous ids: browsers and devices")
+    summary.add_row(
+        "profiles",
+        f"{report.profiles:,}",
+        f"{report.identified_profiles:,} identified, {report.anonymous_profiles:,} anonymous"
+        f" (simulated {sent.people:,} people on {sent.devices:,} devices)",
+    )
+    summary.add_row(
+        "merges",
+        f"{report.merges:,}",
+        f"{report.refused_merges:,} refused by a guard; {report.known_users:,} user ids",
+    )
     summary.add_row("bot events", f"{report.bot_events:,}", "flagged from the user agent")
     summary.add_row("orders", f"{report.orders:,}", f"simulated {sent.orders:,}")
     summary.add_row("revenue", f"EUR {report.revenue:,.2f}", f"simulated EUR {sent.revenue:,.2f}")
@@ -121,6 +137,12 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
         "[green]every accepted event is stored exactly once[/]"
         if ok
         else "[red]the warehouse does not match what was accepted[/]"
+    )
+    # In this shop only logged-in people have e-mails, so one user id should be one profile.
+    console.print(
+        f"[green]each of the {report.known_users:,} logged-in people is one profile[/]"
+        if report.identified_profiles == report.known_users
+        else "[red]identified profiles and user ids do not match[/]"
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
+
 from cdp.profiles import ProfileStore
 from cdp.storage import Warehouse
 
@@ -27,12 +29,15 @@ class Overview:
     anonymous_profiles: int = 0
     merges: int = 0
     refused_merges: int = 0
+    backlog: int = 0  # stream entries some worker has still to settle
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def overview(warehouse: Warehouse, since: datetime, profiles: ProfileStore) -> Overview:
+def overview(
+    warehouse: Warehouse, since: datetime, profiles: ProfileStore, streams: list[str]
+) -> Overview:
     """Event counts since `since`; the profile counts are of now, merges of all time."""
     params = {"since": since}
     where = "WHERE received_at >= {since:DateTime64(3)}"
@@ -78,4 +83,17 @@ def overview(warehouse: Warehouse, since: datetime, profiles: ProfileStore) -> O
         "FROM identity_merges"
     )
     report.merges, report.refused_merges = int(merges), int(refused)
+    report.backlog = backlog(profiles.client, streams)
     return report
+
+
+def backlog(client: redis.Redis, streams: list[str]) -> int:
+    """Entries delivered to no worker yet, or delivered and not acknowledged, over all groups."""
+    waiting = 0
+    for stream in streams:
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:
+            continue
+        waiting += sum(int(group.get("lag") or 0) + int(group["pending"]) for group in groups)
+    return waiting

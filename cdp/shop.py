@@ -1,6 +1,8 @@
 """A simulated web shop: visitors browse categories, view products, add to cart, some check
-out and buy, a few are bots. Produces Segment-shaped events, one list per visitor, with
-timestamps spread over the past days like a real shop's history."""
+out and buy, a few are bots. Some have an account and log in, some come back on another
+device (phone, then laptop), so profiles have to be stitched. Produces Segment-shaped
+events, one list per visitor, with timestamps spread over the past days like a real shop's
+history."""
 
 from __future__ import annotations
 
@@ -45,15 +47,20 @@ class Visitor:
     events: list[dict[str, Any]]
     orders: int
     revenue: float
+    devices: int = 1
 
 
 def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
-    """One visitor's history: a few sessions in the past week."""
+    """One visitor's history: a few sessions in the past week, maybe on several devices."""
     anonymous_id = str(uuid.UUID(int=rng.getrandbits(128)))
+    first_anonymous_id = anonymous_id
     is_bot = rng.random() < 0.03
     agent = BOT if is_bot else rng.choice(BROWSERS)
     email = f"shopper{rng.randrange(10**6)}@example.com"
-    user_id: str | None = None
+    has_account = not is_bot and rng.random() < 0.4
+    account = f"user-{rng.randrange(10**9)}"
+    user_id: str | None = None  # sent once logged in on the current device
+    devices = 1
     cart: list[tuple[str, str, float, str]] = []
     events: list[dict[str, Any]] = []
     orders, revenue = 0, 0.0
@@ -90,8 +97,16 @@ def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
             event["userId"] = user_id
         events.append(event)
 
-    for _ in range(1 if is_bot else rng.choice((1, 1, 2, 3))):
+    for session in range(1 if is_bot else rng.choice((1, 1, 2, 3))):
+        if session and rng.random() < 0.4:  # back on another device, logged out there
+            anonymous_id = str(uuid.UUID(int=rng.getrandbits(128)))
+            agent = rng.choice(BROWSERS)
+            user_id = None
+            devices += 1
         emit("page", name="Home", path="/")
+        if has_account and user_id is None and rng.random() < 0.6:
+            user_id = account
+            emit("identify", traits={"email": email, "first_name": "Sam"})
         for category in rng.sample(list(CATALOG), k=rng.randint(1, 3)):
             slug = category.lower()
             emit("page", name=category, category=category, path=f"/c/{slug}")
@@ -106,8 +121,8 @@ def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
                     added = {**product, "quantity": 1, "cart_id": anonymous_id[:8]}
                     emit("track", event="Product Added", properties=added)
         if cart and rng.random() < 0.45:
-            if user_id is None:
-                user_id = f"user-{rng.randrange(10**9)}"
+            if user_id is None:  # checkout asks to log in or sign up
+                user_id = account
                 emit("identify", traits={"email": email, "first_name": "Sam"})
             total = round(sum(item[2] for item in cart), 2)
             products = [{"product_id": s, "name": n, "price": p, "category": c, "quantity": 1}
@@ -125,7 +140,7 @@ def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
         moment += timedelta(hours=rng.uniform(2, 40))
         if moment >= now:
             break
-    return Visitor(anonymous_id, events, orders, round(revenue, 2))
+    return Visitor(first_anonymous_id, events, orders, round(revenue, 2), devices)
 
 
 def simulate_shop(visitors: int, seed: int, now: datetime | None = None) -> list[Visitor]:

@@ -26,6 +26,15 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every accepted event is stored exactly once" in result.stdout
     assert "Events by type" in result.stdout and "Order Completed" in result.stdout
+    assert "logged-in people is one profile" in result.stdout
+    assert "merges" in result.stdout and "identified" in result.stdout
+
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cdp", "replay"], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "replayed" in replayed.stdout and "profiles" in replayed.stdout
     keys = (tmp_path / "data" / "keys.json").read_text()
     assert "wk_" in keys and "generated keys" in result.stderr
     assert not (tmp_path / "data" / "valkey" / "valkey.pid").exists()
