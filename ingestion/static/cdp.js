@@ -4,7 +4,9 @@
  * origin), consent ("required" to send nothing and set no cookie until cdp.consent(true)),
  * autoPage ("false" to skip the automatic page call).
  * API: cdp.track(event, properties), cdp.identify(userId, traits), cdp.page(name, properties),
- * cdp.reset(), cdp.consent(granted), cdp.flush(). Calls made before the script loaded, as
+ * cdp.reset(), cdp.consent(granted, choices), cdp.flush(). cdp.consent records the visitor's
+ * choice on their profile as a "Consent Updated" event: choices per channel, e.g.
+ * {email: "granted", whatsapp: {marketing: "denied"}}, else {web: "granted"|"denied"}. Calls made before the script loaded, as
  * window.cdp = window.cdp || []; cdp.push(["track", "Signed Up"]), are replayed in order.
  */
 (function (window, document) {
@@ -198,16 +200,22 @@
       state.anonymousId = uuid();
       if (state.consent === "granted") writeCookie(COOKIE, state.anonymousId, 365);
     },
-    consent: function (granted) {
+    consent: function (granted, choices) {
+      var recorded = { consent: choices || { web: granted ? "granted" : "denied" } };
       if (granted) {
         state.consent = "granted";
         anonymousId();
         var held = state.held;
         state.held = [];
         held.forEach(function (e) { e.anonymousId = state.anonymousId; state.queue.push(e); });
-        persist();
+        api.track("Consent Updated", recorded);
         schedule(0);
       } else {
+        // A withdrawal is recorded on the profile (one last event), then nothing more is sent.
+        if (state.consent === "granted" && readCookie(COOKIE)) {
+          api.track("Consent Updated", recorded);
+          beacon();
+        }
         state.consent = "denied";
         state.held = [];
         state.queue = [];

@@ -6,11 +6,12 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from cdp.storage import Warehouse
-from tests.conftest import WRITE_KEY, LiveServer, count_events, wait_for
+from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +111,8 @@ def test_nothing_is_sent_or_kept_before_consent(
 
     page.evaluate("cdp.consent(true)")
     anonymous = page.evaluate("cdp.anonymousId()")
-    wait_for(lambda: count_events(warehouse, "anonymous_id = {a:String}", {"a": anonymous}) == 2)
+    # The held page and track, and the consent itself, recorded for the profile.
+    wait_for(lambda: count_events(warehouse, "anonymous_id = {a:String}", {"a": anonymous}) == 3)
     assert "cdp_aid" in {c["name"] for c in page.context.cookies()}
 
 
@@ -166,3 +168,57 @@ def test_events_queued_when_leaving_the_page_are_sent(
             == 1
         )
     )
+
+
+def profile(live_server: LiveServer, ready=lambda p: True, **identifier: str) -> dict:  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def found() -> dict | None:
+        response = httpx.get(
+            f"{live_server.url}/api/v1/profiles", params=identifier, headers=headers
+        )
+        return response.json() if response.status_code == 200 and ready(response.json()) else None
+
+    return wait_for(found)
+
+
+def test_consent_given_in_the_banner_is_on_the_profile(
+    page: Page, shop: str, live_server: LiveServer
+) -> None:
+    loaded(page, f"{shop}/consent")
+    page.evaluate("cdp.consent(true, {web: 'granted', email: {marketing: 'granted'}})")
+    anonymous = page.evaluate("cdp.anonymousId()")
+    consent = profile(live_server, lambda p: bool(p["consent"]), anonymous_id=anonymous)["consent"]
+    assert consent["web"]["marketing"]["status"] == "granted"
+    assert consent["email"]["marketing"]["source"] == "track"
+
+    page.evaluate("cdp.consent(false, {email: 'denied'})")  # withdrawn: recorded, then silent
+    withdrawn = profile(
+        live_server,
+        lambda p: p["consent"]["email"]["marketing"]["status"] == "revoked",
+        anonymous_id=anonymous,
+    )
+    assert withdrawn["consent"]["web"]["marketing"]["status"] == "granted"
+    assert "cdp_aid" not in {c["name"] for c in page.context.cookies()}
+
+
+def test_two_people_on_one_computer_with_reset_are_two_profiles(
+    page: Page, shop: str, live_server: LiveServer
+) -> None:
+    loaded(page, f"{shop}/p/sku-1")
+    page.evaluate("cdp.track('Product Added', {product_id: 'sku-1'})")
+    page.evaluate("cdp.identify('ann', {email: 'ann@example.com'})")
+    first_cookie = page.evaluate("cdp.anonymousId()")
+    page.evaluate("cdp.reset()")  # Ann logs out
+    loaded(page, f"{shop}/p/sku-2")
+    page.evaluate("cdp.track('Product Added', {product_id: 'sku-2'})")
+    page.evaluate("cdp.identify('bob', {email: 'bob@example.com'})")
+    second_cookie = page.evaluate("cdp.anonymousId()")
+
+    ann = profile(live_server, lambda p: p["features"]["events"] == 3, user_id="ann")
+    bob = profile(live_server, lambda p: p["features"]["events"] == 3, user_id="bob")
+    assert ann["id"] != bob["id"]
+    assert {i["value"] for i in ann["identities"]} == {first_cookie, "ann", "ann@example.com"}
+    assert {i["value"] for i in bob["identities"]} == {second_cookie, "bob", "bob@example.com"}
+    assert [item["product_id"] for item in ann["features"]["cart"]] == ["sku-1"]
+    assert [item["product_id"] for item in bob["features"]["cart"]] == ["sku-2"]
