@@ -1,0 +1,67 @@
+"""The profile worker and the records writer on real Valkey and chdb: entries handled again
+after a crash change nothing twice."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from cdp.consumer import Entries
+from cdp.events import entry_events
+from cdp.profile_worker import ProfileWorker
+from cdp.profiles import ProfileStore
+from cdp.records import RecordsWriter
+from cdp.schema import migrate
+from cdp.settings import Settings
+from cdp.storage import Warehouse
+from tests.integration.test_writer import append, rows
+
+
+class Crash(Exception):
+    pass
+
+
+def test_entries_applied_but_not_acknowledged_count_once(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    store = ProfileStore(redis_client, settings.redis_prefix, settings.records_stream)
+    worker = ProfileWorker(redis_client, store, settings.events_stream, consumer="w1")
+    worker.ensure_group()
+    append(settings, rows(5, anonymousId="visitor"))
+    append(settings, rows(3, prefix="n", anonymousId="visitor"))
+
+    entries = worker.read_new(None)
+    store.apply_events(e for _, fields in entries for e in entry_events(fields or {}))  # then died
+    assert worker.recover() == 8  # the same worker, restarted, handles its pending entries
+    profile = store.read(store.find("a", "visitor") or "")
+    assert profile is not None and profile.features["events"] == 8
+    assert worker.drain_once(block_ms=10) == 0
+    pending = redis_client.xpending(settings.events_stream, "profiles")["pending"]
+    assert pending == 0
+
+
+class CrashBeforeAck(RecordsWriter):
+    def ack(self, entries: Entries) -> None:
+        raise Crash
+
+
+def test_records_inserted_but_not_acknowledged_are_stored_once(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    migrate(warehouse)
+    store = ProfileStore(redis_client, settings.redis_prefix, settings.records_stream)
+    append(settings, rows(1, anonymousId="a1"))
+    worker = ProfileWorker(redis_client, store, settings.events_stream)
+    worker.ensure_group()
+    worker.drain_once(block_ms=10)  # one new profile: one identity record
+
+    crashing = CrashBeforeAck(redis_client, warehouse, settings.records_stream, consumer="r1")
+    crashing.ensure_group()
+    with pytest.raises(Crash):
+        crashing.drain_once(block_ms=10)
+    assert warehouse.query_rows("SELECT count() FROM identities")[0][0] == 1
+
+    restarted = RecordsWriter(redis_client, warehouse, settings.records_stream, consumer="r1")
+    assert restarted.recover() == 1
+    assert warehouse.query_rows("SELECT count() FROM identities")[0][0] == 1
+    assert redis_client.xpending(settings.records_stream, "warehouse")["pending"] == 0

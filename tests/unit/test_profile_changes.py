@@ -1,0 +1,73 @@
+"""What one event changes in its profile: a pure function, tested without Redis."""
+
+import orjson
+
+from cdp.profiles import change_of, windowed_counts
+from tests.events import BASE_MS, stored
+
+
+def change(**kwargs):  # type: ignore[no-untyped-def]
+    return change_of(stored(**kwargs), "seen:")
+
+
+def test_counts_by_event_category_and_product() -> None:
+    product = {"product_id": "p1", "category": "Shoes", "name": "Runner"}
+    viewed = change(event="Product Viewed", anonymous_id="a", properties=product)
+    assert viewed["f"] == ["e:Product Viewed", "ec:Product Viewed|Shoes", "ep:Product Viewed|p1"]
+    assert viewed["view"][0] == "p1" and orjson.loads(viewed["view"][1])["name"] == "Runner"
+    assert viewed["ids"] == ["a:a"] and viewed["k"].startswith("seen:source:")
+    assert change(kind="page", anonymous_id="a")["f"] == ["e:page"]
+
+
+def test_cart_events_and_orders() -> None:
+    added = change(event="Product Added", anonymous_id="a",
+                   properties={"sku": "s1", "quantity": 2, "price": 5})  # fmt: skip
+    assert added["cart"][:3] == ["add", "s1", 2]
+    removed = change(event="Product Removed", anonymous_id="a", properties={"sku": "s1"})
+    assert removed["cart"] == ["remove", "s1", 2**31]  # no quantity: all of it
+    order = change(event="Order Completed", anonymous_id="a",
+                   properties={"products": [{"product_id": "p1", "price": 9.99, "quantity": 2},
+                                            {"product_id": "p2", "price": 0.01}]})  # fmt: skip
+    assert order["cart"] == ["clear", ""] and order["order"] == 1999
+    assert "ep:Order Completed|p2" in order["f"]
+    assert (
+        change(event="Order Completed", anonymous_id="a", properties={"total": 12.345})["order"]
+        == 1234
+    )  # cents, rounded half to even like Python
+
+
+def test_identify_traits_consent_and_warnings() -> None:
+    identify = change(kind="identify", user_id="u", anonymous_id="a",
+                      traits={"email": "x@y.io", "plan": {"b": 1, "a": 2}, "gone": None,
+                              "consent": {"email": True, "fax": True}},
+                      context={"timezone": "Europe/Rome", "locale": "it-IT"})  # fmt: skip
+    assert identify["ids"] == ["u:u", "a:a", "e:x@y.io"]
+    assert identify["tr"] == {"email": '"x@y.io"', "plan": '{"a":2,"b":1}'}
+    assert identify["consent"] == [["email", "marketing", "granted"]]
+    assert identify["warn"] == ["consent channel 'fax' is unknown"]
+    assert identify["tz"] == "Europe/Rome"
+    assert "tz" not in change(anonymous_id="a", context={"timezone": "Mars/Olympus"})
+
+
+def test_a_phone_without_country_code_takes_the_locale() -> None:
+    found = change(kind="identify", user_id="u", traits={"phone": "06 1234 5678"},
+                   context={"locale": "nl-NL"})  # fmt: skip
+    assert "p:+31612345678" in found["ids"]
+
+
+def test_an_alias_carries_the_previous_id() -> None:
+    assert change(kind="alias", user_id="new", previous_id="old")["prev"] == "old"
+
+
+def test_windowed_counts_sum_the_days_in_each_window() -> None:
+    today = BASE_MS // 86_400_000
+    days = {
+        today: {"e:Product Viewed": "2", "ec:Product Viewed|Shoes": "2"},
+        today - 5: {"e:Product Viewed": "1"},
+        today - 20: {"e:Product Viewed": "4"},
+    }
+    counts = windowed_counts(days, today, (1, 7, 30))
+    assert counts["1d"]["events"] == {"Product Viewed": 2}
+    assert counts["7d"]["events"] == {"Product Viewed": 3}
+    assert counts["30d"]["events"] == {"Product Viewed": 7}
+    assert counts["7d"]["categories"] == {"Product Viewed": {"Shoes": 2}}
