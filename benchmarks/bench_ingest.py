@@ -137,7 +137,7 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
     env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
-           "CDP_API_KEYS": API_KEY}  # fmt: skip
+           "CDP_ADMIN_KEY": API_KEY}  # fmt: skip
     for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
         env.pop(name, None)
     uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the load generator (Debian's wrk) and runs the ingestion benchmark.
+# Installs the load generator (Debian's wrk) and runs a benchmark: ingestion (the default)
+# or `profiles`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null 2>&1; then
@@ -7,4 +8,8 @@ if ! command -v wrk >/dev/null 2>&1; then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
 fi
 [ -x .venv/bin/python ] || ./dev.sh test --co -q >/dev/null
+if [ "${1:-}" = "profiles" ]; then
+  shift
+  exec .venv/bin/python benchmarks/bench_profiles.py "$@"
+fi
 exec .venv/bin/python benchmarks/bench_ingest.py "$@"

@@ -71,8 +71,14 @@ end
 
 local function is_known(ident) return string.sub(ident, 1, 2) ~= 'a:' end
 
--- Follow merge redirects to the live profile.
+-- Identity keys always name live profiles; within this call, profiles merged away are
+-- followed through `moved`. Ids from outside follow the stored merge redirects.
+local moved = {}
 local function live(pid)
+  while moved[pid] do pid = moved[pid] end
+  return pid
+end
+local function live_stored(pid)
   for _ = 1, 32 do
     local next_pid = redis.call('GET', P .. ':merged:' .. pid)
     if not next_pid then return pid end
@@ -236,6 +242,8 @@ local function move(from, to, cause, message_id, at)
   redis.call('SREM', P .. ':profiles', from)
   redis.call('SREM', P .. ':profiles:known', from)
   redis.call('SET', P .. ':merged:' .. from, to)
+  moved[from] = to
+  moved[to] = nil
   record('identity_merges', {survivor = to, merged = from, cause = cause,
                              message_id = message_id, event_at = at, at = now})
   merges = merges + 1
@@ -361,27 +369,32 @@ local function apply_event(e)
   local pid = resolve(e)
   local t = e.t
   local profile = key(pid)
+  local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at')
+  local updates = {}
   redis.call('HINCRBY', profile, 'events', 1)
-  if t > meta_number(pid, 'last_seen') then redis.call('HSET', profile, 'last_seen', t) end
+  if t > (tonumber(m[1]) or 0) then updates[#updates + 1] = 'last_seen'; updates[#updates + 1] = t end
+  local tz_at = tonumber(m[3]) or 0
+  if e.tz and (t > tz_at or (t == tz_at and e.tz ~= m[2])) then
+    updates[#updates + 1] = 'tz'; updates[#updates + 1] = e.tz
+    updates[#updates + 1] = 'tz_at'; updates[#updates + 1] = t
+  end
+  if #updates > 0 then redis.call('HSET', profile, unpack(updates)) end
 
   local day = math.floor(t / 86400000)
   if e.f and day >= first_day then
     local dk = day_key(pid, day)
     for _, field in ipairs(e.f) do redis.call('HINCRBY', dk, field, 1) end
-    redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
-    redis.call('ZADD', key(pid, 'days'), day, day)
-    redis.call('ZREMRANGEBYSCORE', key(pid, 'days'), '-inf', first_day - 1)
+    if redis.call('ZADD', key(pid, 'days'), day, day) == 1 then  -- a new day
+      redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
+      redis.call('ZREMRANGEBYSCORE', key(pid, 'days'), '-inf', first_day - 1)
+    end
   end
   if e.tr then
     for name, value in pairs(e.tr) do keep_latest(key(pid, 'traits'), key(pid, 'traits_at'), name, value, t) end
   end
-  if e.tz then
-    local at = tonumber(redis.call('HGET', profile, 'tz_at'))
-    if not at or t >= at then redis.call('HSET', profile, 'tz', e.tz, 'tz_at', t) end
-  end
   if e.cart then
     local op, product = e.cart[1], e.cart[2]
-    local cleared = meta_number(pid, 'cart_cleared_at')
+    local cleared = tonumber(m[4]) or 0
     if op == 'clear' then
       if t > cleared then
         -- Keep only what was put in after the order (a late event may be older).
@@ -405,9 +418,9 @@ local function apply_event(e)
     if t > meta_number(pid, 'cart_at') then redis.call('HSET', profile, 'cart_at', t) end
   end
   if e.view then
-    redis.call('ZADD', key(pid, 'viewed'), 'GT', t, e.view[1])
+    local added = redis.call('ZADD', key(pid, 'viewed'), 'GT', t, e.view[1])
     redis.call('HSET', key(pid, 'viewed_items'), e.view[1], e.view[2])
-    trim_viewed(pid)
+    if added == 1 then trim_viewed(pid) end
   end
   if e.order then
     redis.call('HINCRBY', profile, 'orders', 1)
@@ -431,7 +444,7 @@ for _, c in ipairs(changes) do
       skipped = skipped + 1
     end
   else
-    local pid = live(c.profile)
+    local pid = live_stored(c.profile)
     if redis.call('EXISTS', key(pid)) == 1 then
       if c.kind == 'consent' then
         apply_consent(pid, c.consent, c.t, c.source, '')
