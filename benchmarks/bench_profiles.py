@@ -88,6 +88,8 @@ def worker_throughput(visitors: int) -> None:
             done = 0
             while done < events:
                 done += worker.drain_once(block_ms=100)
+            if mode != "read and decode only":
+                worker.wait()
             results[mode] = (events, time.perf_counter() - started)
         profiles, identified = store.counts()
     finally:

@@ -144,7 +144,7 @@ def profile_store(client: redis.Redis, settings: Settings) -> ProfileStore:
         client,
         settings.redis_prefix,
         settings.records_stream,
-        seen_seconds=settings.dedup_window_hours * 3600,
+        marker_seconds=settings.dedup_window_hours * 3600,
         identity_cap=settings.identity_cap,
         days=settings.profile_days,
     )

@@ -128,6 +128,7 @@ def replay() -> None:
 
     from cdp.app import Runtime
     from cdp.privacy import last_entry, settled
+    from cdp.replay import align_profiles_group
     from cdp.replay import replay as rebuild
 
     _logging("warning")
@@ -142,6 +143,7 @@ def replay() -> None:
             ):
                 time.sleep(0.1)
         runtime.stop_workers()
+        align_profiles_group(runtime.redis, settings.events_stream)
         columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=console) as progress:

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -32,6 +34,7 @@ class InvalidIdentifier(ValueError):
     pass
 
 
+@lru_cache(maxsize=65_536)  # the same people come back, and validation is slow
 def normalise_email(value: str) -> str:
     try:
         email = validate_email(value.strip(), check_deliverability=False)
@@ -40,6 +43,7 @@ def normalise_email(value: str) -> str:
     return email.normalized.lower()
 
 
+@lru_cache(maxsize=65_536)
 def normalise_phone(value: str, region: str | None = None) -> str:
     """E.164; a number without a country code needs the region (ISO 3166 alpha-2) it is from."""
     try:
@@ -78,23 +82,32 @@ class EventIdentifiers:
     warnings: list[str] = field(default_factory=list)
 
 
+TRAIT_IDENTIFIERS = (("email", "e:", normalise_email), ("phone", "p:", normalise_phone))
+
+
 def identifiers_of(
-    user_id: str, anonymous_id: str, traits: dict[str, Any], region: str | None
+    user_id: str, anonymous_id: str, traits: dict[str, Any], region: Callable[[], str | None]
 ) -> EventIdentifiers:
+    """`region` is asked only when a phone number needs one."""
     found = EventIdentifiers()
     if user_id:
-        found.tagged.append(tagged(Kind.USER_ID, user_id))
+        found.tagged.append("u:" + user_id)
     if anonymous_id:
-        found.tagged.append(tagged(Kind.ANONYMOUS_ID, anonymous_id))
-    for kind in (Kind.EMAIL, Kind.PHONE):
-        value = traits.get(kind.value)
+        found.tagged.append("a:" + anonymous_id)
+    if not traits:
+        return found
+    for name, tag, normalise_value in TRAIT_IDENTIFIERS:
+        value = traits.get(name)
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            found.warnings.append(f"trait {kind.value} is not text; not used as an identifier")
+            found.warnings.append(f"trait {name} is not text; not used as an identifier")
             continue
         try:
-            found.tagged.append(tagged(kind, normalise(kind, value, region)))
+            if tag == "p:" and not value.startswith("+"):
+                found.tagged.append(tag + normalise_phone(value, region()))
+            else:
+                found.tagged.append(tag + normalise_value(value))
         except InvalidIdentifier as error:
             found.warnings.append(f"{error}; kept as a trait, not used as an identifier")
     return found

@@ -4,7 +4,11 @@ so entries handled again after a crash change nothing twice."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -12,8 +16,9 @@ import redis
 from prometheus_client import Counter
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.events import StoredEvent, entry_events
-from cdp.profiles import Applied, ProfileStore
+from cdp.events import entry_events
+from cdp.profiles import Entry, ProfileStore, Submitted
+from cdp.storage import text
 
 log = logging.getLogger(__name__)
 
@@ -27,44 +32,56 @@ REFUSED = Counter("cdp_identity_merges_refused", "Merges refused by a guard")
 
 class ProfileWorker(StreamConsumer):
     group = "profiles"
+    IN_FLIGHT = 2  # batches read ahead while earlier ones are applied
 
     def __init__(self, client: redis.Redis, store: ProfileStore, stream: str, **options: Any):
         super().__init__(client, stream, **options)
         self.store = store
+        # Settles batches in order: waits for their calls, counts, acknowledges.
+        self._settler = ThreadPoolExecutor(1, thread_name_prefix="profile-settle")
+        self._in_flight: deque[Future[None]] = deque()
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
-        events: list[StoredEvent] = []
+        """Start applying; the next batch is read while this one runs. Recovered entries are
+        settled before returning (recovery reads them again until acknowledged)."""
+        readable: list[Entry] = []
         for entry_id, fields in entries:
             if not fields:
                 continue
             try:
-                events.extend(entry_events(fields))
+                readable.append((text(entry_id), entry_events(fields)))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 log.error("events entry %s unreadable, skipped: %s", entry_id, error)
+        submitted = self.store.submit_entries(readable)
+        self._in_flight.append(self._settler.submit(self._settle, submitted, entries))
+        while self._in_flight and (recovered or len(self._in_flight) > self.IN_FLIGHT):
+            self._in_flight.popleft().result()  # raises what settling raised
+        return sum(len(events) for _, events in readable)
+
+    def drain_once(self, block_ms: int | None = None) -> int:
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft().result()
+        handled = super().drain_once(block_ms)
+        if not handled:  # idle: finish what is in flight
+            self.wait()
+        return handled
+
+    def wait(self) -> None:
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def run(self, stop: threading.Event) -> None:
         try:
-            applied = self.store.apply_events(events)
-        except redis.ResponseError:
-            applied = self._one_by_one(events)
-        self._count(applied)
-        self.ack(entries)
-        return len(events)
+            super().run(stop)
+        finally:
+            with contextlib.suppress(Exception):  # unsettled entries are recovered on start
+                self.wait()
 
-    def _one_by_one(self, events: list[StoredEvent]) -> Applied:
-        """A batch the script refused: apply its events alone, so one cannot hold back the rest."""
-        applied = Applied()
-        for event in events:
-            try:
-                single = self.store.apply_events([event])
-            except redis.ResponseError as error:
-                FAILED.inc()
-                log.error("event %s not applied to its profile: %s", event.message_id, error)
-                continue
-            applied.add([single.events, single.seen_before, single.merges, single.refused_merges])
-        return applied
-
-    @staticmethod
-    def _count(applied: Applied) -> None:
+    def _settle(self, submitted: Submitted, entries: Entries) -> None:
+        applied = self.store.settle(submitted)
         APPLIED.inc(applied.events)
         SEEN_BEFORE.inc(applied.seen_before)
+        FAILED.inc(applied.failed)
         MERGES.inc(applied.merges)
         REFUSED.inc(applied.refused_merges)
+        self.ack(entries)

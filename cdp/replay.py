@@ -3,7 +3,9 @@ through the same change function and script as live ones; consent and suppressio
 through the API (not carried by events) come back from their audit logs. The audit tables
 are not written again; identity mappings are, so `profile_events` follows the new graph.
 
-Run it while no profile worker runs (their writes would interleave with the rebuild)."""
+Run it while no worker runs (their writes would interleave with the rebuild), then
+`align_profiles_group`, so that the profile workers go on exactly after what the warehouse
+held: entries replayed are not applied again, and none is missed."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import redis
 
 from cdp.events import StoredEvent
 from cdp.profiles import Applied, ProfileStore
-from cdp.storage import Warehouse
+from cdp.storage import Warehouse, text
 
 # What replay rebuilds; the salt stays, so profiles keep their ids.
-REBUILT = ("profile:*", "identity:*", "merged:*", "seen:*", "profiles", "profiles:known")
+REBUILT = ("profile:*", "identity:*", "merged:*", "applied:*", "profiles", "profiles:known")
 EVENTS = """
     SELECT message_id, source_id, type, event, anonymous_id, user_id, previous_id,
            toUnixTimestamp64Milli(timestamp), toJSONString(properties), toJSONString(traits),
@@ -25,6 +27,22 @@ EVENTS = """
     FROM events ORDER BY timestamp, message_id
 """
 BLOCK = 2_000
+
+
+def align_profiles_group(client: redis.Redis, stream: str) -> str:
+    """Start the profile workers' group where the warehouse writers' group stands; returns
+    that entry id."""
+    try:
+        groups = {text(g["name"]): g for g in client.xinfo_groups(stream)}
+    except redis.ResponseError:
+        return ""  # nothing was ever sent
+    if "warehouse" not in groups:
+        return ""
+    position = text(groups["warehouse"]["last-delivered-id"])
+    if "profiles" in groups:
+        client.xgroup_destroy(stream, "profiles")
+    client.xgroup_create(stream, "profiles", id=position)
+    return position
 
 
 def wipe(client: redis.Redis, prefix: str) -> int:

@@ -1,26 +1,30 @@
 -- Live profile state: the identity graph and each profile's features, changed atomically.
 --
--- ARGV: 1 key prefix, 2 JSON array of changes, 3 seen-key TTL (s), 4 identifier cap,
+-- ARGV: 1 key prefix, 2 JSON array of changes, 3 marker TTL (s), 4 identifier cap,
 --       5 days of daily counts kept, 6 now (ms), 7 records stream, 8 '1' when replaying
---       (the audit rows exist already: only identity mappings are recorded again).
--- A change is {kind="event"|"consent"|"suppress", ...}; an event change carries a seen key
--- (`k`) so applying it twice is a no-op. Rows for ClickHouse (identities, merges, consent)
--- go to the records stream in the same call, so they exist if and only if the change does.
+--       (the audit rows exist already: only identity mappings are recorded again),
+--       9 JSON array of markers: the stream entries whose events these changes are.
+-- A change is {kind="event"|"consent"|"suppress"|"unsuppress", ...}. An event change may
+-- stand for `n` events of the same identifiers (counts summed, `t0` the earliest time, `t`
+-- the latest). If any marker exists the call changes nothing and returns -1: those entries
+-- were applied before. Rows for ClickHouse (identities, merges, consent) go to the records
+-- stream in the same call, so they exist if and only if the change does.
 --
 -- A profile's id is derived from its root: the identifier seen first (earliest event time,
 -- then the smaller string). When two profiles merge, the one with the earlier root survives;
 -- when a late event makes another identifier the earliest, the profile is moved to the new
 -- id. So the same events give the same profiles in whatever order they arrive.
--- Returns {events applied, events seen before, merges, refused merges}.
+-- Returns {events applied, merges, refused merges}.
 
 local P = ARGV[1]
 local changes = cjson.decode(ARGV[2])
-local seen_ttl = tonumber(ARGV[3])
+local marker_ttl = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
 local keep_days = tonumber(ARGV[5])
 local now = tonumber(ARGV[6])
 local records = ARGV[7]
 local replaying = ARGV[8] == '1'
+local markers = cjson.decode(ARGV[9])
 local first_day = math.floor(now / 86400000) - keep_days + 1
 local VIEWED_KEPT = 20
 local LOG_KEPT = 100
@@ -28,7 +32,7 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
                'viewed_items', 'consent', 'consent_at', 'consent_src', 'suppression', 'log',
                'absorbed'}
 
-local applied, skipped, merges, refused = 0, 0, 0, 0
+local applied, merges, refused = 0, 0, 0
 
 local function key(pid, part)
   if part then return P .. ':profile:' .. pid .. ':' .. part end
@@ -298,7 +302,7 @@ local function apply_consent(pid, c, t, source, message_id)
 end
 
 local function resolve(e)
-  local t, mid = e.t, e.mid
+  local t, mid = e.t0 or e.t, e.mid
   local ids = e.ids
   if e.prev then  -- alias: the previous id is a known user id, or else an anonymous id
     local prev = 'u:' .. e.prev
@@ -371,19 +375,19 @@ local function apply_event(e)
   local profile = key(pid)
   local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at')
   local updates = {}
-  redis.call('HINCRBY', profile, 'events', 1)
+  redis.call('HINCRBY', profile, 'events', e.n or 1)
   if t > (tonumber(m[1]) or 0) then updates[#updates + 1] = 'last_seen'; updates[#updates + 1] = t end
-  local tz_at = tonumber(m[3]) or 0
-  if e.tz and (t > tz_at or (t == tz_at and e.tz ~= m[2])) then
+  local tz_at, tz_t = tonumber(m[3]) or 0, e.tzt or t
+  if e.tz and (tz_t > tz_at or (tz_t == tz_at and e.tz ~= m[2])) then
     updates[#updates + 1] = 'tz'; updates[#updates + 1] = e.tz
-    updates[#updates + 1] = 'tz_at'; updates[#updates + 1] = t
+    updates[#updates + 1] = 'tz_at'; updates[#updates + 1] = tz_t
   end
   if #updates > 0 then redis.call('HSET', profile, unpack(updates)) end
 
   local day = math.floor(t / 86400000)
   if e.f and day >= first_day then
     local dk = day_key(pid, day)
-    for _, field in ipairs(e.f) do redis.call('HINCRBY', dk, field, 1) end
+    for field, count in pairs(e.f) do redis.call('HINCRBY', dk, field, count) end
     if redis.call('ZADD', key(pid, 'days'), day, day) == 1 then  -- a new day
       redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
       redis.call('ZREMRANGEBYSCORE', key(pid, 'days'), '-inf', first_day - 1)
@@ -417,10 +421,13 @@ local function apply_event(e)
     end
     if t > meta_number(pid, 'cart_at') then redis.call('HSET', profile, 'cart_at', t) end
   end
-  if e.view then
-    local added = redis.call('ZADD', key(pid, 'viewed'), 'GT', t, e.view[1])
-    redis.call('HSET', key(pid, 'viewed_items'), e.view[1], e.view[2])
-    if added == 1 then trim_viewed(pid) end
+  if e.views then
+    local added = 0
+    for _, view in ipairs(e.views) do  -- {product, time, item}
+      added = added + redis.call('ZADD', key(pid, 'viewed'), 'GT', view[2], view[1])
+      redis.call('HSET', key(pid, 'viewed_items'), view[1], view[3])
+    end
+    if added > 0 then trim_viewed(pid) end
   end
   if e.order then
     redis.call('HINCRBY', profile, 'orders', 1)
@@ -435,14 +442,15 @@ local function apply_event(e)
   end
 end
 
+for _, marker in ipairs(markers) do
+  if redis.call('EXISTS', marker) == 1 then return {-1, 0, 0} end
+end
+for _, marker in ipairs(markers) do redis.call('SET', marker, '1', 'EX', marker_ttl) end
+
 for _, c in ipairs(changes) do
   if c.kind == 'event' then
-    if redis.call('SET', c.k, '1', 'NX', 'EX', seen_ttl) then
-      apply_event(c)
-      applied = applied + 1
-    else
-      skipped = skipped + 1
-    end
+    apply_event(c)
+    applied = applied + (c.n or 1)
   else
     local pid = live_stored(c.profile)
     if redis.call('EXISTS', key(pid)) == 1 then
@@ -462,4 +470,4 @@ for _, c in ipairs(changes) do
     end
   end
 end
-return {applied, skipped, merges, refused}
+return {applied, merges, refused}

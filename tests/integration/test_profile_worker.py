@@ -31,7 +31,7 @@ def test_entries_applied_but_not_acknowledged_count_once(
     append(settings, rows(3, prefix="n", anonymousId="visitor"))
 
     entries = worker.read_new(None)
-    store.apply_events(e for _, fields in entries for e in entry_events(fields or {}))  # then died
+    store.apply_entries([(i.decode(), entry_events(f or {})) for i, f in entries])  # then died
     assert worker.recover() == 8  # the same worker, restarted, handles its pending entries
     profile = store.read(store.find("a", "visitor") or "")
     assert profile is not None and profile.features["events"] == 8
@@ -54,6 +54,7 @@ def test_records_inserted_but_not_acknowledged_are_stored_once(
     worker = ProfileWorker(redis_client, store, settings.events_stream)
     worker.ensure_group()
     worker.drain_once(block_ms=10)  # one new profile: one identity record
+    worker.wait()
 
     crashing = CrashBeforeAck(redis_client, warehouse, settings.records_stream, consumer="r1")
     crashing.ensure_group()

@@ -19,8 +19,8 @@ def test_phones_become_e164_with_a_region_when_they_lack_a_country_code() -> Non
 
 
 def test_an_event_names_its_user_first_and_reports_what_it_cannot_use() -> None:
-    found = identifiers_of("u1", "a1", {"email": "A@B.io", "phone": 12345}, None)
+    found = identifiers_of("u1", "a1", {"email": "A@B.io", "phone": 12345}, lambda: None)
     assert found.tagged == ["u:u1", "a:a1", "e:a@b.io"]
     assert found.warnings == ["trait phone is not text; not used as an identifier"]
-    bad = identifiers_of("", "a1", {"email": "nope"}, None)
+    bad = identifiers_of("", "a1", {"email": "nope"}, lambda: None)
     assert bad.tagged == ["a:a1"] and "kept as a trait" in bad.warnings[0]

@@ -2,21 +2,23 @@
 
 import orjson
 
-from cdp.profiles import change_of, windowed_counts
+from cdp.profiles import change_of, grouped, windowed_counts
 from tests.events import BASE_MS, stored
 
 
 def change(**kwargs):  # type: ignore[no-untyped-def]
-    return change_of(stored(**kwargs), "seen:")
+    return change_of(stored(**kwargs))
 
 
 def test_counts_by_event_category_and_product() -> None:
     product = {"product_id": "p1", "category": "Shoes", "name": "Runner"}
     viewed = change(event="Product Viewed", anonymous_id="a", properties=product)
-    assert viewed["f"] == ["e:Product Viewed", "ec:Product Viewed|Shoes", "ep:Product Viewed|p1"]
-    assert viewed["view"][0] == "p1" and orjson.loads(viewed["view"][1])["name"] == "Runner"
-    assert viewed["ids"] == ["a:a"] and viewed["k"].startswith("seen:source:")
-    assert change(kind="page", anonymous_id="a")["f"] == ["e:page"]
+    assert viewed["f"] == {"e:Product Viewed": 1, "ec:Product Viewed|Shoes": 1,
+                           "ep:Product Viewed|p1": 1}  # fmt: skip
+    [(product, at, item)] = viewed["views"]
+    assert product == "p1" and at == viewed["t"] and orjson.loads(item)["name"] == "Runner"
+    assert viewed["ids"] == ["a:a"]
+    assert change(kind="page", anonymous_id="a")["f"] == {"e:page": 1}
 
 
 def test_cart_events_and_orders() -> None:
@@ -71,3 +73,27 @@ def test_windowed_counts_sum_the_days_in_each_window() -> None:
     assert counts["7d"]["events"] == {"Product Viewed": 3}
     assert counts["30d"]["events"] == {"Product Viewed": 7}
     assert counts["7d"]["categories"] == {"Product Viewed": {"Shoes": 2}}
+
+
+def test_browsing_of_the_same_identifiers_on_a_day_is_one_change() -> None:
+    changes = [
+        change(kind="page", anonymous_id="a", at=5, context={"timezone": "Europe/Rome"}),
+        change(event="Product Viewed", anonymous_id="a", at=1, properties={"product_id": "p"}),
+        change(kind="identify", anonymous_id="a", user_id="u", at=6),  # other identifiers
+        change(
+            event="Product Added", anonymous_id="a", at=7, properties={"product_id": "p"}
+        ),  # cart: alone
+        change(kind="page", anonymous_id="b", at=8),
+        change(kind="page", anonymous_id="a", at=9, context={"timezone": "Europe/Paris"}),
+    ]
+    out = grouped(changes)
+    assert [c["type"] for c in out] == ["page", "identify", "track", "page"]
+    browsing = out[0]
+    assert browsing["n"] == 3 and (browsing["t0"], browsing["t"]) == (
+        BASE_MS + 1000,
+        BASE_MS + 9000,
+    )
+    assert browsing["f"] == {"e:page": 2, "e:Product Viewed": 1, "ep:Product Viewed|p": 1}
+    assert browsing["tz"] == "Europe/Paris" and browsing["tzt"] == BASE_MS + 9000
+    assert [v[0] for v in browsing["views"]] == ["p"]
+    assert out[1]["ids"] == ["u:u", "a:a"] and out[2]["cart"][0] == "add"
