@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,6 +125,13 @@ def lookups(url: str, ids: list[str], seconds: int, connections: int) -> tuple[s
     return latency(output)
 
 
+def settling(url: str) -> bool:
+    response = httpx.get(
+        f"{url}/api/v1/reports/overview", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    return int(response.json()["backlog"]) > 0
+
+
 def lookup_latency(visitors: int, seconds: int) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-lookup-"))
     env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
@@ -139,7 +147,8 @@ def lookup_latency(visitors: int, seconds: int) -> None:
     try:
         socket_url = f"unix://{data_dir / 'valkey' / 'valkey.sock'}"
         _, ids = fill(socket_url, "cdp:stream:events", "cdp", visitors)
-        time.sleep(3)  # let the worker build the profiles
+        while settling(url):  # let the writer and the worker catch up first
+            time.sleep(0.5)
         idle = lookups(url, ids, seconds, 8)
         loaded: dict[str, object] = {}
         load = threading.Thread(

@@ -8,7 +8,6 @@ event on its way to ClickHouse or to the profile brings the person back afterwar
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -127,7 +126,7 @@ def history(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, 
 
 def export(warehouse: Warehouse, profile: Profile) -> dict[str, Any]:
     return {
-        "profile": asdict(profile),
+        "profile": profile.as_dict(),
         **history(warehouse, profile),
         "events": events_of(warehouse, profile),
     }

@@ -252,6 +252,10 @@ class Profile:
     log: list[dict[str, Any]]
     audiences: list[str] = field(default_factory=list)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Shallow: the fields hold plain JSON values already (asdict would deep-copy them)."""
+        return dict(vars(self))
+
     def identifiers(self, kind: str) -> list[str]:
         return [i["value"] for i in self.identities if i["kind"] == kind]
 
@@ -383,8 +387,9 @@ class ProfileStore:
         return None
 
     def find(self, kind_tag: str, value: str) -> str | None:
+        """The profile an identifier belongs to (identity keys name live profiles only)."""
         owner = self.client.get(f"{self.prefix}:identity:{kind_tag}:{value}")
-        return self.live_id(text(owner)) if owner else None
+        return text(owner) if owner else None
 
     def profile_ids(self) -> set[str]:
         return {text(member) for member in self.client.smembers(f"{self.prefix}:profiles")}

@@ -15,7 +15,7 @@ import redis
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.storage import Warehouse
+from cdp.storage import Warehouse, text
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,11 @@ class RecordsWriter(StreamConsumer):
             if table not in TABLES:
                 log.warning("record for unknown table %r dropped", table)
                 continue
-            row = orjson.loads(fields[b"row"])
-            row["record_id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            by_table.setdefault(table, []).append(row)
+            # One entry holds a script call's rows for the table; each has its own id.
+            base = text(entry_id)
+            for index, row in enumerate(orjson.loads(fields[b"rows"])):
+                row["record_id"] = f"{base}/{index}"
+                by_table.setdefault(table, []).append(row)
         for table, rows in by_table.items():
             frame = frame_of(table, rows)
             if recovered:
@@ -76,4 +78,4 @@ class RecordsWriter(StreamConsumer):
             if not frame.is_empty():
                 self.warehouse.insert_arrow(table, frame.to_arrow())
         self.ack(entries)
-        return len(entries)
+        return sum(len(rows) for rows in by_table.values())

@@ -33,6 +33,7 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
                'absorbed'}
 
 local applied, merges, refused = 0, 0, 0
+local days_added = {}  -- profile and day pairs this call has put in a profile's days
 
 local function key(pid, part)
   if part then return P .. ':profile:' .. pid .. ':' .. part end
@@ -52,16 +53,30 @@ local function before(t1, i1, t2, i2)
   return t1 < t2 or (t1 == t2 and i1 < i2)
 end
 
+-- Rows for ClickHouse gather here and go out as one stream entry per table at the end.
+local rows = {}
 local function record(tbl, row)
   if replaying and tbl ~= 'identities' then return end
-  redis.call('XADD', records, '*', 'table', tbl, 'row', cjson.encode(row))
+  rows[tbl] = rows[tbl] or {}
+  table.insert(rows[tbl], row)
 end
 
 local KINDS = {a = 'anonymous_id', u = 'user_id', e = 'email', p = 'phone'}
 local function record_identity(ident, pid)
-  local version = redis.call('INCR', P .. ':identity_version')
+  -- The version, which orders an identifier's mappings, is given when the rows go out.
   record('identities', {kind = KINDS[string.sub(ident, 1, 1)], value = string.sub(ident, 3),
-                        profile_id = pid, version = version, at = now})
+                        profile_id = pid, at = now})
+end
+
+local function send_records()
+  local identities = rows['identities']
+  if identities then
+    local last = redis.call('INCRBY', P .. ':identity_version', #identities)
+    for i, row in ipairs(identities) do row.version = last - #identities + i end
+  end
+  for tbl, list in pairs(rows) do
+    redis.call('XADD', records, '*', 'table', tbl, 'rows', cjson.encode(list))
+  end
 end
 
 local function log(pid, level, message, at)
@@ -329,12 +344,14 @@ local function resolve(e)
       if not user or meta_number(pid, 'users') == 0 then anchor = pid; break end
     end
   end
+  local created = nil
   if not anchor then
     local root = nil
     for _, ident in ipairs(ids) do
       if not owner[ident] and (not root or ident < root) then root = ident end
     end
     anchor = new_profile(root, t)
+    created = anchor
   end
 
   -- Bring the others in, unless that would join two people known by different user ids
@@ -360,7 +377,8 @@ local function resolve(e)
         log(anchor, 'warning', ident .. ' not linked: the profile holds ' .. cap .. ' identifiers', t)
       else
         add_identifier(anchor, ident, t)
-        anchor = check_root(anchor, ident, t, mid)
+        -- A profile made by this event is rooted at its smallest new identifier already.
+        if anchor ~= created then anchor = check_root(anchor, ident, t, mid) end
       end
     elseif pid == anchor then
       anchor = touch_identifier(anchor, ident, t, mid)
@@ -373,25 +391,26 @@ local function apply_event(e)
   local pid = resolve(e)
   local t = e.t
   local profile = key(pid)
-  local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at')
-  local updates = {}
-  redis.call('HINCRBY', profile, 'events', e.n or 1)
+  local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at', 'events')
+  local updates = {'events', (tonumber(m[5]) or 0) + (e.n or 1)}
   if t > (tonumber(m[1]) or 0) then updates[#updates + 1] = 'last_seen'; updates[#updates + 1] = t end
   local tz_at, tz_t = tonumber(m[3]) or 0, e.tzt or t
   if e.tz and (tz_t > tz_at or (tz_t == tz_at and e.tz ~= m[2])) then
     updates[#updates + 1] = 'tz'; updates[#updates + 1] = e.tz
     updates[#updates + 1] = 'tz_at'; updates[#updates + 1] = tz_t
   end
-  if #updates > 0 then redis.call('HSET', profile, unpack(updates)) end
+  redis.call('HSET', profile, unpack(updates))
 
   local day = math.floor(t / 86400000)
   if e.f and day >= first_day then
     local dk = day_key(pid, day)
     for field, count in pairs(e.f) do redis.call('HINCRBY', dk, field, count) end
-    if redis.call('ZADD', key(pid, 'days'), day, day) == 1 then  -- a new day
+    local known_day = pid .. day
+    if not days_added[known_day] and redis.call('ZADD', key(pid, 'days'), day, day) == 1 then
       redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
       redis.call('ZREMRANGEBYSCORE', key(pid, 'days'), '-inf', first_day - 1)
     end
+    days_added[known_day] = true
   end
   if e.tr then
     for name, value in pairs(e.tr) do keep_latest(key(pid, 'traits'), key(pid, 'traits_at'), name, value, t) end
@@ -470,4 +489,5 @@ for _, c in ipairs(changes) do
     end
   end
 end
+send_records()
 return {applied, merges, refused}
