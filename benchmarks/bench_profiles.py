@@ -99,7 +99,9 @@ def worker_throughput(visitors: int) -> None:
     print(f"profile worker, 1 process, embedded Valkey (AOF fsync always), {visitors:,} "
           "simulated visitors")  # fmt: skip
     for mode, (events, seconds) in results.items():
-        print(f"  {mode:<22} {events:,} events in {seconds:5.2f}s  {events / seconds:10,.0f} events/s")
+        print(
+            f"  {mode:<22} {events:,} events in {seconds:5.2f}s  {events / seconds:10,.0f} events/s"
+        )
     floor = results["read and decode only"][1] / results["apply to profiles"][1]
     print(f"  applying runs at {floor:.2f}x the read-only floor; {profiles:,} profiles, "
           f"{identified:,} identified  (target >= 20,000 events/s)")  # fmt: skip
@@ -149,6 +151,7 @@ def lookup_latency(visitors: int, seconds: int) -> None:
         _, ids = fill(socket_url, "cdp:stream:events", "cdp", visitors)
         while settling(url):  # let the writer and the worker catch up first
             time.sleep(0.5)
+        single = lookups(url, ids, seconds, 1)
         idle = lookups(url, ids, seconds, 8)
         loaded: dict[str, object] = {}
         load = threading.Thread(
@@ -161,10 +164,11 @@ def lookup_latency(visitors: int, seconds: int) -> None:
     finally:
         server.terminate()
         server.wait()
-    print(f"profile look-up over HTTP, {len(ids):,} anonymous ids, wrk 8 connections, {seconds}s")
-    print(f"  idle server          p50 {idle[0]:>8}  p99 {idle[1]:>8}  {idle[2]:8,.0f} req/s")
+    print(f"profile look-up over HTTP, {len(ids):,} anonymous ids, wrk, {seconds}s each")
+    print(f"  idle, 1 connection   p50 {single[0]:>8}  p99 {single[1]:>8}  {single[2]:8,.0f} req/s")
+    print(f"  idle, 8 connections  p50 {idle[0]:>8}  p99 {idle[1]:>8}  {idle[2]:8,.0f} req/s")
     batches = int(loaded.get("requests", 0))  # type: ignore[call-overload]
-    print(f"  during /v1/batch     p50 {busy[0]:>8}  p99 {busy[1]:>8}  {busy[2]:8,.0f} req/s "
+    print(f"  8, during /v1/batch  p50 {busy[0]:>8}  p99 {busy[1]:>8}  {busy[2]:8,.0f} req/s "
           f"(load: {batches * 100 / (seconds + 2):,.0f} events/s sent)")  # fmt: skip
 
 
