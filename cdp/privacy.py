@@ -14,7 +14,7 @@ import redis
 
 from cdp.identity import Kind, tagged
 from cdp.profiles import PARTS, Profile, ProfileStore
-from cdp.storage import Warehouse, entry_id, text
+from cdp.storage import Warehouse, entry_id, oldest_pending, text
 
 EVENT_COLUMNS = (
     "message_id, type, event, name, anonymous_id, user_id, timestamp, received_at, page_url, "
@@ -36,7 +36,8 @@ def settled(
             continue
         if entry_id(group["last-delivered-id"]) < upto:
             return False
-        if group["pending"] and entry_id(client.xpending(stream, group["name"])["min"]) <= upto:
+        oldest = oldest_pending(client, stream, group) if group["pending"] else None
+        if oldest is not None and oldest <= upto:
             return False
     return True
 

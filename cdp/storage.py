@@ -78,14 +78,21 @@ def trim_consumed(client: redis.Redis, stream: str) -> int:
     floor: tuple[int, int] | None = None
     for group in groups:
         candidates = [entry_id(group["last-delivered-id"])]
-        if group["pending"]:
-            summary = client.xpending(stream, group["name"])
-            candidates.append(entry_id(summary["min"]))
+        pending = oldest_pending(client, stream, group) if group["pending"] else None
+        if pending is not None:
+            candidates.append(pending)
         lowest = min(candidates)
         floor = lowest if floor is None else min(floor, lowest)
     if floor is None or floor == (0, 0):
         return 0
     return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+
+
+def oldest_pending(client: redis.Redis, stream: str, group: Any) -> tuple[int, int] | None:
+    """The group's oldest entry read and not acknowledged; None when all are (they may have
+    been acknowledged since the group was described)."""
+    oldest = client.xpending(stream, group["name"])["min"]
+    return entry_id(oldest) if oldest else None
 
 
 def entry_id(value: bytes | str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from cdp.schema import migrate
 from cdp.settings import Settings
-from cdp.storage import Warehouse, trim_consumed
+from cdp.storage import Warehouse, entry_id, oldest_pending, trim_consumed
 from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent
 from ingestion.stream import EventStream
@@ -155,3 +155,16 @@ def test_a_row_clickhouse_refuses_is_set_aside_and_its_neighbours_stored(
     [(reason, payload)] = warehouse.query_rows("SELECT reason, payload FROM rejected_events")
     assert "poison-0" in payload and "Duplicate path" in reason
     assert redis_client.xpending(settings.events_stream, GROUP)["pending"] == 0
+
+
+def test_a_group_described_with_pending_entries_acknowledged_since_trims_safely(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    # Workers acknowledge from another thread, so a group's description may already be old.
+    append(settings, rows(2))
+    redis_client.xgroup_create(settings.events_stream, "late", id="0")
+    [(_, entries)] = redis_client.xreadgroup("late", "c", {settings.events_stream: ">"})
+    stale = {"name": "late", "pending": 1}
+    assert oldest_pending(redis_client, settings.events_stream, stale) == entry_id(entries[0][0])
+    redis_client.xack(settings.events_stream, "late", entries[0][0])
+    assert oldest_pending(redis_client, settings.events_stream, stale) is None
