@@ -22,13 +22,13 @@ from cdp.auth import ApiKeys
 from cdp.consumer import StreamConsumer
 from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.keys import Keys, load_keys
-from cdp.profile_worker import ProfileWorker
 from cdp.profiles import ProfileStore
 from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis
 from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
+from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
 from ingestion.routes import Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import router as snippet_router
@@ -53,6 +53,7 @@ class Runtime:
     embedded_redis: EmbeddedRedis | None = None
     writer: WarehouseWriter | None = None
     workers: list[StreamConsumer] = field(default_factory=list)
+    profile_process: WorkerProcess | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -75,7 +76,7 @@ class Runtime:
             warehouse=warehouse,
             redis_url=redis_url,
             redis=client,
-            profiles=profile_store(client, settings),
+            profiles=ProfileStore.from_settings(client, settings),
             api_keys=ApiKeys(client, settings.redis_prefix, keys.admin_key),
             embedded_redis=embedded,
         )
@@ -107,15 +108,14 @@ class Runtime:
         self._run(records, "records-writer")
 
     def start_profile_worker(self) -> None:
-        client = connect_redis(self.redis_url)
-        worker = ProfileWorker(
-            client,
-            profile_store(client, self.settings),
-            self.settings.events_stream,
-            batch_size=self.settings.profile_batch_size,
-            block_ms=self.settings.writer_block_ms,
+        """In a process of its own: it needs only Redis, and the edge keeps its interpreter."""
+        self.profile_process = WorkerProcess(
+            "profile worker",
+            ["profile-worker", "--log-level", "warning"],
+            self.settings,
+            self.redis_url,
         )
-        self._run(worker, "profile-worker")
+        self.profile_process.start()
 
     def _run(self, worker: StreamConsumer, name: str) -> None:
         thread = threading.Thread(target=worker.run, args=(self._stop,), name=name, daemon=True)
@@ -132,22 +132,13 @@ class Runtime:
         self._threads, self.workers = [], []
 
     def close(self) -> None:
+        if self.profile_process is not None:
+            self.profile_process.stop()
         self.stop_workers()
         self.redis.close()
         self.warehouse.close()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
-
-
-def profile_store(client: redis.Redis, settings: Settings) -> ProfileStore:
-    return ProfileStore(
-        client,
-        settings.redis_prefix,
-        settings.records_stream,
-        marker_seconds=settings.dedup_window_hours * 3600,
-        identity_cap=settings.identity_cap,
-        days=settings.profile_days,
-    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -98,22 +98,37 @@ def writer(log_level: str = typer.Option("info")) -> None:
 
 
 @app.command("profile-worker")
-def profile_worker(log_level: str = typer.Option("info")) -> None:
+def profile_worker(
+    log_level: str = typer.Option("info"),
+    parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
+) -> None:
     """Run a profile worker alone: it needs Redis only; more of them share the stream."""
+    import os
+    import signal
     import threading as threads
 
-    from cdp.app import profile_store
     from cdp.profile_worker import ProfileWorker
+    from cdp.profiles import ProfileStore
 
     _logging(log_level)
     settings = _settings()
     stop = threads.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent:
+
+        def orphaned() -> None:
+            while not stop.wait(1.0):
+                if os.getppid() != parent:
+                    stop.set()
+
+        threads.Thread(target=orphaned, daemon=True).start()
     with _redis(settings) as client:
         worker = ProfileWorker(
             client,
-            profile_store(client, settings),
+            ProfileStore.from_settings(client, settings),
             settings.events_stream,
             batch_size=settings.profile_batch_size,
+            block_ms=settings.writer_block_ms,
         )
         try:
             worker.run(stop)

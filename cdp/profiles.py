@@ -25,6 +25,7 @@ import redis
 from cdp.consent import CONSENT_EVENT, parse_consent
 from cdp.events import StoredEvent
 from cdp.identity import identifiers_of, untag
+from cdp.settings import Settings
 from cdp.storage import text
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,17 @@ class ProfileStore:
         source = resources.files("cdp").joinpath("lua/profiles.lua").read_text()
         self._script = client.register_script(source)
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="profile-script")
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> ProfileStore:
+        return cls(
+            client,
+            settings.redis_prefix,
+            settings.records_stream,
+            marker_seconds=settings.dedup_window_hours * 3600,
+            identity_cap=settings.identity_cap,
+            days=settings.profile_days,
+        )
 
     def key(self, profile_id: str, part: str | None = None) -> str:
         base = f"{self.prefix}:profile:{profile_id}"

@@ -61,6 +61,19 @@ class Settings(BaseSettings):
             raise ValueError("CDP_REDIS_URL must start with redis://, rediss:// or unix://")
         return value
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the `CDP_*` variables that give them to another process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, list):
+                text = ",".join(str(item) for item in value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            env[f"CDP_{name.upper()}"] = text
+        return env
+
     @property
     def embedded_clickhouse(self) -> bool:
         return not self.clickhouse_url or self.clickhouse_url.startswith("chdb:")

@@ -60,6 +60,23 @@ class ServerProcess:
         return int(response.json()["events"])
 
 
+def children_of(pid: int) -> list[int]:
+    """Workers started by the server with that pid (they name it with `--parent`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        named = b"--parent" in command and command[command.index(b"--parent") + 1]
+        if named == str(pid).encode() and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
@@ -102,8 +119,11 @@ def test_acknowledged_events_survive_sigkill(data_dir: Path, also_kill_valkey: b
     with httpx.Client(base_url=first.url, auth=(WRITE_KEY, "")) as client:
         for batch in batches:
             assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    assert children_of(first.process.pid), "the server runs its profile worker apart"
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
+    # Its profile worker process notices and goes too.
+    wait_for(lambda: not children_of(first.process.pid), timeout=15)
     if also_kill_valkey:
         valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
         os.kill(valkey_pid, signal.SIGKILL)
