@@ -133,11 +133,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch-seconds", type=int, default=10, help="wrk duration, batches")
     parser.add_argument("--batch-connections", type=int, default=16)
+    parser.add_argument(
+        "--no-profile-worker",
+        action="store_true",
+        help="the edge and the writer alone (CDP_RUN_PROFILE_WORKER=false)",
+    )
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
     env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
-           "CDP_ADMIN_KEY": API_KEY}  # fmt: skip
+           "CDP_ADMIN_KEY": API_KEY,
+           "CDP_RUN_PROFILE_WORKER": str(not args.no_profile_worker).lower()}  # fmt: skip
     for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
         env.pop(name, None)
     uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
@@ -189,6 +195,8 @@ def main() -> None:
                 process.wait()
 
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    worker = "off" if args.no_profile_worker else "on (its own process)"
+    print(f"server: embedded engines, warehouse writer on, profile worker {worker}")
     print(f"wrk: {args.connections} connections, 1 thread, {args.rounds} alternating rounds of "
           f"{args.seconds}s per endpoint, medians")  # fmt: skip
     print(f"single-event POST /v1/track  bare FastAPI      {bare_rps:10,.0f} req/s")

@@ -214,6 +214,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "status": "ok",
             "buffered_entries": runtime.redis.xlen(settings.events_stream),
             "writer": runtime.writer is not None,
+            "profile_worker": runtime.profile_process.state()
+            if runtime.profile_process is not None
+            else "not run here",
         }
 
     @app.get(

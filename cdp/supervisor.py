@@ -30,6 +30,11 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def state(self) -> dict[str, object]:
+        process = self._process
+        running = process is not None and process.poll() is None
+        return {"running": running, "pid": self.pid, "restarts": self.restarts}
+
     def start(self) -> None:
         self._process = subprocess.Popen(self.command, env=self.env)
         self._watcher.start()
