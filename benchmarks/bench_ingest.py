@@ -59,6 +59,19 @@ def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen
     raise SystemExit(f"{command} did not start")
 
 
+def serve(port: int, **settings: str) -> tuple[subprocess.Popen, str, Path]:
+    """`cdp serve` on the embedded defaults in a fresh data directory; the process, its URL
+    and the directory."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
+           "CDP_ADMIN_KEY": API_KEY, **settings}  # fmt: skip
+    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
+        env.pop(name, None)
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "cdp", "serve", "--port", str(port), "--log-level", "warning"]
+    return start(command, env, f"{url}/healthz"), url, data_dir
+
+
 def wrk(url: str, seconds: int, connections: int) -> float:
     """Single-event requests for `seconds`; returns requests/s."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
@@ -140,22 +153,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
-    env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
-           "CDP_ADMIN_KEY": API_KEY,
-           "CDP_RUN_PROFILE_WORKER": str(not args.no_profile_worker).lower()}  # fmt: skip
-    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
-        env.pop(name, None)
     uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
-
-    bare_env = {**env, "PYTHONPATH": str(ROOT / "benchmarks")}
+    bare_env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
     bare_url = "http://127.0.0.1:18081"
     bare = start([*uvicorn, "--port", "18081", "bench_bare:app"], bare_env, f"{bare_url}/")
-    url = "http://127.0.0.1:18080"
-    server = start(
-        [sys.executable, "-m", "cdp", "serve", "--port", "18080", "--log-level", "warning"],
-        env,
-        f"{url}/healthz",
+    server, url, data_dir = serve(
+        18080, CDP_RUN_PROFILE_WORKER=str(not args.no_profile_worker).lower()
     )
     try:
         # Rounds alternate between the two, so a slow moment of the machine hits both alike.

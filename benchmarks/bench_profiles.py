@@ -26,7 +26,7 @@ import httpx
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import API_KEY, WRITE_KEY, start, wrk_batches  # noqa: E402
+from bench_ingest import API_KEY, WRITE_KEY, serve, wrk_batches  # noqa: E402
 
 from cdp.events import entry_events  # noqa: E402
 from cdp.keys import source_id  # noqa: E402
@@ -135,17 +135,7 @@ def settling(url: str) -> bool:
 
 
 def lookup_latency(visitors: int, seconds: int) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-lookup-"))
-    env = {**os.environ, "CDP_DATA_DIR": str(data_dir), "CDP_WRITE_KEYS": WRITE_KEY,
-           "CDP_ADMIN_KEY": API_KEY}  # fmt: skip
-    for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
-        env.pop(name, None)
-    url = "http://127.0.0.1:18090"
-    server = start(
-        [sys.executable, "-m", "cdp", "serve", "--port", "18090", "--log-level", "warning"],
-        env,
-        f"{url}/healthz",
-    )
+    server, url, data_dir = serve(18090)
     try:
         socket_url = f"unix://{data_dir / 'valkey' / 'valkey.sock'}"
         _, ids = fill(socket_url, "cdp:stream:events", "cdp", visitors)

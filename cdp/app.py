@@ -24,7 +24,7 @@ from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.keys import Keys, load_keys
 from cdp.profiles import ProfileStore
 from cdp.records import RecordsWriter
-from cdp.redis_server import EmbeddedRedis
+from cdp.redis_server import EmbeddedRedis, redis_for
 from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
@@ -60,12 +60,7 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        embedded = None
-        redis_url = settings.redis_url
-        if settings.embedded_redis:
-            embedded = EmbeddedRedis(settings.data_dir)
-            embedded.start()
-            redis_url = embedded.url
+        embedded, redis_url = redis_for(settings)
         warehouse = connect_warehouse(settings)
         migrate(warehouse)
         client = connect_redis(redis_url)

