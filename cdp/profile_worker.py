@@ -1,6 +1,8 @@
 """The profile worker: a consumer group on the events stream that applies each event to its
-profile in Redis (identity graph, features, consent). Applying is idempotent by message id,
-so entries handled again after a crash change nothing twice."""
+profile in Redis (identity graph, features, consent). The stream holds each message id
+once (the edge deduplicates), and each entry is applied once (a marker is set in the same
+script call as its effects), so entries handed out again after a crash change nothing
+twice."""
 
 from __future__ import annotations
 

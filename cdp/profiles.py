@@ -339,6 +339,8 @@ class ProfileStore:
         """Start applying entries; `settle` waits for the outcome. While Redis runs one
         call, the caller prepares the next (and, with `settle` elsewhere, the next batch)."""
         submitted = Submitted()
+        if not entries:
+            return submitted
         done = self.client.mget([self.marker(entry_id) for entry_id, _ in entries])
         call: list[Entry] = []
         size = 0

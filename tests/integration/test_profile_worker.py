@@ -66,3 +66,17 @@ def test_records_inserted_but_not_acknowledged_are_stored_once(
     assert restarted.recover() == 1
     assert warehouse.query_rows("SELECT count() FROM identities")[0][0] == 1
     assert redis_client.xpending(settings.records_stream, "warehouse")["pending"] == 0
+
+
+def test_entries_without_events_are_acknowledged(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    # An entry trimmed after it was handed out comes back without its fields.
+    store = ProfileStore(redis_client, settings.redis_prefix, settings.records_stream)
+    worker = ProfileWorker(redis_client, store, settings.events_stream, consumer="w1")
+    worker.ensure_group()
+    append(settings, rows(1))
+    [(entry_id, _)] = worker.read_new(None)
+    redis_client.xdel(settings.events_stream, entry_id)
+    assert worker.recover() == 0
+    assert redis_client.xpending(settings.events_stream, "profiles")["pending"] == 0
