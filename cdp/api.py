@@ -1,7 +1,6 @@
 """The marketer API under `/api/v1`: profiles (look-up by any identifier, timeline, merge
 history), consent and suppression, GDPR export and erasure, API keys, reports. Bearer secret
-keys with scopes; the routes parse, authorise, call the core, answer. Profiles and events
-go out through orjson directly: the framework's generic encoder costs more than the look-up."""
+keys with scopes; the routes parse, authorise, call the core, answer."""
 
 from __future__ import annotations
 
