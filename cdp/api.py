@@ -41,6 +41,55 @@ class JSONBytes(Response):
 bearer = HTTPBearer(auto_error=False)
 
 
+# The answers' shapes, for the OpenAPI document (profiles are sent as they are read).
+
+
+class IdentityOut(BaseModel):
+    kind: str = Field(description="anonymous_id, user_id, email or phone")
+    value: str
+    first_seen: str
+
+
+class ConsentOut(BaseModel):
+    status: Status
+    at: str
+    source: str
+
+
+class FeaturesOut(BaseModel):
+    events: int
+    orders: int
+    revenue: float
+    last_order_at: str | None
+    cart: list[dict[str, Any]]
+    cart_updated_at: str | None
+    last_viewed_products: list[dict[str, Any]]
+    counts: dict[str, dict[str, Any]] = Field(
+        description="Per window (1d, 7d, 30d, 90d): events by name, by name and category, "
+        "by name and product"
+    )
+
+
+class ProfileOut(BaseModel):
+    id: str
+    identities: list[IdentityOut]
+    traits: dict[str, Any]
+    features: FeaturesOut
+    consent: dict[str, dict[str, ConsentOut]] = Field(description="channel → purpose → state")
+    suppression: dict[str, dict[str, Any]]
+    timezone: str | None
+    first_seen: str
+    last_seen: str
+    merged_profiles: list[str]
+    log: list[dict[str, Any]] = Field(
+        description="Warnings about the profile's events, newest first"
+    )
+    audiences: list[str]
+
+
+PROFILE: dict[int | str, dict[str, Any]] = {200: {"model": ProfileOut}}
+
+
 def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
@@ -77,7 +126,12 @@ def profile_or_404(runtime: Runtime, profile_id: str) -> Profile:
 # Profiles
 
 
-@router.get("/profiles", tags=["profiles"], summary="Find a profile by one of its identifiers")
+@router.get(
+    "/profiles",
+    tags=["profiles"],
+    summary="Find a profile by one of its identifiers",
+    responses=PROFILE,
+)
 def find_profile(
     request: Request,
     _: Annotated[ApiKey, READ],
@@ -108,6 +162,7 @@ def find_profile(
     "/profiles/{profile_id}",
     tags=["profiles"],
     summary="A profile: identities, traits, features, consent (a merged-away id finds it too)",
+    responses=PROFILE,
 )
 def get_profile(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> JSONBytes:
     return JSONBytes(profile_or_404(runtime_of(request), profile_id).as_dict())
