@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     run_writer: bool = True
     run_profile_worker: bool = True
     profile_batch_size: int = Field(default=100, ge=1)  # stream entries a read
-    identity_cap: int = Field(default=50, ge=2)  # identifiers one profile may hold
+    # Identifiers one profile may hold; at least the five one event can name.
+    identity_cap: int = Field(default=50, ge=5)
     profile_days: int = Field(default=90, ge=1)  # daily counts kept
     erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
