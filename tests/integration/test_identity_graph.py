@@ -51,9 +51,14 @@ def test_identify_links_devices_and_the_older_profile_survives(store: ProfileSto
     assert profile.features["events"] == 4
     assert profile.features["counts"]["7d"]["events"]["Product Viewed"] == 2
     assert len(profile.merged_profiles) == 1
-    # The merged-away id still finds the person.
+    # The merged-away id still finds the person, and changes made through it reach them.
     merged = store.read(profile.merged_profiles[0])
     assert merged is not None and merged.id == survivor
+    consent = {"kind": "consent", "profile": profile.merged_profiles[0], "t": 10**13,
+               "consent": ["sms", "marketing", "granted"], "source": "api"}  # fmt: skip
+    assert store.apply([consent]).events == 1
+    after = store.read(survivor)
+    assert after is not None and after.consent["sms"]["marketing"]["status"] == "granted"
 
 
 def test_two_user_ids_never_merge_through_a_shared_identifier(store: ProfileStore) -> None:

@@ -154,3 +154,34 @@ def test_erasure_leaves_nothing_behind(
     assert api.get(f"/api/v1/profiles/{other['id']}").json()["features"]["orders"] == 1
     assert count_events(warehouse) == 4
     assert "keep@example.com" in clickhouse and "anon-keep" in stored
+
+
+def test_erasure_waits_for_events_in_flight_and_says_when_they_are_not_settled(
+    settings: Settings, warehouse: Warehouse, redis_client: redis.Redis
+) -> None:
+    from cdp.app import create_app
+
+    impatient = settings.model_copy(update={"erase_wait_seconds": 0.5})
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        LiveServer(create_app(impatient)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        sent = client.post("/v1/identify", json={"userId": "in-flight"}, auth=(WRITE_KEY, ""))
+        assert sent.status_code == 200
+
+        def found() -> str | None:
+            answer = client.get(
+                "/api/v1/profiles", params={"user_id": "in-flight"}, headers=headers
+            )
+            return answer.json().get("id") if answer.status_code == 200 else None
+
+        profile_id = wait_for(found)
+        # A consumer group that read the event and never settled it: erasure must not go ahead.
+        redis_client.xgroup_create(settings.events_stream, "stuck", id="0")
+        redis_client.xreadgroup("stuck", "c", {settings.events_stream: ">"})
+        refused = client.delete(f"/api/v1/profiles/{profile_id}", headers=headers)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert "still being processed" in refused.json()["error"]
+        redis_client.xgroup_destroy(settings.events_stream, "stuck")
+        assert client.delete(f"/api/v1/profiles/{profile_id}", headers=headers).status_code == 200
