@@ -344,4 +344,4 @@ def overview(
 ) -> dict[str, object]:
     runtime = runtime_of(request)
     streams = [runtime.settings.events_stream, runtime.settings.records_stream]
-    return report.overview(runtime.warehouse, since, runtime.profiles, streams).as_dict()
+    return report.overview(runtime.warehouse, since, runtime.redis, streams).as_dict()

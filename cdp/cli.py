@@ -287,7 +287,7 @@ def demo(
             lambda since: overview(
                 runtime.warehouse,
                 since,
-                runtime.profiles,
+                runtime.redis,
                 [settings.events_stream, settings.records_stream],
             ),
             visitors,

@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 
-from cdp.profiles import ProfileStore
 from cdp.storage import Warehouse
 
 
@@ -36,9 +35,10 @@ class Overview:
 
 
 def overview(
-    warehouse: Warehouse, since: datetime, profiles: ProfileStore, streams: list[str]
+    warehouse: Warehouse, since: datetime, client: redis.Redis, streams: list[str]
 ) -> Overview:
-    """Event counts since `since`; the profile counts are of now, merges of all time."""
+    """What happened since `since`: events, visitors, orders, and the profiles those events
+    belong to now (identified: known by more than an anonymous id), merges made."""
     params = {"since": since}
     where = "WHERE received_at >= {since:DateTime64(3)}"
     report = Overview()
@@ -76,14 +76,28 @@ def overview(
     )
     report.visitors, report.known_users, report.bot_events = visitors, known, bots
     report.orders, report.revenue = orders, round(float(revenue), 2)
-    report.profiles, report.identified_profiles = profiles.counts()
+    [(profiles, identified)] = warehouse.query_rows(
+        f"""
+        SELECT uniqExact(seen.profile_id), uniqExactIf(seen.profile_id, known.profile_id != '')
+        FROM (SELECT DISTINCT profile_id FROM profile_events {where} AND profile_id != '') AS seen
+        LEFT JOIN (
+            SELECT DISTINCT profile_id FROM (
+                SELECT argMax(profile_id, version) AS profile_id FROM identities
+                WHERE kind != 'anonymous_id' GROUP BY kind, value
+            )
+        ) AS known ON known.profile_id = seen.profile_id
+        """,
+        params,
+    )
+    report.profiles, report.identified_profiles = int(profiles), int(identified)
     report.anonymous_profiles = report.profiles - report.identified_profiles
     [(merges, refused)] = warehouse.query_rows(
         "SELECT countIf(NOT startsWith(cause, 'refused')), countIf(startsWith(cause, 'refused')) "
-        "FROM identity_merges"
+        "FROM identity_merges WHERE at >= {since:DateTime64(3)}",
+        params,
     )
     report.merges, report.refused_merges = int(merges), int(refused)
-    report.backlog = backlog(profiles.client, streams)
+    report.backlog = backlog(client, streams)
     return report
 
 
