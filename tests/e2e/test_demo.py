@@ -29,6 +29,14 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "logged-in people is one profile" in result.stdout
     assert "merges" in result.stdout and "identified" in result.stdout
 
+    # Again on the same data: the report is of this run, not of everything kept.
+    again = subprocess.run(
+        [sys.executable, "-m", "cdp", "demo", "--visitors", "30", "--seed", "8"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "logged-in people is one profile" in again.stdout
+
     replayed = subprocess.run(
         [sys.executable, "-m", "cdp", "replay"], env=env, capture_output=True, text=True,
         timeout=300,
