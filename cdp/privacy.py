@@ -86,8 +86,7 @@ def events_of(
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    names = [c.strip() for c in EVENT_COLUMNS.split(",")]
-    return [dict(zip(names, row, strict=True)) for row in warehouse.query_rows(sql, parameters)]
+    return warehouse.query_dicts(sql, parameters)
 
 
 def profile_ids(warehouse: Warehouse, profile: Profile) -> list[str]:
@@ -117,12 +116,7 @@ def history(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, 
         "suppression_log": "SELECT channel, reason, suppressed, at, source FROM suppression_log "
         "WHERE profile_id IN {ids:Array(String)} ORDER BY at",
     }
-    out = {}
-    for name, sql in queries.items():
-        rows = warehouse.query_rows(sql, ids)
-        columns = [c.strip() for c in sql.split("FROM")[0].removeprefix("SELECT").split(",")]
-        out[name] = [dict(zip(columns, row, strict=True)) for row in rows]
-    return out
+    return {name: warehouse.query_dicts(sql, ids) for name, sql in queries.items()}
 
 
 def export(warehouse: Warehouse, profile: Profile) -> dict[str, Any]:

@@ -33,6 +33,14 @@ class Warehouse:
         with self._lock:
             return [tuple(row) for row in self.client.query(sql, parameters=parameters).result_rows]
 
+    def query_dicts(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by the result's column names."""
+        with self._lock:
+            result = self.client.query(sql, parameters=parameters)
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         with self._lock:
             return self.client.command(sql, parameters=parameters)

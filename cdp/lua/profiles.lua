@@ -108,7 +108,7 @@ end
 
 local function new_profile(ident, t)
   local pid = profile_id(ident)
-  redis.call('HSET', key(pid), 'root', ident, 'first_seen', t, 'last_seen', t, 'created_at', now)
+  redis.call('HSET', key(pid), 'root', ident, 'first_seen', t, 'last_seen', t)
   redis.call('SADD', P .. ':profiles', pid)
   return pid
 end
@@ -166,10 +166,10 @@ local function move(from, to, cause, message_id, at)
   for _, field in ipairs({'events', 'orders', 'revenue', 'users', 'known'}) do
     if meta[field] then redis.call('HINCRBY', key(to), field, meta[field]) end
   end
-  for _, field in ipairs({'first_seen', 'created_at'}) do
-    local v = tonumber(meta[field])
-    local cur = tonumber(redis.call('HGET', key(to), field))
-    if v and (not cur or v < cur) then redis.call('HSET', key(to), field, v) end
+  local first = tonumber(meta['first_seen'])
+  local current_first = tonumber(redis.call('HGET', key(to), 'first_seen'))
+  if first and (not current_first or first < current_first) then
+    redis.call('HSET', key(to), 'first_seen', first)
   end
   for _, field in ipairs({'last_seen', 'last_order_at', 'cart_at', 'cart_cleared_at'}) do
     local v = tonumber(meta[field])
