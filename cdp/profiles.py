@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -26,7 +26,7 @@ from cdp.consent import CONSENT_EVENT, parse_consent
 from cdp.events import StoredEvent
 from cdp.identity import identifiers_of, untag
 from cdp.settings import Settings
-from cdp.storage import text
+from cdp.storage import ScriptPipe, text
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,19 @@ class Applied:
         self.failed += other.failed
 
 
+def _applied(reply: Any) -> Applied:
+    events, merges, refused = reply
+    return Applied(events=int(events), merges=int(merges), refused_merges=int(refused))
+
+
+def _settle_reply(reply: Future[Any], applied: Future[Applied]) -> None:
+    error = reply.exception()
+    if error is not None:
+        applied.set_exception(error)
+    else:
+        applied.set_result(_applied(reply.result()))
+
+
 Entry = tuple[str, list[StoredEvent]]  # a stream entry's id and events
 
 
@@ -292,7 +305,8 @@ class ProfileStore:
         self.days = days
         source = resources.files("cdp").joinpath("lua/profiles.lua").read_text()
         self._script = client.register_script(source)
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="profile-script")
+        self._source = source
+        self._pipe: ScriptPipe | None = None  # made by the first submit: only workers submit
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> ProfileStore:
@@ -360,7 +374,12 @@ class ProfileStore:
     def _submit(self, call: list[Entry]) -> Future[Applied]:
         changes = grouped(change_of(e) for _, events in call for e in events)
         markers = [self.marker(entry_id) for entry_id, _ in call]
-        return self._sender.submit(self._run, changes, False, markers)
+        if self._pipe is None:
+            self._pipe = ScriptPipe(self.client, self._source, "profiles")
+        reply = self._pipe.submit(*self._arguments(changes, False, markers))
+        applied: Future[Applied] = Future()
+        reply.add_done_callback(lambda done: _settle_reply(done, applied))
+        return applied
 
     def settle(self, submitted: Submitted) -> Applied:
         applied = Applied(seen_before=submitted.seen_before)
@@ -380,12 +399,15 @@ class ProfileStore:
                     applied.add(self.apply_entries([entry]))
         return applied
 
-    def _run(self, batch: list[dict[str, Any]], replaying: bool, markers: list[str]) -> Applied:
-        args = [self.prefix, orjson.dumps(batch), self.marker_seconds, self.identity_cap,
+    def _arguments(
+        self, batch: list[dict[str, Any]], replaying: bool, markers: list[str]
+    ) -> list[Any]:
+        return [self.prefix, orjson.dumps(batch), self.marker_seconds, self.identity_cap,
                 self.days, int(time.time() * 1000), self.records_stream,
                 "1" if replaying else "0", orjson.dumps(markers)]  # fmt: skip
-        events, merges, refused = self._script(args=args)  # type: ignore[arg-type]
-        return Applied(events=int(events), merges=int(merges), refused_merges=int(refused))
+
+    def _run(self, batch: list[dict[str, Any]], replaying: bool, markers: list[str]) -> Applied:
+        return _applied(self._script(args=self._arguments(batch, replaying, markers)))
 
     # Reading
 

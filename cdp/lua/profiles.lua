@@ -35,12 +35,71 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
 local applied, merges, refused = 0, 0, 0
 local days_added = {}  -- profile and day pairs this call has put in a profile's days
 
-local function key(pid, part)
-  if part then return P .. ':profile:' .. pid .. ':' .. part end
-  return P .. ':profile:' .. pid
+-- Key names are made once per call: in a script, joining strings costs about what a
+-- command does.
+local key_names = {}
+local function names_of(pid)
+  local names = key_names[pid]
+  if not names then
+    names = {P .. ':profile:' .. pid, {}}  -- the profile's key, its day keys
+    key_names[pid] = names
+  end
+  return names
 end
-local function day_key(pid, day) return P .. ':profile:' .. pid .. ':day:' .. day end
+local function key(pid, part)
+  local names = names_of(pid)
+  if not part then return names[1] end
+  local name = names[part]
+  if not name then
+    name = names[1] .. ':' .. part
+    names[part] = name
+  end
+  return name
+end
+local function day_key(pid, day)
+  local days = names_of(pid)[2]
+  local name = days[day]
+  if not name then
+    name = names_of(pid)[1] .. ':day:' .. day
+    days[day] = name
+  end
+  return name
+end
 local function identity_key(ident) return P .. ':identity:' .. ident end
+
+-- What this call read or wrote of the identity keys and of profiles' identifier times,
+-- kept in step with every write below, so that each is read from Redis once a call.
+local owners = {}  -- identifier -> profile id, or false for none
+local firsts = {}  -- profile id -> identifier -> first seen (ms)
+local function owner_of(ident)
+  local pid = owners[ident]
+  if pid == nil then
+    pid = redis.call('GET', identity_key(ident))
+    owners[ident] = pid
+  end
+  return pid
+end
+local function set_owner(ident, pid)
+  redis.call('SET', identity_key(ident), pid)
+  owners[ident] = pid
+end
+local function first_seen_of(pid, ident)
+  local known = firsts[pid]
+  if not known then
+    known = {}
+    firsts[pid] = known
+  end
+  local first = known[ident]
+  if first == nil then
+    first = tonumber(redis.call('HGET', key(pid, 'ids'), ident)) or false
+    known[ident] = first
+  end
+  return first
+end
+local function set_first_seen(pid, ident, t)
+  redis.call('HSET', key(pid, 'ids'), ident, t)
+  if firsts[pid] then firsts[pid][ident] = t end
+end
 
 local salt = redis.call('GET', P .. ':salt')
 if not salt then
@@ -108,14 +167,15 @@ end
 
 local function new_profile(ident, t)
   local pid = profile_id(ident)
+  firsts[pid] = nil
   redis.call('HSET', key(pid), 'root', ident, 'first_seen', t, 'last_seen', t)
   redis.call('SADD', P .. ':profiles', pid)
   return pid
 end
 
 local function add_identifier(pid, ident, t)
-  redis.call('SET', identity_key(ident), pid)
-  redis.call('HSET', key(pid, 'ids'), ident, t)
+  set_owner(ident, pid)
+  set_first_seen(pid, ident, t)
   if string.sub(ident, 1, 2) == 'u:' then redis.call('HINCRBY', key(pid), 'users', 1) end
   if is_known(ident) then
     redis.call('HINCRBY', key(pid), 'known', 1)
@@ -134,6 +194,26 @@ local function keep_latest(dst_values, dst_times, field, value, t)
   redis.call('HSET', dst_values, field, value)
   redis.call('HSET', dst_times, field, t)
   return true
+end
+
+-- keep_latest for many fields of one time: one read of their times, one write of each hash.
+local function keep_latest_all(dst_values, dst_times, values, t)
+  local names = {}
+  for name in pairs(values) do names[#names + 1] = name end
+  local times = redis.call('HMGET', dst_times, unpack(names))
+  local kept_values, kept_times = {}, {}
+  for i, name in ipairs(names) do
+    local current_t, value = tonumber(times[i]), values[name]
+    if not current_t or t > current_t
+        or (t == current_t and value > (redis.call('HGET', dst_values, name) or '')) then
+      kept_values[#kept_values + 1] = name; kept_values[#kept_values + 1] = value
+      kept_times[#kept_times + 1] = name; kept_times[#kept_times + 1] = t
+    end
+  end
+  if #kept_values > 0 then
+    redis.call('HSET', dst_values, unpack(kept_values))
+    redis.call('HSET', dst_times, unpack(kept_times))
+  end
 end
 
 local function trim_viewed(pid)
@@ -188,9 +268,9 @@ local function move(from, to, cause, message_id, at)
   local ids = redis.call('HGETALL', key(from, 'ids'))
   for i = 1, #ids, 2 do
     local ident, first = ids[i], tonumber(ids[i + 1])
-    redis.call('SET', identity_key(ident), to)
-    local cur = tonumber(redis.call('HGET', key(to, 'ids'), ident))
-    if not cur or first < cur then redis.call('HSET', key(to, 'ids'), ident, first) end
+    set_owner(ident, to)
+    local cur = first_seen_of(to, ident)
+    if not cur or first < cur then set_first_seen(to, ident, first) end
     record_identity(ident, to)
   end
 
@@ -257,6 +337,7 @@ local function move(from, to, cause, message_id, at)
   end
 
   redis.call('DEL', key(from))
+  firsts[from] = nil
   for _, part in ipairs(PARTS) do redis.call('DEL', key(from, part)) end
   redis.call('SREM', P .. ':profiles', from)
   redis.call('SREM', P .. ':profiles:known', from)
@@ -283,9 +364,9 @@ local function check_root(pid, ident, t, message_id)
 end
 
 local function touch_identifier(pid, ident, t, message_id)
-  local first = tonumber(redis.call('HGET', key(pid, 'ids'), ident))
+  local first = first_seen_of(pid, ident)
   if first and first <= t then return pid end
-  redis.call('HSET', key(pid, 'ids'), ident, t)
+  set_first_seen(pid, ident, t)
   return check_root(pid, ident, t, message_id)
 end
 
@@ -321,12 +402,12 @@ local function resolve(e)
   local ids = e.ids
   if e.prev then  -- alias: the previous id is a known user id, or else an anonymous id
     local prev = 'u:' .. e.prev
-    if redis.call('EXISTS', identity_key(prev)) == 0 then prev = 'a:' .. e.prev end
+    if not owner_of(prev) then prev = 'a:' .. e.prev end
     ids[#ids + 1] = prev
   end
   local owner, owned = {}, {}
   for _, ident in ipairs(ids) do
-    local pid = redis.call('GET', identity_key(ident))
+    local pid = owner_of(ident)
     if pid then
       owner[ident] = pid
       if not owned[pid] then owned[pid] = true; owned[#owned + 1] = pid end
@@ -391,20 +472,34 @@ local function apply_event(e)
   local pid = resolve(e)
   local t = e.t
   local profile = key(pid)
-  local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at', 'events')
+  -- The profile's own fields are read once and written once, at the end.
+  local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at', 'events',
+                       'cart_at', 'orders', 'last_order_at')
   local updates = {'events', (tonumber(m[5]) or 0) + (e.n or 1)}
-  if t > (tonumber(m[1]) or 0) then updates[#updates + 1] = 'last_seen'; updates[#updates + 1] = t end
+  local function update(field, value)
+    updates[#updates + 1] = field
+    updates[#updates + 1] = value
+  end
+  if t > (tonumber(m[1]) or 0) then update('last_seen', t) end
   local tz_at, tz_t = tonumber(m[3]) or 0, e.tzt or t
   if e.tz and (tz_t > tz_at or (tz_t == tz_at and e.tz ~= m[2])) then
-    updates[#updates + 1] = 'tz'; updates[#updates + 1] = e.tz
-    updates[#updates + 1] = 'tz_at'; updates[#updates + 1] = tz_t
+    update('tz', e.tz)
+    update('tz_at', tz_t)
   end
-  redis.call('HSET', profile, unpack(updates))
 
   local day = math.floor(t / 86400000)
   if e.f and day >= first_day then
     local dk = day_key(pid, day)
-    for field, count in pairs(e.f) do redis.call('HINCRBY', dk, field, count) end
+    -- One read and one write for all the counts: a script's command costs more than its work.
+    local names, counts = {}, {}
+    for name, count in pairs(e.f) do names[#names + 1] = name; counts[#counts + 1] = count end
+    local current = redis.call('HMGET', dk, unpack(names))
+    local sums = {}
+    for i, name in ipairs(names) do
+      sums[#sums + 1] = name
+      sums[#sums + 1] = (tonumber(current[i]) or 0) + counts[i]
+    end
+    redis.call('HSET', dk, unpack(sums))
     local known_day = pid .. day
     if not days_added[known_day] and redis.call('ZADD', key(pid, 'days'), day, day) == 1 then
       redis.call('EXPIREAT', dk, (day + keep_days) * 86400)
@@ -412,9 +507,7 @@ local function apply_event(e)
     end
     days_added[known_day] = true
   end
-  if e.tr then
-    for name, value in pairs(e.tr) do keep_latest(key(pid, 'traits'), key(pid, 'traits_at'), name, value, t) end
-  end
+  if e.tr then keep_latest_all(key(pid, 'traits'), key(pid, 'traits_at'), e.tr, t) end
   if e.cart then
     local op, product = e.cart[1], e.cart[2]
     local cleared = tonumber(m[4]) or 0
@@ -422,14 +515,18 @@ local function apply_event(e)
       if t > cleared then
         -- Keep only what was put in after the order (a late event may be older).
         clear_cart(pid, t)
-        redis.call('HSET', profile, 'cart_cleared_at', t)
+        update('cart_cleared_at', t)
       end
     elseif t > cleared then
       if op == 'add' then
+        local items = key(pid, 'cart_items')
         redis.call('HINCRBY', key(pid, 'cart'), product, e.cart[3])
-        redis.call('HSET', key(pid, 'cart_items'), product, e.cart[4])
-        local at = tonumber(redis.call('HGET', key(pid, 'cart_items'), product .. ':at') or '0')
-        if t > at then redis.call('HSET', key(pid, 'cart_items'), product .. ':at', t) end
+        local at = tonumber(redis.call('HGET', items, product .. ':at') or '0')
+        if t > at then
+          redis.call('HSET', items, product, e.cart[4], product .. ':at', t)
+        else
+          redis.call('HSET', items, product, e.cart[4])
+        end
       else
         local left = redis.call('HINCRBY', key(pid, 'cart'), product, -e.cart[3])
         if left <= 0 then
@@ -438,21 +535,25 @@ local function apply_event(e)
         end
       end
     end
-    if t > meta_number(pid, 'cart_at') then redis.call('HSET', profile, 'cart_at', t) end
+    if t > (tonumber(m[6]) or 0) then update('cart_at', t) end
   end
   if e.views then
-    local added = 0
-    for _, view in ipairs(e.views) do  -- {product, time, item}
-      added = added + redis.call('ZADD', key(pid, 'viewed'), 'GT', view[2], view[1])
-      redis.call('HSET', key(pid, 'viewed_items'), view[1], view[3])
+    local scored, items = {'GT'}, {}
+    for _, view in ipairs(e.views) do  -- {product, time, item}, in event order
+      scored[#scored + 1] = view[2]; scored[#scored + 1] = view[1]
+      items[#items + 1] = view[1]; items[#items + 1] = view[3]
     end
+    local added = redis.call('ZADD', key(pid, 'viewed'), unpack(scored))
+    redis.call('HSET', key(pid, 'viewed_items'), unpack(items))
     if added > 0 then trim_viewed(pid) end
   end
   if e.order then
-    redis.call('HINCRBY', profile, 'orders', 1)
+    update('orders', (tonumber(m[7]) or 0) + 1)
+    -- HINCRBY keeps every digit; a Lua number would be written as %.14g.
     redis.call('HINCRBY', profile, 'revenue', e.order)
-    if t > meta_number(pid, 'last_order_at') then redis.call('HSET', profile, 'last_order_at', t) end
+    if t > (tonumber(m[8]) or 0) then update('last_order_at', t) end
   end
+  redis.call('HSET', profile, unpack(updates))
   if e.consent then
     for _, c in ipairs(e.consent) do apply_consent(pid, c, t, e.type, e.mid) end
   end
