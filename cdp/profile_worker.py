@@ -18,8 +18,8 @@ import redis
 from prometheus_client import Counter
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.events import entry_events
-from cdp.profiles import Entry, ProfileStore, Submitted
+from cdp.events import StoredEvent, entry_events
+from cdp.profiles import ProfileStore, Submitted
 from cdp.storage import text
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,21 @@ class ProfileWorker(StreamConsumer):
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Start applying; the next batch is read while this one runs. Recovered entries are
         settled before returning (recovery reads them again until acknowledged)."""
-        readable: list[Entry] = []
-        for entry_id, fields in entries:
-            if not fields:
-                continue
-            try:
-                readable.append((text(entry_id), entry_events(fields)))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                log.error("events entry %s unreadable, skipped: %s", entry_id, error)
-        submitted = self.store.submit_entries(readable)
+        present = [(text(entry_id), (entry_id, fields)) for entry_id, fields in entries if fields]
+        submitted = self.store.submit_entries(present, self._events)
         self._in_flight.append(self._settler.submit(self._settle, submitted, entries))
         while self._in_flight and (recovered or len(self._in_flight) > self.IN_FLIGHT):
             self._in_flight.popleft().result()  # raises what settling raised
-        return sum(len(events) for _, events in readable)
+        return submitted.events
+
+    @staticmethod
+    def _events(entry: tuple[Any, dict[bytes, bytes]]) -> list[StoredEvent]:
+        entry_id, fields = entry
+        try:
+            return entry_events(fields)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            log.error("events entry %s unreadable, skipped: %s", entry_id, error)
+            return []
 
     def drain_once(self, block_ms: int | None = None) -> int:
         while self._in_flight and self._in_flight[0].done():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -243,10 +243,19 @@ def _settle_reply(reply: Future[Any], applied: Future[Applied]) -> None:
 Entry = tuple[str, list[StoredEvent]]  # a stream entry's id and events
 
 
+def _as_is(events: list[StoredEvent]) -> list[StoredEvent]:
+    return events
+
+
 @dataclass
 class Submitted:
     seen_before: int = 0
     calls: list[tuple[list[Entry], Future[Applied]]] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        """Events of the entries submitted, applied before or not."""
+        return self.seen_before + sum(len(e) for call, _ in self.calls for _, e in call)
 
 
 @dataclass
@@ -349,21 +358,27 @@ class ProfileStore:
         entries, so a crash leaves each applied entirely or not at all."""
         return self.settle(self.submit_entries(entries))
 
-    def submit_entries(self, entries: Sequence[Entry]) -> Submitted:
-        """Start applying entries; `settle` waits for the outcome. While Redis runs one
-        call, the caller prepares the next (and, with `settle` elsewhere, the next batch)."""
+    def submit_entries(
+        self,
+        entries: Sequence[tuple[str, Any]],
+        decode: Callable[[Any], list[StoredEvent]] = _as_is,
+    ) -> Submitted:
+        """Start applying entries; `settle` waits for the outcome. `decode` turns an entry's
+        payload into its events as its call is prepared, so Redis applies one call while the
+        next entries are decoded, and no call waits for the whole batch."""
         submitted = Submitted()
         if not entries:
             return submitted
         done = self.client.mget([self.marker(entry_id) for entry_id, _ in entries])
         call: list[Entry] = []
         size = 0
-        for entry, marker in zip(entries, done, strict=True):
+        for (entry_id, payload), marker in zip(entries, done, strict=True):
+            events = decode(payload)
             if marker:
-                submitted.seen_before += len(entry[1])
+                submitted.seen_before += len(events)
                 continue
-            call.append(entry)
-            size += len(entry[1])
+            call.append((entry_id, events))
+            size += len(events)
             if size >= CHANGES_PER_CALL:
                 submitted.calls.append((call, self._submit(call)))
                 call, size = [], 0
@@ -375,7 +390,7 @@ class ProfileStore:
         changes = grouped(change_of(e) for _, events in call for e in events)
         markers = [self.marker(entry_id) for entry_id, _ in call]
         if self._pipe is None:
-            self._pipe = ScriptPipe(self.client, self._source, "profiles")
+            self._pipe = ScriptPipe(self.client, self._source, "cdp-profiles")
         reply = self._pipe.submit(*self._arguments(changes, False, markers))
         applied: Future[Applied] = Future()
         reply.add_done_callback(lambda done: _settle_reply(done, applied))

@@ -86,6 +86,8 @@ class ScriptPipe:
     every call not answered fails with the error, and the next call makes a new connection."""
 
     def __init__(self, client: redis.Redis, source: str, name: str) -> None:
+        """`name` names the connection (CLIENT SETNAME) and the reader thread."""
+        self.name = name
         self._pool = client.connection_pool
         self._source = source
         self._connection: Any = None
@@ -100,6 +102,7 @@ class ScriptPipe:
         with self._lock:
             if self._connection is None:
                 self._connection = self._pool.make_connection()
+                self._connection.client_name = self.name  # CLIENT LIST tells it from others
             connection = self._connection
             try:
                 connection.send_command("EVAL", self._source, 0, *args, check_health=False)

@@ -3,6 +3,8 @@ and a lost connection fails the calls under way and is made again for the next."
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 
@@ -18,7 +20,7 @@ return redis.call('RPUSH', ARGV[1], ARGV[2])
 
 @pytest.fixture
 def pipe(redis_client: redis.Redis):  # type: ignore[no-untyped-def]
-    made = ScriptPipe(redis_client, SCRIPT, "test")
+    made = ScriptPipe(redis_client, SCRIPT, f"test-{uuid.uuid4().hex[:8]}")
     yield made
     made.close()
 
@@ -48,7 +50,7 @@ def test_a_lost_connection_fails_the_calls_under_way_and_the_next_reconnects(
 ) -> None:
     key = f"{settings.redis_prefix}:lost"
     assert pipe.submit(key, "first").result(timeout=10) == 1
-    (ours,) = [c for c in redis_client.client_list() if c["cmd"] == "eval"]
+    (ours,) = [c for c in redis_client.client_list() if c["name"] == pipe.name]
     redis_client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # the calls wait unrun
     try:
         under_way = [pipe.submit(key, "a"), pipe.submit(key, "b")]
