@@ -28,14 +28,24 @@ setup_python() {
   .venv/bin/python -m pip install --quiet --editable ".${extras:+[$extras]}"
 }
 
-# Browser tests drive Debian's Chromium; nothing downloads a browser of its own.
-setup_browser() {
-  if command -v chromium >/dev/null 2>&1; then return; fi
-  echo "==> installing chromium (Debian package)"
+apt_install() {
+  echo "==> installing $1 (Debian package)"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
+}
+
+# Browser tests drive Debian's Chromium; nothing downloads a browser of its own.
+setup_browser() {
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
+# The embedded Valkey runs with jemalloc when it is installed (cdp/redis_server.py): the
+# wheel's server is built with glibc malloc, slower for the profile scripts. Optional for
+# the demo (it runs without), wanted for the tests and benchmarks.
+setup_jemalloc() {
+  ldconfig -p 2>/dev/null | grep -q libjemalloc || apt_install libjemalloc2
 }
 
 command="${1:-}"
@@ -43,11 +53,13 @@ shift || true
 case "$command" in
   demo)
     setup_python ""
+    setup_jemalloc || echo "==> jemalloc not installed: the embedded Valkey uses glibc malloc"
     exec .venv/bin/cdp demo "$@"
     ;;
   test)
     setup_python "test"
     setup_browser
+    setup_jemalloc
     echo "==> ruff"
     .venv/bin/ruff check .
     echo "==> mypy"

