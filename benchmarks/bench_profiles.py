@@ -32,7 +32,8 @@ from cdp.events import entry_events  # noqa: E402
 from cdp.keys import source_id  # noqa: E402
 from cdp.profile_worker import ProfileWorker  # noqa: E402
 from cdp.profiles import ProfileStore  # noqa: E402
-from cdp.redis_server import EmbeddedRedis  # noqa: E402
+from cdp.redis_server import EmbeddedRedis, jemalloc  # noqa: E402
+from cdp.settings import Settings  # noqa: E402
 from cdp.shop import simulate_shop  # noqa: E402
 from cdp.storage import connect_redis  # noqa: E402
 from ingestion.normalize import to_row  # noqa: E402
@@ -79,7 +80,9 @@ def worker_throughput(visitors: int) -> None:
             stream = f"{prefix}:stream:events"
             events, _ = fill(valkey.url, stream, prefix, visitors)
             store = ProfileStore(client, prefix, f"{prefix}:stream:records")
-            worker = ProfileWorker(client, store, stream, consumer="bench")
+            worker = ProfileWorker(
+                client, store, stream, consumer="bench", batch_size=Settings().profile_batch_size
+            )
             worker.ensure_group()
             if mode == "read and decode only":
                 worker.handle = lambda entries, recovered: (  # type: ignore[method-assign]
@@ -96,8 +99,8 @@ def worker_throughput(visitors: int) -> None:
     finally:
         client.close()
         valkey.stop()
-    print(f"profile worker, 1 process, embedded Valkey (AOF fsync always), {visitors:,} "
-          "simulated visitors")  # fmt: skip
+    print(f"profile worker, 1 process, embedded Valkey (AOF fsync always, allocator: "
+          f"{jemalloc() or 'glibc malloc'}), {visitors:,} simulated visitors")  # fmt: skip
     for mode, (events, seconds) in results.items():
         print(
             f"  {mode:<22} {events:,} events in {seconds:5.2f}s  {events / seconds:10,.0f} events/s"
