@@ -87,7 +87,105 @@ class ProfileOut(BaseModel):
     audiences: list[str]
 
 
-PROFILE: dict[int | str, dict[str, Any]] = {200: {"model": ProfileOut}}
+class EventOut(BaseModel):
+    message_id: str
+    type: str
+    event: str = Field(description="The track event's name; empty for other types")
+    name: str = Field(description="The page or screen name")
+    anonymous_id: str
+    user_id: str
+    timestamp: datetime
+    received_at: datetime
+    page_url: str
+    properties: dict[str, Any]
+    traits: dict[str, Any]
+    context: dict[str, Any]
+
+
+class TimelineOut(BaseModel):
+    profile_id: str
+    events: list[EventOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
+
+
+class MergeOut(BaseModel):
+    survivor: str
+    merged: str
+    cause: str = Field(description="identify, alias, track…, earlier identifier …, or refused: why")
+    message_id: str = Field(description="The event that caused it")
+    event_at: datetime
+    at: datetime
+
+
+class MergesOut(BaseModel):
+    profile_id: str
+    identities: list[IdentityOut]
+    merges: list[MergeOut]
+
+
+class ConsentStateOut(BaseModel):
+    profile_id: str
+    consent: dict[str, dict[str, ConsentOut]] = Field(description="channel → purpose → state")
+    suppression: dict[str, dict[str, Any]]
+
+
+class ConsentLogOut(BaseModel):
+    channel: Channel
+    purpose: Purpose
+    status: Status
+    at: datetime
+    source: str
+    message_id: str
+    current: bool = Field(description="Whether this statement is the one in force now")
+
+
+class SuppressionLogOut(BaseModel):
+    channel: Channel
+    reason: str
+    suppressed: bool = Field(description="false: the suppression was lifted")
+    at: datetime
+    source: str
+
+
+class ExportOut(BaseModel):
+    profile: ProfileOut
+    merges: list[MergeOut]
+    consent_log: list[ConsentLogOut]
+    suppression_log: list[SuppressionLogOut]
+    events: list[EventOut]
+
+
+class ErasedOut(BaseModel):
+    profile_id: str
+    erased: bool
+    removed: dict[str, int] = Field(
+        description="What was removed where: Redis keys, rows per ClickHouse table, stream entries"
+    )
+
+
+class KeyOut(BaseModel):
+    id: str = Field(description="Public: names the key, opens nothing")
+    name: str
+    scope: Scope
+    created_at: str
+
+
+class NewKeyOut(KeyOut):
+    secret: str = Field(description="Shown only in this answer; kept only as a digest")
+
+
+class RevokedOut(BaseModel):
+    revoked: str
+
+
+def documented(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """For answers sent as they are (JSONBytes): their shape in the OpenAPI document."""
+    return {200: {"model": model}}
+
+
+PROFILE = documented(ProfileOut)
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -172,6 +270,7 @@ def get_profile(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -
     "/profiles/{profile_id}/events",
     tags=["profiles"],
     summary="The profile's event timeline, newest first, across all its identities",
+    responses=documented(TimelineOut),
 )
 def profile_events(
     request: Request,
@@ -201,6 +300,7 @@ def profile_events(
     "/profiles/{profile_id}/merges",
     tags=["profiles"],
     summary="Why these identities are one person: every merge, with its cause and event",
+    response_model=MergesOut,
 )
 def profile_merges(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> dict[str, Any]:
     runtime = runtime_of(request)
@@ -241,7 +341,12 @@ def _change(runtime: Runtime, profile_id: str, change: dict[str, Any]) -> dict[s
     }
 
 
-@router.put("/profiles/{profile_id}/consent", tags=["consent"], summary="Grant, deny or revoke")
+@router.put(
+    "/profiles/{profile_id}/consent",
+    tags=["consent"],
+    summary="Grant, deny or revoke",
+    response_model=ConsentStateOut,
+)
 def set_consent(
     request: Request, profile_id: str, body: ConsentChange, _: Annotated[ApiKey, WRITE]
 ) -> dict[str, Any]:
@@ -253,7 +358,12 @@ def set_consent(
     )
 
 
-@router.post("/profiles/{profile_id}/suppressions", tags=["consent"], summary="Suppress a channel")
+@router.post(
+    "/profiles/{profile_id}/suppressions",
+    tags=["consent"],
+    summary="Suppress a channel",
+    response_model=ConsentStateOut,
+)
 def suppress(
     request: Request, profile_id: str, body: Suppression, _: Annotated[ApiKey, WRITE]
 ) -> dict[str, Any]:
@@ -263,7 +373,10 @@ def suppress(
 
 
 @router.delete(
-    "/profiles/{profile_id}/suppressions/{channel}", tags=["consent"], summary="Lift a suppression"
+    "/profiles/{profile_id}/suppressions/{channel}",
+    tags=["consent"],
+    summary="Lift a suppression",
+    response_model=ConsentStateOut,
 )
 def unsuppress(
     request: Request, profile_id: str, channel: Channel, _: Annotated[ApiKey, WRITE]
@@ -279,6 +392,7 @@ def unsuppress(
     "/profiles/{profile_id}/export",
     tags=["privacy"],
     summary="Everything held on the person, as JSON (GDPR Art. 15 and 20)",
+    responses=documented(ExportOut),
 )
 def export_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]) -> JSONBytes:
     runtime = runtime_of(request)
@@ -289,6 +403,7 @@ def export_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN
     "/profiles/{profile_id}",
     tags=["privacy"],
     summary="Erase the person everywhere (GDPR Art. 17); answers what was removed",
+    response_model=ErasedOut,
 )
 def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     runtime = runtime_of(request)
@@ -311,18 +426,30 @@ class NewKey(BaseModel):
     name: str = Field(default="", max_length=100)
 
 
-@router.post("/keys", tags=["keys"], summary="Make an API key; its secret is shown only now")
+@router.post(
+    "/keys",
+    tags=["keys"],
+    summary="Make an API key; its secret is shown only now",
+    response_model=NewKeyOut,
+)
 def create_key(request: Request, body: NewKey, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     secret, key = runtime_of(request).api_keys.create(body.scope, body.name)
     return {**asdict(key), "secret": secret}
 
 
-@router.get("/keys", tags=["keys"], summary="The API keys (never their secrets)")
+@router.get(
+    "/keys",
+    tags=["keys"],
+    summary="The API keys (never their secrets)",
+    response_model=list[KeyOut],
+)
 def list_keys(request: Request, _: Annotated[ApiKey, ADMIN]) -> list[dict[str, Any]]:
     return [asdict(key) for key in runtime_of(request).api_keys.list()]
 
 
-@router.delete("/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
+@router.delete(
+    "/keys/{key_id}", tags=["keys"], summary="Revoke an API key", response_model=RevokedOut
+)
 def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     if not runtime_of(request).api_keys.revoke(key_id):
         raise NotFound(f"no API key {key_id}")
@@ -336,6 +463,7 @@ def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> di
     "/reports/overview",
     tags=["reports"],
     summary="Events by type, visitors, orders and revenue since a time; profiles",
+    response_model=report.Overview,
 )
 def overview(
     request: Request,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from cdp.api import ErasedOut, ExportOut
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
@@ -104,6 +105,7 @@ def test_export_holds_the_profile_its_events_and_its_history(
     exported = api.get(f"/api/v1/profiles/{person['id']}/export")
     assert exported.status_code == 200
     data = exported.json()
+    ExportOut.model_validate(data)  # the answer is what the OpenAPI document says
     assert data["profile"]["id"] == person["id"]
     assert len(data["events"]) == 6 and {e["anonymous_id"] for e in data["events"]} >= {
         "anon-erase-1", "anon-erase-2"
@@ -140,7 +142,7 @@ def test_erasure_leaves_nothing_behind(
 
     erased = api.delete(f"/api/v1/profiles/{person['id']}")
     assert erased.status_code == 200, erased.text
-    assert erased.json()["removed"]["events"] == 6
+    assert ErasedOut.model_validate(erased.json()).removed["events"] == 6
 
     clickhouse = everything_in_clickhouse(warehouse)
     stored = everything_in_redis(redis_client, settings.redis_prefix)

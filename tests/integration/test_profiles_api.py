@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cdp.api import ConsentStateOut, KeyOut, MergesOut, TimelineOut
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
 
@@ -99,6 +100,7 @@ def test_phone_then_laptop_then_order_by_email_is_one_profile(
     while True:
         params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
         page = api.get(f"/api/v1/profiles/{profile['id']}/events", params=params).json()
+        TimelineOut.model_validate(page)  # the answer is what the OpenAPI document says
         seen += page["events"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -112,7 +114,8 @@ def test_phone_then_laptop_then_order_by_email_is_one_profile(
         return rows == [(profile["id"],)]
 
     wait_for(attributed)
-    merges = api.get(f"/api/v1/profiles/{profile['id']}/merges").json()["merges"]
+    answer = api.get(f"/api/v1/profiles/{profile['id']}/merges").json()
+    merges = MergesOut.model_validate(answer).model_dump(mode="json")["merges"]
     assert merges and all(m["survivor"] == profile["id"] for m in merges)
     assert {m["cause"] for m in merges} <= {"identify", "track"}
 
@@ -136,7 +139,9 @@ def test_consent_from_traits_the_api_and_events_with_an_audit_log(
         json={"channel": "email", "status": "denied", "source": "preference-center"},
     )
     assert response.status_code == 200, response.text
-    assert response.json()["consent"]["email"]["marketing"]["status"] == "revoked"
+    assert ConsentStateOut.model_validate(response.json()).consent["email"]["marketing"].status == (
+        "revoked"
+    )
     # The snippet's consent banner sends a `Consent Updated` event.
     send(
         tracking,
@@ -202,6 +207,7 @@ def test_keys_scopes_and_answers(live_server: LiveServer, api: httpx.Client) -> 
         httpx.post(f"{url}/api/v1/keys", json={"scope": "admin"}, headers=reader).status_code == 403
     )
     listed = api.get("/api/v1/keys").json()
+    assert [KeyOut.model_validate(k).scope for k in listed] == ["read"]
     assert [k["name"] for k in listed] == ["dashboards"] and "secret" not in listed[0]
     assert api.delete(f"/api/v1/keys/{created['id']}").status_code == 200
     assert httpx.get(f"{url}/api/v1/profiles/p_x", headers=reader).status_code == 401
@@ -211,3 +217,17 @@ def test_keys_scopes_and_answers(live_server: LiveServer, api: httpx.Client) -> 
     both = api.get("/api/v1/profiles", params={"email": "a@b.co", "user_id": "1"})
     assert both.status_code == 400 and "exactly one" in both.json()["error"]
     assert api.get("/api/v1/profiles/p_x/events", params={"cursor": "zz"}).status_code == 404
+
+
+def test_every_answer_of_the_marketer_api_has_a_documented_shape(api: httpx.Client) -> None:
+    document = api.get("/openapi.json").json()
+    undocumented = [
+        f"{method.upper()} {path}"
+        for path, operations in document["paths"].items()
+        if path.startswith("/api/v1")
+        for method, operation in operations.items()
+        if "schema"
+        not in operation["responses"]["200"].get("content", {}).get("application/json", {})
+        or operation["responses"]["200"]["content"]["application/json"]["schema"] == {}
+    ]
+    assert undocumented == []
