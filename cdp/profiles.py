@@ -232,14 +232,6 @@ def _applied(reply: Any) -> Applied:
     return Applied(events=int(events), merges=int(merges), refused_merges=int(refused))
 
 
-def _settle_reply(reply: Future[Any], applied: Future[Applied]) -> None:
-    error = reply.exception()
-    if error is not None:
-        applied.set_exception(error)
-    else:
-        applied.set_result(_applied(reply.result()))
-
-
 Entry = tuple[str, list[StoredEvent]]  # a stream entry's id and events
 
 
@@ -250,7 +242,7 @@ def _as_is(events: list[StoredEvent]) -> list[StoredEvent]:
 @dataclass
 class Submitted:
     seen_before: int = 0
-    calls: list[tuple[list[Entry], Future[Applied]]] = field(default_factory=list)
+    calls: list[tuple[list[Entry], Future[Any]]] = field(default_factory=list)  # script replies
 
     @property
     def events(self) -> int:
@@ -386,21 +378,18 @@ class ProfileStore:
             submitted.calls.append((call, self._submit(call)))
         return submitted
 
-    def _submit(self, call: list[Entry]) -> Future[Applied]:
+    def _submit(self, call: list[Entry]) -> Future[Any]:
         changes = grouped(change_of(e) for _, events in call for e in events)
         markers = [self.marker(entry_id) for entry_id, _ in call]
         if self._pipe is None:
             self._pipe = ScriptPipe(self.client, self._source, "cdp-profiles")
-        reply = self._pipe.submit(*self._arguments(changes, False, markers))
-        applied: Future[Applied] = Future()
-        reply.add_done_callback(lambda done: _settle_reply(done, applied))
-        return applied
+        return self._pipe.submit(*self._arguments(changes, False, markers))
 
     def settle(self, submitted: Submitted) -> Applied:
         applied = Applied(seen_before=submitted.seen_before)
         for call, future in submitted.calls:
             try:
-                result = future.result()
+                result = _applied(future.result())
             except redis.ResponseError as error:
                 if len(call) == 1:  # this entry cannot be applied: say so, do not block others
                     log.error("entry %s not applied to profiles: %s", call[0][0], error)
