@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from cdp import privacy, report
+from cdp import deadletters, privacy, report
 from cdp.auth import ApiKey, Scope
 from cdp.consent import Channel, Purpose, Status, SuppressionReason
 from cdp.errors import BadRequest, BearerRequired, Forbidden, NotFound, Unavailable
@@ -456,7 +456,48 @@ def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> di
     return {"revoked": key_id}
 
 
+# Dead letters
+
+
+class DeadLetterOut(BaseModel):
+    id: str = Field(description="The dead letter's id; pass as `before` to page on")
+    stream: str = Field(description="The stream the entry came from")
+    group: str = Field(description="The worker that set it aside")
+    entry_id: str
+    error: str = Field(description="What failed, on the last try")
+    tries: int
+    at: int = Field(description="When it was set aside, epoch milliseconds")
+    payload: dict[str, str] = Field(description="The entry's fields, as text")
+
+
+class DeadLettersOut(BaseModel):
+    total: int
+    dead_letters: list[DeadLetterOut] = Field(description="Newest first")
+
+
+@router.get(
+    "/dead-letters",
+    tags=["operations"],
+    summary="Stream entries a worker could not process and set aside, with the error",
+    response_model=DeadLettersOut,
+)
+def list_dead_letters(
+    request: Request,
+    _: Annotated[ApiKey, ADMIN],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")] = None,
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    stream = runtime.settings.dead_letter_stream
+    letters = deadletters.listed(runtime.redis, stream, limit, before)
+    return {"total": deadletters.count(runtime.redis, stream),
+            "dead_letters": [asdict(letter) for letter in letters]}  # fmt: skip
+
+
 # Reports
+
+# What ClickHouse's DateTime64 holds.
+EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(2299, 12, 31, tzinfo=UTC)
 
 
 @router.get(
@@ -468,8 +509,12 @@ def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> di
 def overview(
     request: Request,
     _: Annotated[ApiKey, READ],
-    since: datetime = Query(default=datetime(1970, 1, 1, tzinfo=UTC)),
+    since: datetime = Query(
+        default=datetime(1970, 1, 1, tzinfo=UTC), description="ISO 8601, from 1900 to 2299"
+    ),
 ) -> dict[str, object]:
+    if not EARLIEST <= (since if since.tzinfo else since.replace(tzinfo=UTC)) <= LATEST:
+        raise BadRequest("since must lie between 1900-01-01 and 2299-12-31")
     runtime = runtime_of(request)
     streams = [runtime.settings.events_stream, runtime.settings.records_stream]
     return report.overview(runtime.warehouse, since, runtime.redis, streams).as_dict()

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -15,12 +15,15 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pydantic import BaseModel, Field
 
 import cdp
 from cdp.api import router as api_router
 from cdp.auth import ApiKeys
 from cdp.consumer import StreamConsumer
 from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
+from cdp.health import Health
+from cdp.health import check as check_health
 from cdp.keys import Keys, load_keys
 from cdp.profiles import ProfileStore
 from cdp.records import RecordsWriter
@@ -37,6 +40,28 @@ from ingestion.writer import WarehouseWriter
 
 log = logging.getLogger(__name__)
 STREAM_ENTRIES = Gauge("cdp_stream_entries", "Entries in the events stream not yet trimmed")
+DEAD_LETTERS = Gauge("cdp_dead_letters_waiting", "Entries set aside, kept for an operator")
+WORKER_WAITING = Gauge(
+    "cdp_worker_waiting_entries", "Stream entries a worker has not acknowledged yet", ["worker"]
+)
+WORKER_LAG = Gauge(
+    "cdp_worker_lag_seconds", "Age of the oldest entry a worker has not acknowledged", ["worker"]
+)
+
+
+class WorkerOut(BaseModel):
+    waiting: int = Field(description="Stream entries not acknowledged yet")
+    oldest_seconds: float = Field(description="Age of the oldest of them")
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok or unhealthy")
+    problems: list[str]
+    workers: dict[str, WorkerOut] = Field(description="stream/consumer group → backlog")
+    buffered_entries: int = Field(description="Entries in the events stream not trimmed yet")
+    dead_letters: int = Field(description="Entries set aside: GET /api/v1/dead-letters")
+    writer: bool = Field(description="This process runs the warehouse writers")
+    profile_worker: dict[str, Any] | None = Field(description="The profile worker process")
 
 
 @dataclass
@@ -117,6 +142,20 @@ class Runtime:
         thread.start()
         self.workers.append(worker)
         self._threads.append(thread)
+
+    def health(self) -> Health:
+        settings = self.settings
+        running = {thread.name: thread.is_alive() for thread in self._threads}
+        if self.profile_process is not None:
+            running["profile worker"] = bool(self.profile_process.state()["running"])
+        return check_health(
+            self.redis,
+            self.warehouse,
+            {"events": settings.events_stream, "records": settings.records_stream},
+            settings.dead_letter_stream,
+            running,
+            settings.health_max_lag_seconds,
+        )
 
     def stop_workers(self) -> None:
         self._stop.set()
@@ -200,19 +239,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and storage health")
-    def healthz(request: Request) -> dict[str, object]:
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Storage, workers' backlog, dead letters; 503 when something is wrong",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "Unhealthy: see `problems`"}},
+    )
+    def healthz(request: Request) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
-        runtime.redis.ping()
-        runtime.warehouse.query_rows("SELECT 1")
-        return {
-            "status": "ok",
-            "buffered_entries": runtime.redis.xlen(settings.events_stream),
+        found = runtime.health()
+        body = {
+            **asdict(found),
             "writer": runtime.writer is not None,
             "profile_worker": runtime.profile_process.state()
             if runtime.profile_process is not None
-            else "not run here",
+            else None,
         }
+        return JSONResponse(body, status_code=found.http_status)
 
     @app.get(
         "/metrics",
@@ -222,7 +266,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def metrics(request: Request) -> PlainTextResponse:
         runtime: Runtime = request.app.state.runtime
-        STREAM_ENTRIES.set(runtime.redis.xlen(settings.events_stream))
+        found = runtime.health()
+        STREAM_ENTRIES.set(found.buffered_entries)
+        DEAD_LETTERS.set(found.dead_letters)
+        for name, state in found.workers.items():
+            WORKER_WAITING.labels(name).set(state["waiting"])
+            WORKER_LAG.labels(name).set(state["oldest_seconds"])
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router)

@@ -1,7 +1,11 @@
 """A consumer group on a Redis stream, the shape every worker here shares: read new entries,
 handle them, acknowledge after the effect is stored. Entries left unacknowledged by a crash
 are handled again on start (the consumer's own, then those idle under a dead consumer), so
-delivery is at-least-once and each `handle` makes a second delivery a no-op."""
+delivery is at-least-once and each `handle` makes a second delivery a no-op.
+
+An entry that cannot be processed never blocks the others: after a failure the entries are
+tried again one by one, and one that fails `tries` times is set aside as a dead letter
+(`cdp.deadletters`) with its error, and acknowledged."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any, ClassVar
 
 import redis
 
+from cdp.deadletters import dead_letter_stream, set_aside
 from cdp.storage import trim_consumed
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ class StreamConsumer:
         block_ms: int = 200,
         consumer: str | None = None,
         claim_idle_ms: int = 60_000,
+        tries: int = 3,
     ) -> None:
         self.client = client
         self.stream = stream
@@ -42,6 +48,11 @@ class StreamConsumer:
         # Stable across restarts on one host, so a restarted worker finds its own pending entries.
         self.consumer = consumer or f"{self.group}-{socket.gethostname()}"
         self.claim_idle_ms = claim_idle_ms
+        self.tries = tries  # before an entry is set aside
+        self.dead_letters = dead_letter_stream(stream)
+        self.set_aside = 0
+        # When the last batch was read or handled: health tells a stuck worker by it.
+        self.last_progress = time.monotonic()
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Store the effect of the entries and acknowledge them; returns events handled.
@@ -69,7 +80,7 @@ class StreamConsumer:
             )
             if not response or not response[0][1]:
                 break
-            handled += self.handle(response[0][1], recovered=True)
+            handled += self.handle_isolated(response[0][1])
         start = "0-0"
         while True:
             start, claimed, *_ = self.client.xautoclaim(
@@ -77,10 +88,51 @@ class StreamConsumer:
                 count=self.batch_size,
             )  # fmt: skip
             if claimed:
-                handled += self.handle(claimed, recovered=True)
+                handled += self.handle_isolated(claimed)
             if start in (b"0-0", "0-0"):
                 break
         return handled
+
+    def handle_isolated(self, entries: Entries) -> int:
+        """Handle recovered entries; when that fails, each alone, so a bad one holds back
+        nobody: it is tried `tries` times in all, then set aside as a dead letter."""
+        try:
+            return self.handle(entries, recovered=True)
+        except self.storage_errors:
+            raise
+        except Exception as error:
+            if len(entries) > 1:
+                log.warning("%s: a batch failed (%s); trying its entries one by one",
+                            self.group, error)  # fmt: skip
+            else:
+                log.warning("%s: entry %s failed: %s", self.group, entries[0][0], error)
+            self.reset()
+        handled = 0
+        for entry in entries:
+            handled += self._handle_alone(entry)
+        return handled
+
+    def _handle_alone(self, entry: tuple[Any, dict[bytes, bytes] | None]) -> int:
+        error: BaseException | None = None
+        for attempt in range(1, self.tries):
+            try:
+                return self.handle([entry], recovered=True)
+            except self.storage_errors:
+                raise
+            except Exception as failure:
+                error = failure
+                self.reset()
+                log.warning("%s: entry %s failed (try %d of %d): %s",
+                            self.group, entry[0], attempt + 1, self.tries, failure)  # fmt: skip
+                time.sleep(0.05 * 2**attempt)
+        error = error or RuntimeError("failed as part of its batch")
+        log.error("%s: entry %s set aside as a dead letter: %s", self.group, entry[0], error)
+        set_aside(self.client, self.stream, self.group, entry, error, self.tries)
+        self.set_aside += 1
+        return 0
+
+    def reset(self) -> None:
+        """Forget work under way after a failure (its entries stay pending)."""
 
     def read_new(self, block_ms: int | None) -> Entries:
         response: Any = self.client.xreadgroup(
@@ -103,6 +155,7 @@ class StreamConsumer:
                     self.recover()
                     recovering = False
                 self.drain_once()
+                self.last_progress = time.monotonic()
                 if time.monotonic() - last_trim > 5:
                     trim_consumed(self.client, self.stream)
                     last_trim = time.monotonic()
@@ -110,8 +163,9 @@ class StreamConsumer:
                 log.warning("%s waiting for storage: %s", self.group, error)
                 recovering = True
                 stop.wait(1.0)
-            except Exception:
-                # What was read stays unacknowledged and is handled again by recover().
-                log.exception("%s failed; retrying", self.group)
+            except Exception as error:
+                # What was read stays pending; recover() handles it again, entry by entry.
+                log.warning("%s failed (%s); recovering", self.group, error)
+                self.reset()
                 recovering = True
-                stop.wait(1.0)
+                stop.wait(0.1)

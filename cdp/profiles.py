@@ -58,20 +58,35 @@ def _item(properties: dict[str, Any]) -> str:
     return _json({k: properties[k] for k in ITEM_FIELDS if k in properties})
 
 
+MAX_QUANTITY = 2**31
+# Money is counted in cents, in 64-bit integers, by a script that writes a number as %.17g:
+# an amount of 10^12 (a trillion in the shop's currency) or more cannot be a real order and
+# is not counted; the profile's log says so.
+MAX_AMOUNT = 10**12
+
+
 def _quantity(properties: dict[str, Any], default: int) -> int:
     value = properties.get("quantity")
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return int(value)
+        return int(min(value, MAX_QUANTITY))
     return default
+
+
+class AmountTooLarge(ValueError):
+    pass
 
 
 def _cents(value: Any) -> int | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if abs(value) >= MAX_AMOUNT:
+            raise AmountTooLarge
         return round(value * 100)
     return None
 
 
 def _order_cents(properties: dict[str, Any]) -> int:
+    """The order's amount in cents (0 when it names none); AmountTooLarge when it cannot be
+    a real order's."""
     for name in ("total", "revenue"):
         cents = _cents(properties.get(name))
         if cents is not None:
@@ -79,9 +94,12 @@ def _order_cents(properties: dict[str, Any]) -> int:
     products = properties.get("products")
     if not isinstance(products, list):
         return 0
-    return sum(
+    total = sum(
         (_cents(p.get("price")) or 0) * _quantity(p, 1) for p in products if isinstance(p, dict)
     )
+    if abs(total) >= MAX_AMOUNT * 100:
+        raise AmountTooLarge
+    return total
 
 
 def _region(event: StoredEvent, traits: dict[str, Any]) -> str | None:
@@ -148,7 +166,11 @@ def change_of(event: StoredEvent) -> dict[str, Any]:
             change["cart"] = ["remove", product, _quantity(properties, 2**31)]
     elif name == ORDER_COMPLETED:
         change["cart"] = ["clear", ""]
-        change["order"] = _order_cents(properties)
+        try:
+            change["order"] = _order_cents(properties)
+        except AmountTooLarge:
+            change["order"] = 0
+            warnings.append(f"order amount of {MAX_AMOUNT:.0e} or more not counted")
         products = properties.get("products")
         for item in products if isinstance(products, list) else ():
             if isinstance(item, dict):
@@ -217,14 +239,12 @@ class Applied:
     seen_before: int = 0
     merges: int = 0
     refused_merges: int = 0
-    failed: int = 0
 
     def add(self, other: Applied) -> None:
         self.events += other.events
         self.seen_before += other.seen_before
         self.merges += other.merges
         self.refused_merges += other.refused_merges
-        self.failed += other.failed
 
 
 def _applied(reply: Any) -> Applied:
@@ -390,11 +410,9 @@ class ProfileStore:
         for call, future in submitted.calls:
             try:
                 result = _applied(future.result())
-            except redis.ResponseError as error:
-                if len(call) == 1:  # this entry cannot be applied: say so, do not block others
-                    log.error("entry %s not applied to profiles: %s", call[0][0], error)
-                    applied.failed += len(call[0][1])
-                    continue
+            except redis.ResponseError:
+                if len(call) == 1:  # this entry cannot be applied: the worker sets it aside
+                    raise
                 result = Applied(events=-1)
             if result.events >= 0:
                 applied.add(result)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     dedup_window_hours: int = Field(default=168, ge=1)
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
+    # /healthz answers 503 when a worker's oldest waiting entry is older than this.
+    health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
     @field_validator("write_keys", "cors_origins", mode="before")
@@ -86,6 +88,11 @@ class Settings(BaseSettings):
     @property
     def events_stream(self) -> str:
         return f"{self.redis_prefix}:stream:events"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Entries a worker set aside after failing every try (`cdp.deadletters`)."""
+        return f"{self.redis_prefix}:stream:dead_letters"
 
     @property
     def records_stream(self) -> str:

@@ -170,6 +170,31 @@ def oldest_pending(client: redis.Redis, stream: str, group: Any) -> tuple[int, i
     return entry_id(oldest) if oldest else None
 
 
+def group_states(client: redis.Redis, stream: str, now_ms: int) -> dict[str, dict[str, int]]:
+    """Each consumer group's backlog: entries not yet acknowledged (`waiting`) and the age in
+    milliseconds of the oldest of them (`oldest_ms`, 0 when none waits). Entry ids carry the
+    time they were added, so the age is read off the id."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return {}
+    states = {}
+    for group in groups:
+        lag = group.get("lag")
+        oldest = oldest_pending(client, stream, group) if group["pending"] else None
+        if oldest is None:
+            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=1)
+            oldest = entry_id(after[0][0]) if after else None
+        if lag is None:  # the group's position is unknown to the server: count what is left
+            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=10_000)
+            lag = len(after)
+        states[text(group["name"])] = {
+            "waiting": int(lag) + int(group["pending"]),
+            "oldest_ms": max(0, now_ms - oldest[0]) if oldest else 0,
+        }
+    return states
+
+
 def entry_id(value: bytes | str) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")

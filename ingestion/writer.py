@@ -5,7 +5,8 @@ after the insert.
 Delivery is at-least-once, storage exactly-once: entries left unacknowledged by a crash are
 read again on start, and any of their events already in ClickHouse are skipped. A row
 ClickHouse refuses is isolated by splitting the batch, kept in `rejected_events`, and never
-holds back the rows beside it.
+holds back the rows beside it; an entry that cannot be read is set aside as a dead letter
+(`cdp.consumer`).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class WarehouseWriter(StreamConsumer):
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Insert (what is not stored yet, after a crash), then acknowledge."""
-        frame = self._parse(entries)
+        frame = to_frame(entries)  # an entry it cannot read fails, and is set aside
         fresh = self._not_yet_stored(frame) if recovered else frame
         skipped = frame.height - fresh.height
         if skipped:
@@ -125,21 +126,6 @@ class WarehouseWriter(StreamConsumer):
         self._insert(fresh)
         self.ack(entries)
         return frame.height
-
-    def _parse(self, entries: list[Any]) -> pl.DataFrame:
-        try:
-            return to_frame(entries)
-        except pl.exceptions.PolarsError:
-            pass
-        # Some entry is not what this version writes: keep it aside, parse the others.
-        frames = []
-        for entry in entries:
-            try:
-                frames.append(to_frame([entry]))
-            except pl.exceptions.PolarsError as error:
-                data = (entry[1] or {}).get(COLUMNS, b"")
-                self._reject({"entry": entry[0], "data": data.decode(errors="replace")}, str(error))
-        return pl.concat(frames) if frames else to_frame([])
 
     def _not_yet_stored(self, frame: pl.DataFrame) -> pl.DataFrame:
         if frame.is_empty():

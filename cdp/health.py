@@ -1,0 +1,71 @@
+"""What `/healthz` tells: whether the storage answers, each worker's backlog (how many
+stream entries wait for it and how old the oldest is), the worker processes and threads, and
+the dead letters. Not healthy (503) when storage is away, a worker is not running, or a
+worker's oldest waiting entry is older than the allowed lag: stuck or far behind."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from cdp.storage import Warehouse, group_states
+
+
+@dataclass
+class Health:
+    status: str = "ok"
+    problems: list[str] = field(default_factory=list)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buffered_entries: int = 0
+    dead_letters: int = 0
+
+    def problem(self, text: str) -> None:
+        self.status = "unhealthy"
+        self.problems.append(text)
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.status == "ok" else 503
+
+
+def check(
+    client: redis.Redis,
+    warehouse: Warehouse,
+    streams: dict[str, str],
+    dead_letter_stream: str,
+    running: dict[str, bool],
+    max_lag_seconds: float,
+) -> Health:
+    """`streams` maps a short name to its stream key; `running` names the workers this
+    process runs (or watches) and whether each is alive."""
+    health = Health()
+    try:
+        warehouse.query_rows("SELECT 1")
+    except Exception as error:  # any failure of the warehouse is what health must report
+        health.problem(f"ClickHouse: {error}"[:300])
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        health.problem(f"Redis: {error}"[:300])
+        return health
+    now_ms = int(time.time() * 1000)
+    for short, stream in streams.items():
+        if short == "events":
+            health.buffered_entries = int(client.xlen(stream))
+        for group, state in group_states(client, stream, now_ms).items():
+            name = f"{short}/{group}"
+            lag = state["oldest_ms"] / 1000
+            health.workers[name] = {"waiting": state["waiting"], "oldest_seconds": lag}
+            if lag > max_lag_seconds:
+                health.problem(
+                    f"{name}: the oldest of {state['waiting']} waiting entries is {lag:.0f}s "
+                    f"old (allowed: {max_lag_seconds:.0f}s)"
+                )
+    for name, alive in running.items():
+        if not alive:
+            health.problem(f"{name} is not running")
+    health.dead_letters = int(client.xlen(dead_letter_stream))
+    return health
