@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from cdp import deadletters, privacy, report
-from cdp.auth import ApiKey, Scope
+from cdp.asgi import ASGIApp, Receive, Send
+from cdp.asgi import Scope as AsgiScope
+from cdp.auth import ApiKey, Scope, authenticate
 from cdp.consent import Channel, Purpose, Status, SuppressionReason
-from cdp.errors import BadRequest, BearerRequired, Forbidden, NotFound, Unavailable
+from cdp.errors import BadRequest, CdpError, Forbidden, NotFound, Unavailable
 from cdp.identity import InvalidIdentifier, Kind, normalise
 from cdp.profiles import Profile
 
@@ -192,18 +195,46 @@ def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+class CredentialsFirst:
+    """ASGI layer in front of the marketer API: the API key is checked before anything reads
+    the body, so an unauthenticated client cannot make the server read megabytes. The key
+    found is kept in the request's state for the routes' scope check."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or not scope["path"].startswith(router.prefix + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        runtime: Runtime = self.state.runtime
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        try:
+            key = await run_in_threadpool(
+                authenticate, runtime.api_keys, runtime.keys.write_keys, header
+            )
+        except CdpError as error:
+            answer = JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+            await answer(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, send)
+
+
 def require(scope: Scope) -> Any:
     def check(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> ApiKey:
-        runtime = runtime_of(request)
-        if credentials is None:
-            raise BearerRequired("an API key is required: Authorization: Bearer sk_...")
-        if credentials.credentials in runtime.keys.write_keys:
-            raise Forbidden("a write key only sends events; use a secret API key")
-        key = runtime.api_keys.verify(credentials.credentials)
-        if key is None:
-            raise BearerRequired("unknown API key")
+        key: ApiKey | None = getattr(request.state, "api_key", None)
+        if key is None:  # served without CredentialsFirst in front
+            runtime = runtime_of(request)
+            header = request.headers.get("authorization", "")
+            key = authenticate(runtime.api_keys, runtime.keys.write_keys, header)
         if not key.scope.includes(scope):
             raise Forbidden(f"this key has the {key.scope} scope; {scope} is required")
         return key

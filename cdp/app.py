@@ -12,12 +12,17 @@ from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cdp
+from cdp.access import AccessLog
+from cdp.api import CredentialsFirst
 from cdp.api import router as api_router
 from cdp.auth import ApiKeys
 from cdp.consumer import StreamConsumer
@@ -33,7 +38,8 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
 from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
-from ingestion.routes import Tracking, TrackingAPI, openapi_paths
+from ingestion.routes import MAX_ERRORS, Tracking, TrackingAPI, openapi_paths
+from ingestion.routes import PATHS as TRACKING_PATHS
 from ingestion.routes import router as snippet_router
 from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
@@ -175,6 +181,12 @@ class Runtime:
             self.embedded_redis.stop()
 
 
+def _problem(item: Any) -> str:
+    """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what."""
+    where = ".".join(str(part) for part in item.get("loc", ()))
+    return f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg"))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -195,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_event_bytes=settings.max_event_bytes,
             max_batch_bytes=settings.max_batch_bytes,
             cors_origins=frozenset(settings.cors_origins),
+            body_timeout=settings.body_timeout_seconds,
         )
         try:
             yield
@@ -202,25 +215,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await async_redis.aclose()
             runtime.close()
 
-    app = FastAPI(
+    # Docs with their assets served from the fastapi-offline package: no CDN.
+    app = FastAPIOffline(
         title="CDP",
         version=cdp.__version__,
         summary="Customer data platform for web shops: tracking, profiles, audiences, campaigns",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
+    # Each added layer wraps the ones before: the last added sees a request first.
+    app.add_middleware(CredentialsFirst, state=app.state)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
         max_age=86400,
     )
-    # Added last, so outermost: tracking requests skip the framework's routing and CORS.
+    # Tracking requests skip the framework's routing and CORS.
     app.add_middleware(TrackingAPI, state=app.state)
+    app.add_middleware(
+        AccessLog, enabled=settings.access_log, known_paths=frozenset(TRACKING_PATHS)
+    )
 
     @app.exception_handler(CdpError)
     async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        if error.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path}"
+        return JSONResponse(
+            {"success": False, "error": message},
+            status_code=error.status_code,
+            headers=dict(error.headers or {}),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [_problem(item) for item in error.errors()]
+        body = {"success": False, "error": "invalid request", "errors": problems[:MAX_ERRORS]}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"success": False, "error": "internal error"}, status_code=500)
 
     @app.exception_handler(redis.ConnectionError)
     async def _buffer_down(request: Request, error: redis.ConnectionError) -> JSONResponse:

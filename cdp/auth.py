@@ -15,6 +15,7 @@ from enum import StrEnum
 import orjson
 import redis
 
+from cdp.errors import BearerRequired, Forbidden
 from cdp.storage import text
 
 
@@ -83,3 +84,18 @@ class ApiKeys:
 def _load(value: str) -> ApiKey:
     data = orjson.loads(value)
     return ApiKey(**{**data, "scope": Scope(data["scope"])})
+
+
+def authenticate(api_keys: ApiKeys, write_keys: frozenset[str], authorization: str) -> ApiKey:
+    """The API key an `Authorization: Bearer` header names; BearerRequired (401) when there
+    is none or it is unknown, Forbidden (403) for a write key."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise BearerRequired("an API key is required: Authorization: Bearer sk_...")
+    if token in write_keys:
+        raise Forbidden("a write key only sends events; use a secret API key")
+    key = api_keys.verify(token)
+    if key is None:
+        raise BearerRequired("unknown API key")
+    return key

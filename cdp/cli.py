@@ -21,6 +21,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from cdp import demo as demo_module
+from cdp.access import JSONFormatter
 from cdp.auth import ApiKeys, Scope
 from cdp.keys import load_keys
 from cdp.redis_server import redis_for
@@ -42,12 +43,22 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, json_lines: bool = False) -> None:
+    if json_lines:
+        handler: logging.Handler = logging.StreamHandler()
+        handler.setFormatter(JSONFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     logging.basicConfig(
         level=level.upper(),
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    # The access log is one plain line a request: cheap, and easy to grep.
+    access = logging.StreamHandler()
+    access.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("cdp.access").addHandler(access)
+    logging.getLogger("cdp.access").propagate = False
 
 
 @app.command()
@@ -55,15 +66,24 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    access_log: bool | None = typer.Option(
+        None, "--access-log/--no-access-log", help="A line per request (CDP_ACCESS_LOG)."
+    ),
 ) -> None:
     """Serve the tracking API, the snippet and the marketer API (docs at /docs)."""
     from cdp.app import create_app
+    from cdp.protocol import server_config
 
-    _logging(log_level)
-    app_ = create_app(_settings())
+    settings = _settings()
+    if access_log is not None:
+        settings = settings.model_copy(update={"access_log": access_log})
+    _logging(log_level, settings.log_format == "json")
+    app_ = create_app(settings)
     # Long-lived objects made at start-up need no scanning by every collection on the hot path.
     gc.freeze()
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, access_log=False)
+    config = server_config(app_, settings, host=host, port=port, log_level=log_level,
+                           log_config=None)  # fmt: skip
+    uvicorn.Server(config).run()
 
 
 @app.command()

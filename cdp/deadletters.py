@@ -79,7 +79,7 @@ def listed(
 ) -> list[DeadLetter]:
     """The newest dead letters first; `before` pages on from an id given earlier."""
     end = f"({before}" if before else "+"
-    rows = client.xrevrange(stream, max=end, min="-", count=limit)
+    rows: Any = client.xrevrange(stream, max=end, min="-", count=limit)
     return [_letter(entry_id, fields) for entry_id, fields in rows]
 
 

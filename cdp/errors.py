@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
+
+class ErrorOut(BaseModel):
+    """Every error answer's shape, whatever the route and status."""
+
+    success: bool = Field(default=False, description="Always false")
+    error: str = Field(description="What was wrong")
+    errors: list[str] | None = Field(
+        default=None, description="Each problem, naming where: `batch[3].event: ...`"
+    )
+    error_count: int | None = Field(default=None, description="Problems in all (batch)")
+    accepted: int | None = Field(default=None, description="Events of the batch kept")
+
 
 class CdpError(Exception):
     status = 400
@@ -45,12 +59,24 @@ class NotFound(CdpError):
     status = 404
 
 
+class RequestTimeout(CdpError):
+    status = 408
+
+
 class PayloadTooLarge(CdpError):
     status = 413
 
 
 class UnsupportedMediaType(CdpError):
     status = 415
+
+
+class HeadersTooLarge(CdpError):
+    status = 431
+
+
+class InternalError(CdpError):
+    status = 500
 
 
 class Unavailable(CdpError):

@@ -4,7 +4,7 @@ nothing installed beyond the Python packages (embedded ClickHouse and Valkey).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     dedup_window_hours: int = Field(default=168, ge=1)
     max_event_bytes: int = 32 * 1024
     max_batch_bytes: int = 500 * 1024
+    # One line per request on stderr; `json` writes every log line as a JSON object.
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
+    # Request line and headers: at most this many bytes (431), within this time (408).
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # a whole body, else 408
     # /healthz answers 503 when a worker's oldest waiting entry is older than this.
     health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])

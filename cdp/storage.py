@@ -183,10 +183,10 @@ def group_states(client: redis.Redis, stream: str, now_ms: int) -> dict[str, dic
         lag = group.get("lag")
         oldest = oldest_pending(client, stream, group) if group["pending"] else None
         if oldest is None:
-            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=1)
+            after: Any = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=1)
             oldest = entry_id(after[0][0]) if after else None
         if lag is None:  # the group's position is unknown to the server: count what is left
-            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=10_000)
+            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=10**4)
             lag = len(after)
         states[text(group["name"])] = {
             "waiting": int(lag) + int(group["pending"]),

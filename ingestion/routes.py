@@ -1,9 +1,16 @@
 """Tracking routes compatible with the Segment HTTP Tracking API, and the snippet.
 
-Write key as the HTTP Basic user name or `writeKey` in the body; JSON as
-`application/json` or `text/plain` (what `sendBeacon` sends), optionally gzipped. Limits as
-Segment's: 32 KB an event, 500 KB a batch. In a batch every event is judged on its own:
-valid ones are kept even when a neighbour is refused.
+Write key as the HTTP Basic user name, `writeKey` in the body or in the query string (what
+beacons send); JSON as `application/json` or `text/plain` (what `sendBeacon` sends),
+optionally gzipped. Limits as Segment's: 32 KB an event, 500 KB a batch. In a batch every
+event is judged on its own: valid ones are kept even when a neighbour is refused.
+
+The official browser SDKs use more paths than the spec names: analytics.js and
+`@segment/analytics-next` post to `/v1/t`, `/v1/p`, `/v1/i`, `/v1/s`, `/v1/g`, `/v1/a` and,
+batching, `/v1/b`; `@rudderstack/analytics-js` beacons to `/beacon/v1/batch?writeKey=`. Both
+also report their own telemetry (`/v1/m`, `/rsaMetrics`): accepted and dropped. The CORS
+preflight allows the headers they send (RudderStack's `AnonymousId`, `SentAt`, `Rsa-*`,
+Segment's `X-Retry-Count`).
 
 `POST /v1/*` is the hottest path of the product, so it is served by a plain ASGI handler in
 front of the framework's routing and middleware (about half the cost of a request there);
@@ -12,16 +19,17 @@ it answers CORS for its own paths. `openapi_paths` documents it for `/docs`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 import redis
@@ -30,27 +38,33 @@ from fastapi.responses import Response
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from cdp.asgi import ASGIApp, Receive, Scope, Send
 from cdp.errors import (
     BUFFER_DOWN,
     BadRequest,
     CdpError,
+    ErrorOut,
+    InternalError,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
 from cdp.keys import source_id
 from ingestion.normalize import Row, to_row
-from ingestion.segment import EVENT_TYPES, BatchEnvelope, SegmentEvent, describe
+from ingestion.segment import (
+    EVENT_TYPES,
+    MAX_DEPTH,
+    BatchEnvelope,
+    SegmentEvent,
+    deeper_than,
+    describe,
+)
 from ingestion.stream import EventStream
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUESTS = Counter(
     "cdp_tracking_requests", "Tracking requests answered, by route and status", ["route", "status"]
@@ -60,12 +74,27 @@ STORED, DUPLICATE, REFUSED = (EVENTS.labels(o) for o in ("stored", "duplicate", 
 
 JSON_TYPES = ("application/json", "text/plain")
 SUCCESS = b'{"success":true}'
-PATHS = {f"/v1/{name}": name for name in (*EVENT_TYPES, "batch")}
+SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group",
+               "a": "alias", "b": "batch"}  # fmt: skip
+PATHS = {
+    **{f"/v1/{name}": name for name in (*EVENT_TYPES, "batch")},
+    **{f"/v1/{letter}": kind for letter, kind in SHORT_PATHS.items()},
+    "/beacon/v1/batch": "batch",
+    "/v1/m": "metrics",
+    "/rsaMetrics": "metrics",
+}
+ALLOWED_HEADERS = (
+    "authorization", "content-type", "content-encoding", "x-retry-count", "anonymousid",
+    "sentat", "rsa-recovered", "rsa-retry-attempt", "rsa-retry-reason",
+    "rsa-since-first-attempt", "rsa-since-last-attempt",
+)  # fmt: skip
 PREFLIGHT_HEADERS = [
     (b"access-control-allow-methods", b"POST, OPTIONS"),
-    (b"access-control-allow-headers", b"authorization, content-type, content-encoding"),
+    (b"access-control-allow-headers", ", ".join(ALLOWED_HEADERS).encode()),
     (b"access-control-max-age", b"86400"),
 ]
+MAX_ERRORS = 100  # listed in one answer; the count says how many there were
+BODY_TIMEOUT = 30.0  # seconds to receive a whole body
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,7 @@ class Tracking:
     max_event_bytes: int
     max_batch_bytes: int
     cors_origins: frozenset[str]
+    body_timeout: float = BODY_TIMEOUT
 
 
 @dataclass
@@ -104,7 +134,10 @@ class TrackingAPI:
         if scope["method"] == "OPTIONS":
             answer = _preflight(headers, tracking.cors_origins)
         else:
-            answer = await _answer(kind, scope, receive, headers, tracking)
+            if kind == "metrics":
+                answer = await _telemetry(receive, headers, tracking)
+            else:
+                answer = await _answer(kind, scope, receive, headers, tracking)
             answer.headers += _allow_origin(headers.get(b"origin"), tracking.cors_origins)
             REQUESTS.labels(kind, answer.status).inc()
         await send(
@@ -126,8 +159,12 @@ async def _answer(
 ) -> Answer:
     try:
         limit = tracking.max_batch_bytes if kind == "batch" else tracking.max_event_bytes
-        body = parse_json(await read_body(receive, headers, limit), headers, limit)
-        key = authorise(headers.get(b"authorization", b""), body, tracking.write_keys)
+        raw = await read_body(receive, headers, limit, tracking.body_timeout)
+        body = parse_json(raw, headers, limit)
+        key = authorise(
+            headers.get(b"authorization", b""), body, tracking.write_keys, scope["query_string"]
+        )
+        scope.setdefault("state", {})["write_key_id"] = source_id(key)  # for the access log
         received = datetime.now(UTC)
         ip = scope["client"][0] if scope.get("client") else ""
         if kind == "batch":
@@ -140,6 +177,9 @@ async def _answer(
     except redis.ConnectionError as error:
         log.error("%s: %s", BUFFER_DOWN, error)
         return _error(Unavailable(BUFFER_DOWN))
+    except Exception:
+        log.exception("tracking request failed")
+        return _error(InternalError("internal error; the request was not stored"))
     _count(STORED, new)
     _count(DUPLICATE, len(rows) - new)
     _count(REFUSED, total - len(rows))
@@ -149,9 +189,19 @@ async def _answer(
             "error": f"{total - len(rows)} of {total} events were refused; "
             "the others were accepted",
             "accepted": len(rows),
-            "errors": errors,
+            "error_count": len(errors),
+            "errors": errors[:MAX_ERRORS],
         }
         return Answer(400, orjson.dumps(refused), [])
+    return Answer(200, SUCCESS, [])
+
+
+async def _telemetry(receive: Receive, headers: dict[bytes, bytes], tracking: Tracking) -> Answer:
+    """The SDKs' reports about themselves: read (bounded) and dropped, never an error, so an
+    SDK has no reason to retry or complain."""
+    with contextlib.suppress(CdpError):
+        await read_body(receive, {**headers, b"content-type": b"text/plain"},
+                        tracking.max_batch_bytes, tracking.body_timeout)  # fmt: skip
     return Answer(200, SUCCESS, [])
 
 
@@ -188,8 +238,11 @@ def _preflight(headers: dict[bytes, bytes], allowed: frozenset[str]) -> Answer:
     return Answer(200, b"{}", [*origin, *PREFLIGHT_HEADERS])
 
 
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The raw body, refused early when its content type is wrong or it is too large."""
+async def read_body(
+    receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float = BODY_TIMEOUT
+) -> bytes:
+    """The raw body, refused early when its content type is wrong or it is too large, or
+    when it does not arrive whole within `timeout` seconds."""
     media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode()
     if media_type not in JSON_TYPES:
         raise UnsupportedMediaType(
@@ -199,8 +252,13 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is {declared.decode()} bytes, the limit is {limit}")
     chunks = bytearray()
+    deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {timeout:.0f}s") from None
         if message["type"] == "http.disconnect":
             raise BadRequest("client disconnected before sending the whole body")
         chunks += message.get("body", b"")
@@ -238,20 +296,37 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def authorise(authorization: bytes, body: dict[str, Any], write_keys: frozenset[str]) -> str:
-    """The write key from HTTP Basic (user name) or the body, if it is one of ours."""
-    key = _basic_user(authorization.decode("latin-1"))
+def authorise(
+    authorization: bytes, body: dict[str, Any], write_keys: frozenset[str], query: bytes = b""
+) -> str:
+    """The write key from HTTP Basic (user name), the body or the query string, if it is one
+    of ours."""
+    key = _known_basic.get(authorization) if authorization else None
+    if key is not None:
+        return key
+    key = _basic_user(authorization.decode("latin-1")) if authorization else None
     if key is None:
         candidate = body.get("writeKey")
         key = candidate if isinstance(candidate, str) else None
+    if key is None and b"writeKey=" in query:
+        key = parse_qs(query.decode("latin-1")).get("writeKey", [""])[0]
     if not key:
-        raise Unauthorized("missing write key: send it as the HTTP Basic user name or writeKey")
+        raise Unauthorized(
+            "missing write key: send it as the HTTP Basic user name, writeKey in the body "
+            "or ?writeKey= in the URL"
+        )
     if key not in write_keys:
         raise Unauthorized("unknown write key")
+    if authorization and len(_known_basic) < 1024:
+        _known_basic[authorization] = key  # bounded, and only headers that name a real key
     return key
 
 
-@lru_cache(maxsize=1024)  # a shop's clients send the same few headers over and over
+# Authorization headers that named one of our keys: a shop's clients send the same few over
+# and over. Unknown headers are never kept, so no client can grow this.
+_known_basic: dict[bytes, str] = {}
+
+
 def _basic_user(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
@@ -299,6 +374,8 @@ def batch_rows(
 def _batch_event(item: Any, envelope: BatchEnvelope, max_bytes: int) -> SegmentEvent:
     if not isinstance(item, dict):
         raise BadRequest("must be a JSON object")
+    if deeper_than(item, MAX_DEPTH):
+        raise BadRequest(f"nested deeper than {MAX_DEPTH} levels")
     size = len(orjson.dumps(item))
     if size > max_bytes:
         raise BadRequest(f"event is {size} bytes, the limit is {max_bytes}")
@@ -317,6 +394,18 @@ SUMMARIES = {
     "group": "Associate a visitor with a group or account",
     "alias": "Merge a previous id into a user id",
     "batch": "Send many events in one request",
+    "metrics": "An SDK's telemetry about itself: accepted and dropped",
+}
+ANSWERS: dict[str, str] = {
+    "200": 'Stored durably: `{"success": true}`',
+    "400": "Malformed JSON or invalid events, each named (the first 100, and `error_count`); "
+    "in a batch the valid ones are kept (`accepted`)",
+    "401": "Missing or unknown write key",
+    "408": "The body did not arrive in time",
+    "413": "Over 32 KB an event or 500 KB a request",
+    "415": "Not JSON (application/json or text/plain) or unknown encoding",
+    "500": "Internal error: nothing was stored, retry",
+    "503": "Event buffer unavailable: retry",
 }
 
 
@@ -327,40 +416,54 @@ def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
         schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    # On /v1/track and its kin the path says the type: the body need not.
+    single = {**schemas["SegmentEvent"], "title": "TrackingEvent"}
+    single["required"] = [name for name in single.get("required", []) if name != "type"]
+    schemas["TrackingEvent"] = single
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    schemas["ErrorOut"] = ErrorOut.model_json_schema()
     answers = {
-        "200": {"description": 'Stored durably: `{"success": true}`'},
-        "400": {
-            "description": "Malformed JSON or invalid events, each named; in a batch "
-            "the valid ones are kept (`accepted`)"
-        },  # fmt: skip
-        "401": {"description": "Missing or unknown write key"},
-        "413": {"description": "Over 32 KB an event or 500 KB a request"},
-        "415": {"description": "Not JSON (application/json or text/plain) or unknown encoding"},
-        "503": {"description": "Event buffer unavailable: retry"},
+        status: {"description": text, "content": {"application/json": {"schema": error}}}
+        for status, text in ANSWERS.items()
+        if status != "200"
     }
-    paths = {}
+    answers["200"] = {"description": ANSWERS["200"]}
+    paths: dict[str, Any] = {}
     for path, kind in PATHS.items():
-        body = "BatchEnvelope" if kind == "batch" else "SegmentEvent"
+        if kind == "metrics":
+            paths[path] = {"post": {
+                "tags": ["tracking"], "summary": SUMMARIES[kind],
+                "operationId": "tracking_metrics" + path.replace("/", "_"),
+                "requestBody": {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                "responses": {"200": {"description": "Accepted and dropped"}},
+            }}  # fmt: skip
+            continue
+        body = {"$ref": "#/components/schemas/" + ("BatchEnvelope" if kind == "batch"
+                                                    else "TrackingEvent")}  # fmt: skip
+        alias = "" if path == f"/v1/{kind}" else f" (as the browser SDKs send it: `{path}`)"
         paths[path] = {
             "post": {
                 "tags": ["tracking"],
-                "summary": SUMMARIES[kind],
-                "operationId": f"tracking_{kind}",
-                "security": [{"writeKey": []}],
+                "summary": SUMMARIES[kind] + alias,
+                "operationId": "tracking" + path.replace("/", "_"),
+                "security": [{"writeKey": []}, {"writeKeyQuery": []}, {}],
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}
-                    },
+                    "content": {"application/json": {"schema": body},
+                                "text/plain": {"schema": body}},  # fmt: skip
                 },
                 "responses": answers,
             }
         }
-    components.setdefault("securitySchemes", {})["writeKey"] = {
-        "type": "http",
-        "scheme": "basic",
-        "description": "The write key as user name, no password; or `writeKey` in the body",
-    }
+    components.setdefault("securitySchemes", {}).update({
+        "writeKey": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "The write key as user name, no password; or `writeKey` in the body",
+        },
+        "writeKeyQuery": {"type": "apiKey", "in": "query", "name": "writeKey",
+                          "description": "What beacons send"},
+    })  # fmt: skip
     return paths
 
 

@@ -14,6 +14,23 @@ EVENT_TYPES: tuple[str, ...] = ("track", "identify", "page", "screen", "group", 
 MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_ID_LENGTH = 512
+# Levels of objects and arrays in one event, itself the first. Every layer carries this
+# much (orjson writes at most 254 levels, ClickHouse's JSON type and the exports add some).
+MAX_DEPTH = 32
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels in `value`."""
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if level + 1 > limit:
+                    return True
+                stack.append((child, level + 1))
+    return False
 
 
 class SegmentEvent(BaseModel):
@@ -51,6 +68,13 @@ class SegmentEvent(BaseModel):
         if not MIN_TIMESTAMP <= value < MAX_TIMESTAMP:
             raise ValueError("must be between 1970 and 2200")
         return value.astimezone(UTC)
+
+    @field_validator("properties", "traits", "context")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and deeper_than(value, MAX_DEPTH - 1):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels in all")
+        return value
 
     @model_validator(mode="after")
     def _required_by_type(self) -> SegmentEvent:

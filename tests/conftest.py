@@ -15,6 +15,7 @@ import redis
 import uvicorn
 from fastapi import FastAPI
 
+from cdp.protocol import server_config
 from cdp.redis_server import EmbeddedRedis
 from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_warehouse
@@ -78,10 +79,10 @@ class LiveServer:
     """The app served by uvicorn on a free loopback port, in this process, so tests can use
     real HTTP clients and read the same embedded ClickHouse."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app = app
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+            server_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -106,7 +107,7 @@ def live_server(
 ) -> Iterator[LiveServer]:
     from cdp.app import create_app
 
-    with LiveServer(create_app(settings)) as server:
+    with LiveServer(create_app(settings), settings) as server:
         yield server
 
 

@@ -166,7 +166,7 @@ def test_erasure_waits_for_events_in_flight_and_says_when_they_are_not_settled(
     impatient = settings.model_copy(update={"erase_wait_seconds": 0.5})
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with (
-        LiveServer(create_app(impatient)) as server,
+        LiveServer(create_app(impatient), impatient) as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
         sent = client.post("/v1/identify", json={"userId": "in-flight"}, auth=(WRITE_KEY, ""))

@@ -1,0 +1,101 @@
+"""HTTP/1.1 connections with limits the stock server lacks: the request line and headers
+together at most `max_header_bytes` (else `431`), and they must arrive within
+`header_timeout` seconds of the first byte (else `408`), so neither a huge header nor a client
+sending one byte at a time holds memory or a connection. Checked before the parser sees the
+bytes: its header buffer grows by copying, so a 128 MB header would cost seconds of CPU."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cdp.settings import Settings
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    max_header_bytes = 16 * 1024
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._reading_headers = True
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self._reading_headers:
+            super().data_received(data)
+            return
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+        room = self.max_header_bytes - self._header_bytes
+        if len(data) <= room:
+            self._header_bytes += len(data)
+            super().data_received(data)
+            return
+        # More than the headers may take: they must end within what fits.
+        self._header_bytes = self.max_header_bytes
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self._reading_headers and self._header_bytes == self.max_header_bytes:
+            self._refuse(431, f"request line and headers exceed {self.max_header_bytes} bytes")
+        else:  # they ended (and perhaps a whole request did): the rest goes on as usual
+            self.data_received(data[room:])
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_headers = True  # the next request on this connection
+        self._header_bytes = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self._reading_headers and not self.transport.is_closing():
+            self._refuse(408, f"headers did not arrive within {self.header_timeout:.0f}s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = orjson.dumps({"success": False, "error": message})
+        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+        self.transport.write(
+            head + b"content-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body) + body
+        )
+        self.transport.close()
+
+
+def guarded(max_header_bytes: int, header_timeout: float) -> type[GuardedHttpProtocol]:
+    """The protocol class with these limits, for `uvicorn.Config(http=...)`."""
+    limits: dict[str, Any] = {
+        "max_header_bytes": max_header_bytes,
+        "header_timeout": header_timeout,
+    }
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), limits)
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """How `cdp serve` (and the tests' live server) serve the app: the guarded protocol, the
+    access log of our own (`cdp.access`) in place of the server's."""
+    return uvicorn.Config(
+        app,
+        http=guarded(settings.max_header_bytes, settings.header_timeout_seconds),
+        access_log=False,
+        **options,
+    )
