@@ -17,15 +17,24 @@ python_311() {
   exit 1
 }
 
+# The install is editable, so only a change of the declared packages calls for another:
+# skipped when pyproject.toml and the extras are what the last install had.
 setup_python() {
   local extras="$1"
   if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$(python_311)" -m venv .venv
   fi
+  local stamp=".venv/.cdp-installed${extras:+-$extras}"
+  local wanted
+  wanted="$(cat pyproject.toml; echo "$extras")"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+    return
+  fi
   echo "==> installing the project${extras:+ with $extras}"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet --editable ".${extras:+[$extras]}"
+  printf '%s' "$wanted" >"$stamp"
 }
 
 apt_install() {
@@ -33,12 +42,23 @@ apt_install() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
+  # shellcheck disable=SC2086 # a list of packages
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $1 >/dev/null
 }
 
 # Browser tests drive Debian's Chromium; nothing downloads a browser of its own.
 setup_browser() {
   command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
+# The official browser SDKs for the end-to-end tests, as pinned in tests/browser.
+setup_browser_sdks() {
+  command -v npm >/dev/null 2>&1 || apt_install "nodejs npm"
+  if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
+    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+    echo "==> installing the browser SDKs (npm)"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  fi
 }
 
 # The embedded Valkey runs with jemalloc when it is installed (cdp/redis_server.py): the
@@ -59,6 +79,7 @@ case "$command" in
   test)
     setup_python "test"
     setup_browser
+    setup_browser_sdks
     setup_jemalloc
     echo "==> ruff"
     .venv/bin/ruff check .
