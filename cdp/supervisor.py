@@ -36,8 +36,13 @@ class WorkerProcess:
         return {"running": running, "pid": self.pid, "restarts": self.restarts}
 
     def start(self) -> None:
-        self._process = subprocess.Popen(self.command, env=self.env)
+        self._process = self._spawn()
         self._watcher.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # A session of its own: a signal to our process group (Ctrl+C) does not stop it
+        # behind our back; we stop it on the way out, and it leaves when we are gone.
+        return subprocess.Popen(self.command, env=self.env, start_new_session=True)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -50,7 +55,7 @@ class WorkerProcess:
             self.restarts += 1
             if self._stopping.wait(min(30.0, 0.5 * 2 ** min(self.restarts, 6))):
                 return
-            self._process = subprocess.Popen(self.command, env=self.env)
+            self._process = self._spawn()
 
     def stop(self, timeout: float = 30) -> None:
         """Ask it to finish what it holds (SIGTERM), then insist."""

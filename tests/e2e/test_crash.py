@@ -1,5 +1,6 @@
 """Crash test: events answered 200, the server killed with SIGKILL before its writer ran,
-restarted: every acknowledged event is in ClickHouse exactly once."""
+restarted: every acknowledged event is in ClickHouse exactly once. Graceful stop: Ctrl+C
+(SIGINT to the whole process group) stores every acknowledged event before Valkey stops."""
 
 import contextlib
 import os
@@ -25,7 +26,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, run_writer: bool) -> None:
+    def __init__(self, data_dir: Path, run_writer: bool, **env_vars: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -34,6 +35,7 @@ class ServerProcess:
             "CDP_WRITE_KEYS": WRITE_KEY,
             "CDP_ADMIN_KEY": API_KEY,
             "CDP_RUN_WRITER": str(run_writer).lower(),
+            **env_vars,
         }
         for name in ("CDP_CLICKHOUSE_URL", "CDP_REDIS_URL"):
             env.pop(name, None)
@@ -41,6 +43,7 @@ class ServerProcess:
             [sys.executable, "-m", "cdp", "serve", "--port", str(self.port), "--log-level",
              "warning"],
             env=env,
+            start_new_session=True,  # a process group of its own, as a terminal gives it
         )  # fmt: skip
         wait_for(self._healthy, timeout=60, interval=0.2)
 
@@ -144,3 +147,21 @@ def test_acknowledged_events_survive_sigkill(data_dir: Path, also_kill_valkey: b
         assert second.process.wait(timeout=60) in (0, -signal.SIGTERM)
     assert not (data_dir / "valkey" / "valkey.pid").exists(), "Valkey was not stopped on exit"
     assert count_in_chdb(data_dir) == (501, 501)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_process_group_stores_what_was_acknowledged(
+    data_dir: Path, sig: signal.Signals
+) -> None:
+    # The writer naps 3 s after its first read: whatever is sent meanwhile is still in the
+    # stream when the signal comes.
+    server = ServerProcess(data_dir, run_writer=True, CDP_WRITER_MAX_WAIT_MS="3000")
+    with httpx.Client(base_url=server.url, auth=(WRITE_KEY, "")) as client:
+        for b in range(10):
+            batch = [{"type": "track", "event": "Product Viewed", "anonymousId": f"a-{b}",
+                      "messageId": f"stop-{b}-{i}"} for i in range(50)]  # fmt: skip
+            assert client.post("/v1/batch", json={"batch": batch}).status_code == 200
+    os.killpg(server.process.pid, sig)  # the server, its workers and (once) Valkey
+    assert server.process.wait(timeout=60) in (0, -sig, 128 + sig)
+    assert not (data_dir / "valkey" / "valkey.pid").exists(), "Valkey was not stopped on exit"
+    assert count_in_chdb(data_dir) == (500, 500)
