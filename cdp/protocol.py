@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cdp.settings import Settings
 
+LINGER_SECONDS = 2.0
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -27,8 +28,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._reading_headers = True
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the connection closes (see _refuse)
         if not self._reading_headers:
             super().data_received(data)
             return
@@ -78,7 +82,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             head + b"content-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % len(body) + body
         )
-        self.transport.close()
+        # Closing while the client still sends would reset the connection, and the client
+        # would lose the answer: say we are done, drop what comes, close a little later.
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
 def guarded(max_header_bytes: int, header_timeout: float) -> type[GuardedHttpProtocol]:
