@@ -21,14 +21,30 @@ from cdp.asgi import ASGIApp, Receive, Send
 from cdp.asgi import Scope as AsgiScope
 from cdp.auth import ApiKey, Scope, authenticate
 from cdp.consent import Channel, Purpose, Status, SuppressionReason
-from cdp.errors import BadRequest, CdpError, Forbidden, NotFound, Unavailable
+from cdp.errors import BadRequest, CdpError, ErrorOut, Forbidden, NotFound, Unavailable
 from cdp.identity import InvalidIdentifier, Kind, normalise
 from cdp.profiles import Profile
 
 if TYPE_CHECKING:
     from cdp.app import Runtime
 
-router = APIRouter(prefix="/api/v1")
+ERROR_TEXT = {
+    400: "A malformed identifier, cursor or parameter, or a body that is not JSON",
+    401: "No API key, or an unknown one",
+    403: "A write key, or a key whose scope is too low",
+    404: "No such resource",
+    422: "An invalid body or parameter, each problem named",
+    503: "Storage unavailable, or earlier events still being processed: retry",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Error answers for the OpenAPI document: they all have one shape."""
+    return {status: {"model": ErrorOut, "description": ERROR_TEXT[status]} for status in statuses}
+
+
+# Every route checks a key, validates what it is given, and needs storage.
+router = APIRouter(prefix="/api/v1", responses=errors(401, 403, 422, 503))
 
 
 class JSONBytes(Response):
@@ -259,7 +275,8 @@ def profile_or_404(runtime: Runtime, profile_id: str) -> Profile:
     "/profiles",
     tags=["profiles"],
     summary="Find a profile by one of its identifiers",
-    responses=PROFILE,
+    description="Give exactly one of `email`, `phone`, `user_id`, `anonymous_id` (else 400).",
+    responses={**PROFILE, **errors(400, 404)},
 )
 def find_profile(
     request: Request,
@@ -291,7 +308,7 @@ def find_profile(
     "/profiles/{profile_id}",
     tags=["profiles"],
     summary="A profile: identities, traits, features, consent (a merged-away id finds it too)",
-    responses=PROFILE,
+    responses={**PROFILE, **errors(404)},
 )
 def get_profile(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> JSONBytes:
     return JSONBytes(profile_or_404(runtime_of(request), profile_id).as_dict())
@@ -301,7 +318,7 @@ def get_profile(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -
     "/profiles/{profile_id}/events",
     tags=["profiles"],
     summary="The profile's event timeline, newest first, across all its identities",
-    responses=documented(TimelineOut),
+    responses={**documented(TimelineOut), **errors(400, 404)},
 )
 def profile_events(
     request: Request,
@@ -332,6 +349,7 @@ def profile_events(
     tags=["profiles"],
     summary="Why these identities are one person: every merge, with its cause and event",
     response_model=MergesOut,
+    responses=errors(404),
 )
 def profile_merges(request: Request, profile_id: str, _: Annotated[ApiKey, READ]) -> dict[str, Any]:
     runtime = runtime_of(request)
@@ -377,6 +395,7 @@ def _change(runtime: Runtime, profile_id: str, change: dict[str, Any]) -> dict[s
     tags=["consent"],
     summary="Grant, deny or revoke",
     response_model=ConsentStateOut,
+    responses=errors(400, 404),
 )
 def set_consent(
     request: Request, profile_id: str, body: ConsentChange, _: Annotated[ApiKey, WRITE]
@@ -394,6 +413,7 @@ def set_consent(
     tags=["consent"],
     summary="Suppress a channel",
     response_model=ConsentStateOut,
+    responses=errors(400, 404),
 )
 def suppress(
     request: Request, profile_id: str, body: Suppression, _: Annotated[ApiKey, WRITE]
@@ -408,6 +428,7 @@ def suppress(
     tags=["consent"],
     summary="Lift a suppression",
     response_model=ConsentStateOut,
+    responses=errors(404),
 )
 def unsuppress(
     request: Request, profile_id: str, channel: Channel, _: Annotated[ApiKey, WRITE]
@@ -423,7 +444,7 @@ def unsuppress(
     "/profiles/{profile_id}/export",
     tags=["privacy"],
     summary="Everything held on the person, as JSON (GDPR Art. 15 and 20)",
-    responses=documented(ExportOut),
+    responses={**documented(ExportOut), **errors(404)},
 )
 def export_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]) -> JSONBytes:
     runtime = runtime_of(request)
@@ -435,6 +456,7 @@ def export_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN
     tags=["privacy"],
     summary="Erase the person everywhere (GDPR Art. 17); answers what was removed",
     response_model=ErasedOut,
+    responses=errors(404),
 )
 def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     runtime = runtime_of(request)
@@ -462,6 +484,7 @@ class NewKey(BaseModel):
     tags=["keys"],
     summary="Make an API key; its secret is shown only now",
     response_model=NewKeyOut,
+    responses=errors(400),
 )
 def create_key(request: Request, body: NewKey, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     secret, key = runtime_of(request).api_keys.create(body.scope, body.name)
@@ -479,7 +502,8 @@ def list_keys(request: Request, _: Annotated[ApiKey, ADMIN]) -> list[dict[str, A
 
 
 @router.delete(
-    "/keys/{key_id}", tags=["keys"], summary="Revoke an API key", response_model=RevokedOut
+    "/keys/{key_id}", tags=["keys"], summary="Revoke an API key", response_model=RevokedOut,
+    responses=errors(404),
 )
 def revoke_key(request: Request, key_id: str, _: Annotated[ApiKey, ADMIN]) -> dict[str, Any]:
     if not runtime_of(request).api_keys.revoke(key_id):
@@ -536,6 +560,7 @@ EARLIEST, LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(2299, 12, 31, tzin
     tags=["reports"],
     summary="Events by type, visitors, orders and revenue since a time; profiles",
     response_model=report.Overview,
+    responses=errors(400),
 )
 def overview(
     request: Request,

@@ -14,7 +14,7 @@ import orjson
 import redis
 from prometheus_client import Counter
 
-from cdp.storage import text
+from cdp.storage import entry_id, text
 
 SET_ASIDE = Counter(
     "cdp_dead_letters", "Stream entries set aside after failing every try, by group", ["group"]
@@ -78,7 +78,13 @@ def listed(
     client: redis.Redis, stream: str, limit: int = 100, before: str | None = None
 ) -> list[DeadLetter]:
     """The newest dead letters first; `before` pages on from an id given earlier."""
-    end = f"({before}" if before else "+"
+    end = "+"
+    if before:
+        ms, seq = entry_id(before)
+        if (ms, seq) == (0, 0):
+            return []  # nothing comes before the first possible id
+        if ms < 2**64 and seq < 2**64:  # else: past any id there can be
+            end = f"({ms}-{seq}"
     rows: Any = client.xrevrange(stream, max=end, min="-", count=limit)
     return [_letter(entry_id, fields) for entry_id, fields in rows]
 

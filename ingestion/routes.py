@@ -471,7 +471,12 @@ router = APIRouter(tags=["tracking"])
 _SNIPPET = resources.files("ingestion").joinpath("static/cdp.js").read_bytes()
 
 
-@router.get("/sdk/cdp.js", summary="The browser tracking snippet")
+@router.get(
+    "/sdk/cdp.js",
+    summary="The browser tracking snippet",
+    response_class=Response,
+    responses={200: {"content": {"application/javascript": {"schema": {"type": "string"}}}}},
+)
 async def snippet() -> Response:
     return Response(
         _SNIPPET,
