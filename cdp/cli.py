@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import redis
@@ -18,12 +19,13 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.panel import Panel
 from rich.table import Table
 
 from cdp import demo as demo_module
 from cdp.access import JSONFormatter
 from cdp.auth import ApiKeys, Scope
-from cdp.keys import load_keys
+from cdp.keys import Keys, load_keys
 from cdp.redis_server import redis_for
 from cdp.report import Overview
 from cdp.settings import Settings
@@ -78,12 +80,37 @@ def serve(
     if access_log is not None:
         settings = settings.model_copy(update={"access_log": access_log})
     _logging(log_level, settings.log_format == "json")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = load_keys(settings)  # made here on first start, so they can be shown
+    console.print(banner(keys, f"http://{host}:{port}", settings.data_dir / "keys.json"))
     app_ = create_app(settings)
     # Long-lived objects made at start-up need no scanning by every collection on the hot path.
     gc.freeze()
     config = server_config(app_, settings, host=host, port=port, log_level=log_level,
                            log_config=None)  # fmt: skip
     uvicorn.Server(config).run()
+
+
+def banner(keys: Keys, url: str, stored: Path) -> Panel:
+    """What a new user needs first: where it runs, the write key and the snippet to paste;
+    the admin key only when it was just made (it is secret)."""
+    write_key = sorted(keys.write_keys)[0]
+    lines = [
+        f"[bold]CDP[/] on [link={url}]{url}[/]  ·  API docs: {url}/docs  ·  health: {url}/healthz",
+        "",
+        f"Write key (public: the snippet and SDKs send events with it): [bold]{write_key}[/]",
+    ]
+    if keys.generated:
+        lines += [
+            f"Admin API key (secret: the marketer API, Bearer): [bold]{keys.admin_key}[/]",
+            f"[dim]Generated now and kept in {stored}; `cdp keys create` makes more.[/]",
+        ]
+    lines += [
+        "",
+        "Paste into your shop's pages:",
+        f'[cyan]<script src="{url}/sdk/cdp.js" data-write-key="{write_key}" async></script>[/]',
+    ]
+    return Panel("\n".join(lines), title="ready to receive events", expand=False)
 
 
 @app.command()

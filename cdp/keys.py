@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 class Keys:
     write_keys: frozenset[str]
     admin_key: str
+    # Made just now, by this call: `cdp serve` shows them once, with the snippet to paste.
+    generated: bool = field(default=False, compare=False)
 
 
 @lru_cache(maxsize=1024)
@@ -39,18 +41,19 @@ def load_keys(settings: Settings) -> Keys:
     generated = []
     if not stored.get("write_keys"):
         stored["write_keys"] = ["wk_" + secrets.token_urlsafe(18)]
-        generated.append(f"write key {stored['write_keys'][0]}")
+        generated.append("a write key")
     if not stored.get("admin_key"):
         stored["admin_key"] = "sk_" + secrets.token_urlsafe(24)
-        generated.append(f"admin API key {stored['admin_key']}")
+        generated.append("the admin API key")
     if generated:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=2))
         path.chmod(0o600)
-        log.warning("generated keys in %s: %s", path, ", ".join(generated))
+        log.info("generated %s, kept in %s", " and ".join(generated), path)
     return Keys(
         write_keys=frozenset(settings.write_keys or stored["write_keys"]),
         admin_key=settings.admin_key or str(stored["admin_key"]),
+        generated=bool(generated),
     )
 
 

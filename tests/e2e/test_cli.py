@@ -1,12 +1,16 @@
 """The `cdp` command's own answers: settings errors name the variable, and commands refuse
 what cannot work."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,3 +61,52 @@ def test_keys_are_made_listed_and_revoked_from_the_command_line(tmp_path: Path) 
     assert key_id not in cdp("keys", "list", CDP_DATA_DIR=str(tmp_path)).stdout
     missing = cdp("keys", "revoke", key_id, CDP_DATA_DIR=str(tmp_path))
     assert missing.returncode == 1 and "no key" in missing.stdout
+
+
+def serve_briefly(tmp_path: Path, *args: str, **env: str) -> tuple[str, list[str]]:
+    """Run `cdp serve`, ask it for a missing page, stop it: its stdout and stderr lines."""
+    from tests.e2e.test_crash import free_port
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDP_")}
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cdp", "serve", "--port", str(port), *args],
+            env={**clean, "COLUMNS": "200", "CDP_DATA_DIR": str(tmp_path / "data"), **env},
+            stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, timeout=60, interval=0.2)
+            assert httpx.get(f"{url}/no/such/page").status_code == 404
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    return out.read_text(), err.read_text().splitlines()
+
+
+def test_serve_shows_the_new_keys_and_the_snippet_then_logs_json(tmp_path: Path) -> None:
+    stdout, stderr = serve_briefly(tmp_path, CDP_LOG_FORMAT="json")
+    keys = json.loads((tmp_path / "data" / "keys.json").read_text())
+    write_key = keys["write_keys"][0]
+    assert f'data-write-key="{write_key}"' in stdout and keys["admin_key"] in stdout
+    entries = [json.loads(line) for line in stderr]  # every line is JSON
+    [access] = [e for e in entries if e["logger"] == "cdp.access" and e["path"] != "/healthz"]
+    assert access["path"] == "/no/such/page" and access["status"] == 404
+    assert access["method"] == "GET" and access["bytes"] > 0
+    # Known keys are not shown again: the admin key is secret.
+    again, _ = serve_briefly(tmp_path, "--no-access-log")
+    assert write_key in again and keys["admin_key"] not in again
+
+
+def test_no_access_log_means_no_request_lines(tmp_path: Path) -> None:
+    _, stderr = serve_briefly(tmp_path, "--no-access-log")
+    assert not [line for line in stderr if "/no/such/page" in line]
