@@ -28,11 +28,25 @@ SECONDS = Histogram(
 )
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class AccessLog:
-    def __init__(self, app: ASGIApp, *, enabled: bool, known_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        enabled: bool,
+        known_paths: frozenset[str],
+        json_lines: bool = False,
+    ) -> None:
         self.app = app
         self.enabled = enabled
         self.known_paths = known_paths  # answered ahead of the framework's routing
+        self.json_lines = json_lines  # the record carries its fields for JSONFormatter
+        # Metric children by label values (a look-up per request costs more than the rest).
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,21 +67,35 @@ class AccessLog:
             await self.app(scope, receive, counted)
         finally:
             seconds = time.perf_counter() - started
-            route = self.route_of(scope)
-            REQUESTS.labels(scope["method"], route, status).inc()
-            SECONDS.labels(route).observe(seconds)
-            if self.enabled:
-                log.info(
-                    '%s "%s %s" %d %.1fms %dB%s',
-                    _client(scope), scope["method"], scope["path"], status, seconds * 1000,
-                    sent, _key(scope),
-                    extra={"access": {
-                        "client": _client(scope), "method": scope["method"],
-                        "path": scope["path"], "status": status,
-                        "duration_ms": round(seconds * 1000, 3), "bytes": sent,
-                        "write_key_id": scope.get("state", {}).get("write_key_id"),
-                    }},
-                )  # fmt: skip
+            self.count(scope, status, seconds)
+            if self.enabled and log.isEnabledFor(logging.INFO):
+                self.write(scope, status, seconds, sent)
+
+    def count(self, scope: Scope, status: int, seconds: float) -> None:
+        route = self.route_of(scope)
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        key = (method, route, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = REQUESTS.labels(method, route, status)
+        counter.inc()
+        timer = self._timed.get(route)
+        if timer is None:
+            timer = self._timed[route] = SECONDS.labels(route)
+        timer.observe(seconds)
+
+    def write(self, scope: Scope, status: int, seconds: float, sent: int) -> None:
+        key_id = scope.get("state", {}).get("write_key_id")
+        extra = None
+        if self.json_lines:
+            extra = {"access": {
+                "client": _client(scope), "method": scope["method"], "path": scope["path"],
+                "status": status, "duration_ms": round(seconds * 1000, 3), "bytes": sent,
+                "write_key_id": key_id,
+            }}  # fmt: skip
+        log.info('%s "%s %s" %d %.1fms %dB%s', _client(scope), scope["method"], scope["path"],
+                 status, seconds * 1000, sent, f" key={key_id}" if key_id else "",
+                 extra=extra)  # fmt: skip
 
     def route_of(self, scope: Scope) -> str:
         route = scope.get("route")
@@ -79,11 +107,6 @@ class AccessLog:
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "-"
-
-
-def _key(scope: Scope) -> str:
-    key_id = scope.get("state", {}).get("write_key_id")
-    return f" key={key_id}" if key_id else ""
 
 
 class JSONFormatter(logging.Formatter):

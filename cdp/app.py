@@ -214,7 +214,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_event_bytes=settings.max_event_bytes,
             max_batch_bytes=settings.max_batch_bytes,
             cors_origins=frozenset(settings.cors_origins),
-            body_timeout=settings.body_timeout_seconds,
         )
         try:
             yield
@@ -242,7 +241,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Tracking requests skip the framework's routing and CORS.
     app.add_middleware(TrackingAPI, state=app.state)
     app.add_middleware(
-        AccessLog, enabled=settings.access_log, known_paths=frozenset(TRACKING_PATHS)
+        AccessLog,
+        enabled=settings.access_log,
+        known_paths=frozenset(TRACKING_PATHS),
+        json_lines=settings.log_format == "json",
     )
 
     @app.exception_handler(CdpError)

@@ -59,10 +59,6 @@ class NotFound(CdpError):
     status = 404
 
 
-class RequestTimeout(CdpError):
-    status = 408
-
-
 class PayloadTooLarge(CdpError):
     status = 413
 

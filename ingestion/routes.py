@@ -19,7 +19,6 @@ it answers CORS for its own paths. `openapi_paths` documents it for `/docs`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -46,7 +45,6 @@ from cdp.errors import (
     ErrorOut,
     InternalError,
     PayloadTooLarge,
-    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -94,7 +92,6 @@ PREFLIGHT_HEADERS = [
     (b"access-control-max-age", b"86400"),
 ]
 MAX_ERRORS = 100  # listed in one answer; the count says how many there were
-BODY_TIMEOUT = 30.0  # seconds to receive a whole body
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,6 @@ class Tracking:
     max_event_bytes: int
     max_batch_bytes: int
     cors_origins: frozenset[str]
-    body_timeout: float = BODY_TIMEOUT
 
 
 @dataclass
@@ -159,8 +155,7 @@ async def _answer(
 ) -> Answer:
     try:
         limit = tracking.max_batch_bytes if kind == "batch" else tracking.max_event_bytes
-        raw = await read_body(receive, headers, limit, tracking.body_timeout)
-        body = parse_json(raw, headers, limit)
+        body = parse_json(await read_body(receive, headers, limit), headers, limit)
         key = authorise(
             headers.get(b"authorization", b""), body, tracking.write_keys, scope["query_string"]
         )
@@ -201,7 +196,7 @@ async def _telemetry(receive: Receive, headers: dict[bytes, bytes], tracking: Tr
     SDK has no reason to retry or complain."""
     with contextlib.suppress(CdpError):
         await read_body(receive, {**headers, b"content-type": b"text/plain"},
-                        tracking.max_batch_bytes, tracking.body_timeout)  # fmt: skip
+                        tracking.max_batch_bytes)  # fmt: skip
     return Answer(200, SUCCESS, [])
 
 
@@ -238,11 +233,9 @@ def _preflight(headers: dict[bytes, bytes], allowed: frozenset[str]) -> Answer:
     return Answer(200, b"{}", [*origin, *PREFLIGHT_HEADERS])
 
 
-async def read_body(
-    receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float = BODY_TIMEOUT
-) -> bytes:
-    """The raw body, refused early when its content type is wrong or it is too large, or
-    when it does not arrive whole within `timeout` seconds."""
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The raw body, refused early when its content type is wrong or it is too large (a body
+    too slow to arrive is cut off by the server: `cdp.protocol`)."""
     media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode()
     if media_type not in JSON_TYPES:
         raise UnsupportedMediaType(
@@ -252,13 +245,8 @@ async def read_body(
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is {declared.decode()} bytes, the limit is {limit}")
     chunks = bytearray()
-    deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise RequestTimeout(f"the body did not arrive within {timeout:.0f}s") from None
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise BadRequest("client disconnected before sending the whole body")
         chunks += message.get("body", b"")

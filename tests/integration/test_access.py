@@ -11,7 +11,13 @@ import pytest
 
 from cdp.access import JSONFormatter
 from cdp.keys import source_id
+from cdp.settings import Settings
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"log_format": "json"})
 
 
 def test_each_request_is_one_line_naming_the_write_key_by_its_id(
