@@ -312,13 +312,20 @@ def demo(
         raise typer.Exit(0 if ok else 1)
 
     from cdp.app import create_app
+    from cdp.protocol import server_config
     from cdp.report import overview
 
     _logging("warning")
     settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if load_keys(settings).generated:
+        console.print(f"keys generated and kept in {settings.data_dir / 'keys.json'} "
+                      "(`cdp serve` shows them)")  # fmt: skip
     app_ = create_app(settings)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        server_config(app_, settings, host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     with console.status(f"starting the server on the embedded engines in {settings.data_dir}"):
         thread.start()

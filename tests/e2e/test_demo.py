@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "replayed" in replayed.stdout and "profiles" in replayed.stdout
     keys = (tmp_path / "data" / "keys.json").read_text()
-    assert "wk_" in keys and "generated keys" in result.stderr
+    assert "wk_" in keys and "keys generated and kept in" in result.stdout
     assert not (tmp_path / "data" / "valkey" / "valkey.pid").exists()
 
 

@@ -34,7 +34,7 @@ def test_the_fuzzer_finds_nothing(
         str(Path(sys.executable).parent / "st"), "run", f"{live_server.url}/openapi.json",
         "--header", f"Authorization: {authorization}", "--checks", CHECKS,
         "--phases", "examples,coverage,fuzzing", "--max-time", "40", "--seed", "20261123",
-        "--workers", "2", *paths,
+        "--workers", "1", *paths,  # two hit a CPython 3.11 ast race in hypothesis
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     report = run.stdout[-6000:]
