@@ -1,4 +1,6 @@
-"""Real server-side SDKs pointed at our server: Segment's and RudderStack's Python clients."""
+"""Real server-side SDKs pointed at our server: Segment's and RudderStack's Python clients,
+in both their delivery modes (each call sent at once, or queued and sent in batches by a
+background thread) and with and without gzip."""
 
 import uuid
 
@@ -36,26 +38,26 @@ def stored_calls(warehouse: Warehouse, user: str, anonymous: str) -> list[tuple]
 
 
 @pytest.mark.parametrize("sdk", ["segment", "rudderstack"])
+@pytest.mark.parametrize(
+    ("sync_mode", "gzip"), [(True, False), (False, True)], ids=["sync", "queued-gzip"]
+)
 def test_sdk_events_are_stored_once(
-    live_server: LiveServer, warehouse: Warehouse, sdk: str
+    live_server: LiveServer, warehouse: Warehouse, sdk: str, sync_mode: bool, gzip: bool
 ) -> None:
     user, anonymous = f"user-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     failures: list[Exception] = []
-    if sdk == "segment":
-        client = SegmentClient(
-            WRITE_KEY,
-            host=live_server.url,
-            sync_mode=True,
-            on_error=lambda e, b: failures.append(e),
-        )
-    else:
-        client = RudderClient(
-            WRITE_KEY,
-            host=live_server.url,
-            sync_mode=True,
-            on_error=lambda e, b: failures.append(e),
-        )
+    make = SegmentClient if sdk == "segment" else RudderClient
+    client = make(
+        WRITE_KEY,
+        host=live_server.url,
+        sync_mode=sync_mode,
+        gzip=gzip,
+        max_retries=1,
+        on_error=lambda e, b: failures.append(e),
+    )
     send_shop_session(client, user, anonymous)
+    if not sync_mode:
+        client.shutdown()  # flushes the queue and joins the sending thread
     assert failures == []
     wait_for(lambda: len(stored_calls(warehouse, user, anonymous)) >= 7)
     calls = stored_calls(warehouse, user, anonymous)
