@@ -467,7 +467,8 @@ def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]
     if settled is None:
         raise Unavailable("events received before this request are still being processed")
     profile = profile_or_404(runtime, profile_id)  # as it is now all is settled
-    removed = privacy.erase(runtime.redis, runtime.warehouse, runtime.profiles, profile, settled)
+    removed = privacy.erase(runtime.redis, runtime.warehouse, runtime.profiles, profile, settled,
+                            settings.dead_letter_stream)  # fmt: skip
     return {"profile_id": profile.id, "erased": True, "removed": removed}
 
 

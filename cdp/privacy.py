@@ -14,6 +14,7 @@ import redis
 
 from cdp.identity import Kind, tagged
 from cdp.profiles import PARTS, Profile, ProfileStore
+from cdp import deadletters
 from cdp.storage import Warehouse, entry_id, oldest_pending, text
 
 EVENT_COLUMNS = (
@@ -133,6 +134,7 @@ def erase(
     store: ProfileStore,
     profile: Profile,
     settled_upto: dict[str, tuple[int, int]],
+    dead_letter_stream: str,
 ) -> dict[str, int]:
     """Remove the person everywhere; returns what was removed where."""
     pids = profile_ids(warehouse, profile)
@@ -170,4 +172,5 @@ def erase(
         report[table] = int(count)
     for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
         report[f"stream_entries:{stream}"] = int(client.xtrim(stream, minid=f"{ms}-{seq + 1}"))
+    report["dead_letters"] = deadletters.forget(client, dead_letter_stream, values)
     return report

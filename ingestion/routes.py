@@ -305,8 +305,8 @@ def authorise(
         )
     if key not in write_keys:
         raise Unauthorized("unknown write key")
-    if authorization and len(_known_basic) < 1024:
-        _known_basic[authorization] = key  # bounded, and only headers that name a real key
+    if authorization and len(authorization) <= 256 and len(_known_basic) < 1024:
+        _known_basic[authorization] = key  # bounded: short headers that name a real key
     return key
 
 

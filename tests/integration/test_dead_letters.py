@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.deadletters import dead_letter_stream, listed
+from cdp.deadletters import dead_letter_stream, forget, listed, set_aside
 from cdp.settings import Settings
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 from tests.integration.test_writer import append, rows
@@ -158,3 +158,15 @@ def test_health_answers_503_when_a_worker_falls_behind(
     body = health.json()
     assert body["status"] == "unhealthy" and body["workers"]["events/idle"]["waiting"] == 1
     assert body["problems"][0].startswith("events/idle: the oldest of 1 waiting entries is")
+
+
+def test_erasure_forgets_the_dead_letters_that_mention_a_person(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    stream = settings.dead_letter_stream
+    for user in ("sam@example.com", "kim@example.com"):
+        fields = {b"d": b'{"user_id": "' + user.encode() + b'"}'}
+        set_aside(redis_client, settings.events_stream, "g", (b"1-1", fields), ValueError(), 3)
+    assert forget(redis_client, stream, ["sam@example.com", "nobody"]) == 1
+    [left] = listed(redis_client, stream)
+    assert "kim@example.com" in left.payload["d"]
