@@ -112,10 +112,10 @@ def forget(client: redis.Redis, stream: str, values: list[str]) -> int:
     start = "-"
     while True:
         page: Any = client.xrange(stream, min=start, max="+", count=500)
-        for entry_id, fields in page:
+        for letter_id, fields in page:
             payload = b" ".join(fields.values()).decode(errors="replace")
             if any(value in payload for value in values):
-                doomed.append(entry_id)
+                doomed.append(letter_id)
         if len(page) < 500:
             break
         start = "(" + text(page[-1][0])

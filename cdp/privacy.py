@@ -12,9 +12,9 @@ from typing import Any
 
 import redis
 
+from cdp import deadletters
 from cdp.identity import Kind, tagged
 from cdp.profiles import PARTS, Profile, ProfileStore
-from cdp import deadletters
 from cdp.storage import Warehouse, entry_id, oldest_pending, text
 
 EVENT_COLUMNS = (
