@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+import redis
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -231,9 +232,12 @@ class CredentialsFirst:
         runtime: Runtime = self.state.runtime
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         try:
-            key = await run_in_threadpool(
-                authenticate, runtime.api_keys, runtime.keys.write_keys, header
-            )
+            try:
+                key = await run_in_threadpool(
+                    authenticate, runtime.api_keys, runtime.keys.write_keys, header
+                )
+            except redis.ConnectionError:
+                raise Unavailable("storage unavailable, retry later") from None
         except CdpError as error:
             answer = JSONResponse(error.body(), status_code=error.status, headers=error.headers())
             await answer(scope, receive, send)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import redis
 
-from cdp.deadletters import dead_letter_stream, set_aside
+from cdp.deadletters import set_aside
 from cdp.storage import trim_consumed
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ class StreamConsumer:
         self.consumer = consumer or f"{self.group}-{socket.gethostname()}"
         self.claim_idle_ms = claim_idle_ms
         self.tries = tries  # before an entry is set aside
-        self.dead_letters = dead_letter_stream(stream)
         self.set_aside = 0
-        # When the last batch was read or handled: health tells a stuck worker by it.
-        self.last_progress = time.monotonic()
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Store the effect of the entries and acknowledge them; returns events handled.
@@ -163,7 +160,6 @@ class StreamConsumer:
                     self.recover()
                     recovering = False
                 self.drain_once()
-                self.last_progress = time.monotonic()
                 if time.monotonic() - last_trim > 5:
                     trim_consumed(self.client, self.stream)
                     last_trim = time.monotonic()

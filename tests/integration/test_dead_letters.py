@@ -4,6 +4,8 @@ set aside with its error, and everybody else's events go on; operators see it in
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -170,3 +172,16 @@ def test_erasure_forgets_the_dead_letters_that_mention_a_person(
     assert forget(redis_client, stream, ["sam@example.com", "nobody"]) == 1
     [left] = listed(redis_client, stream)
     assert "kim@example.com" in left.payload["d"]
+
+
+def test_health_answers_503_while_the_profile_worker_is_down(live_server: LiveServer) -> None:
+    def health() -> httpx.Response:
+        return httpx.get(f"{live_server.url}/healthz", timeout=10)
+
+    pid = wait_for(lambda: health().json()["profile_worker"]["pid"])
+    os.kill(pid, signal.SIGKILL)
+    down = wait_for(lambda: (answer := health()).status_code == 503 and answer, interval=0.02)
+    assert "profile worker is not running" in down.json()["problems"]
+    # Restarted by its supervisor: healthy again.
+    back = wait_for(lambda: (answer := health()).status_code == 200 and answer)
+    assert back.json()["profile_worker"]["restarts"] == 1
