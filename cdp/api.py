@@ -55,7 +55,24 @@ class JSONBytes(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: kept from before
+            return orjson.dumps(clipped(content, CLIP_DEPTH))  # the edge refused such events
+
+
+CLIP_DEPTH = 200  # levels shown of a stored value; orjson writes at most 254
+
+
+def clipped(value: Any, levels: int) -> Any:
+    """The value with what lies deeper than `levels` replaced by a note saying so."""
+    if not isinstance(value, dict | list):
+        return value
+    if levels <= 0:
+        return f"(nested deeper than {CLIP_DEPTH} levels: not shown)"
+    if isinstance(value, dict):
+        return {key: clipped(item, levels - 1) for key, item in value.items()}
+    return [clipped(item, levels - 1) for item in value]
 
 
 bearer = HTTPBearer(auto_error=False)

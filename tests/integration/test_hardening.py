@@ -206,3 +206,24 @@ def test_the_docs_load_their_assets_from_this_server(live_server: LiveServer) ->
         assert src.startswith("/")
         script = httpx.get(f"{live_server.url}{src}")
         assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_a_value_stored_deeper_than_json_writes_is_shown_clipped(
+    live_server: LiveServer, http: httpx.Client, warehouse: Warehouse
+) -> None:
+    # Events refused at the edge today may have been stored before the limit existed.
+    http.post("/v1/identify", json={"userId": "deep-old", "traits": {"plan": "b"}})
+    api = httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {API_KEY}"})
+    found = wait_for(lambda: (a := api.get("/api/v1/profiles", params={"user_id": "deep-old"}))
+                     .status_code == 200 and a.json())  # fmt: skip
+    wait_for(lambda: count_events(warehouse, "user_id = 'deep-old'") == 1)
+    warehouse.command(
+        "INSERT INTO events (message_id, type, event, user_id, source_id, timestamp, "
+        "received_at, properties) VALUES ('old-deep', 'track', 'Deep', 'deep-old', 's', "
+        "now64(3), now64(3), {p:String})",
+        {"p": '{"a":' * 299 + "1" + "}" * 299},  # 299 objects deep, a number at the end
+    )
+    timeline = api.get(f"/api/v1/profiles/{found['id']}/events")
+    assert timeline.status_code == 200
+    assert "(nested deeper than 200 levels: not shown)" in timeline.text
+    assert api.get(f"/api/v1/profiles/{found['id']}/export").status_code == 200
