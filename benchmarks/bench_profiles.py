@@ -28,13 +28,13 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import API_KEY, WRITE_KEY, serve, wrk_batches  # noqa: E402
 
+from cdp.credentials import source_id  # noqa: E402
+from cdp.demo.shop import simulate_shop  # noqa: E402
 from cdp.events import entry_events  # noqa: E402
-from cdp.keys import source_id  # noqa: E402
 from cdp.profile_worker import ProfileWorker  # noqa: E402
 from cdp.profiles import ProfileStore  # noqa: E402
 from cdp.redis_server import EmbeddedRedis, jemalloc  # noqa: E402
 from cdp.settings import Settings  # noqa: E402
-from cdp.shop import simulate_shop  # noqa: E402
 from cdp.storage import connect_redis  # noqa: E402
 from ingestion.normalize import to_row  # noqa: E402
 from ingestion.segment import SegmentEvent  # noqa: E402

@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from cdp import deadletters, privacy, report
+from cdp import deadletters, privacy, report, streams
 from cdp.asgi import ASGIApp, Receive, Send
 from cdp.asgi import Scope as AsgiScope
-from cdp.auth import ApiKey, Scope, authenticate
 from cdp.consent import Channel, Purpose, Status, SuppressionReason
+from cdp.credentials import ApiKey, Scope, authenticate
 from cdp.errors import BadRequest, CdpError, ErrorOut, Forbidden, NotFound, Unavailable
 from cdp.identity import InvalidIdentifier, Kind, normalise
 from cdp.profiles import Profile
@@ -251,7 +251,7 @@ class CredentialsFirst:
         try:
             try:
                 key = await run_in_threadpool(
-                    authenticate, runtime.api_keys, runtime.keys.write_keys, header
+                    authenticate, runtime.api_keys, runtime.credentials.write_keys, header
                 )
             except redis.ConnectionError:
                 raise Unavailable("storage unavailable, retry later") from None
@@ -271,7 +271,7 @@ def require(scope: Scope) -> Any:
         if key is None:  # served without CredentialsFirst in front
             runtime = runtime_of(request)
             header = request.headers.get("authorization", "")
-            key = authenticate(runtime.api_keys, runtime.keys.write_keys, header)
+            key = authenticate(runtime.api_keys, runtime.credentials.write_keys, header)
         if not key.scope.includes(scope):
             raise Forbidden(f"this key has the {key.scope} scope; {scope} is required")
         return key
@@ -483,8 +483,8 @@ def erase_profile(request: Request, profile_id: str, _: Annotated[ApiKey, ADMIN]
     runtime = runtime_of(request)
     settings = runtime.settings
     profile_or_404(runtime, profile_id)
-    streams = [settings.events_stream, settings.records_stream]
-    settled = privacy.wait_until_settled(runtime.redis, streams, settings.erase_wait_seconds)
+    names = [settings.events_stream, settings.records_stream]
+    settled = streams.wait_until_settled(runtime.redis, names, settings.erase_wait_seconds)
     if settled is None:
         raise Unavailable("events received before this request are still being processed")
     profile = profile_or_404(runtime, profile_id)  # as it is now all is settled

@@ -24,12 +24,11 @@ import cdp
 from cdp.access import AccessLog
 from cdp.api import CredentialsFirst
 from cdp.api import router as api_router
-from cdp.auth import ApiKeys
 from cdp.consumer import StreamConsumer
+from cdp.credentials import ApiKeys, Credentials, load_credentials
 from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.health import Health
 from cdp.health import check as check_health
-from cdp.keys import Keys, load_keys
 from cdp.profiles import ProfileStore
 from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis, redis_for
@@ -75,7 +74,7 @@ class Runtime:
     """Everything a running instance holds open, closed in reverse order."""
 
     settings: Settings
-    keys: Keys
+    credentials: Credentials
     warehouse: Warehouse
     redis_url: str
     redis: redis.Redis
@@ -95,15 +94,15 @@ class Runtime:
         warehouse = connect_warehouse(settings)
         migrate(warehouse)
         client = connect_redis(redis_url)
-        keys = load_keys(settings)
+        credentials = load_credentials(settings)
         runtime = cls(
             settings=settings,
-            keys=keys,
+            credentials=credentials,
             warehouse=warehouse,
             redis_url=redis_url,
             redis=client,
             profiles=ProfileStore.from_settings(client, settings),
-            api_keys=ApiKeys(client, settings.redis_prefix, keys.admin_key),
+            api_keys=ApiKeys(client, settings.redis_prefix, credentials.admin_key),
             embedded_redis=embedded,
         )
         if settings.run_writer:
@@ -204,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async_redis = connect_async_redis(runtime.redis_url)
         app.state.runtime = runtime
         app.state.tracking = Tracking(
-            write_keys=runtime.keys.write_keys,
+            write_keys=runtime.credentials.write_keys,
             stream=EventStream(
                 async_redis,
                 settings.events_stream,

@@ -24,8 +24,7 @@ from rich.table import Table
 
 from cdp import demo as demo_module
 from cdp.access import JSONFormatter
-from cdp.auth import ApiKeys, Scope
-from cdp.keys import Keys, load_keys
+from cdp.credentials import ApiKeys, Credentials, Scope, load_credentials
 from cdp.redis_server import redis_for
 from cdp.report import Overview
 from cdp.settings import Settings
@@ -81,8 +80,8 @@ def serve(
         settings = settings.model_copy(update={"access_log": access_log})
     _logging(log_level, settings.log_format == "json")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    keys = load_keys(settings)  # made here on first start, so they can be shown
-    console.print(banner(keys, f"http://{host}:{port}", settings.data_dir / "keys.json"))
+    credentials = load_credentials(settings)  # made here on first start, to be shown
+    console.print(banner(credentials, f"http://{host}:{port}", settings.data_dir / "keys.json"))
     app_ = create_app(settings)
     # Long-lived objects made at start-up need no scanning by every collection on the hot path.
     gc.freeze()
@@ -91,18 +90,18 @@ def serve(
     uvicorn.Server(config).run()
 
 
-def banner(keys: Keys, url: str, stored: Path) -> Panel:
+def banner(credentials: Credentials, url: str, stored: Path) -> Panel:
     """What a new user needs first: where it runs, the write key and the snippet to paste;
     the admin key only when it was just made (it is secret)."""
-    write_key = sorted(keys.write_keys)[0]
+    write_key = sorted(credentials.write_keys)[0]
     lines = [
         f"[bold]CDP[/] on [link={url}]{url}[/]  ·  API docs: {url}/docs  ·  health: {url}/healthz",
         "",
         f"Write key (public: the snippet and SDKs send events with it): [bold]{write_key}[/]",
     ]
-    if keys.generated:
+    if credentials.generated:
         lines += [
-            f"Admin API key (secret: the marketer API, Bearer): [bold]{keys.admin_key}[/]",
+            f"Admin API key (secret: the marketer API, Bearer): [bold]{credentials.admin_key}[/]",
             f"[dim]Generated now and kept in {stored}; `cdp keys create` makes more.[/]",
         ]
     lines += [
@@ -189,9 +188,8 @@ def replay() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from cdp.app import Runtime
-    from cdp.privacy import last_entry, settled
-    from cdp.replay import align_profiles_group
     from cdp.replay import replay as rebuild
+    from cdp.streams import align_profiles_group, last_entry, settled
 
     _logging("warning")
     settings = _settings()
@@ -267,7 +265,7 @@ def keys_revoke(key_id: str) -> None:
 
 
 def _api_keys(settings: Settings, client: redis.Redis) -> ApiKeys:
-    return ApiKeys(client, settings.redis_prefix, load_keys(settings).admin_key)
+    return ApiKeys(client, settings.redis_prefix, load_credentials(settings).admin_key)
 
 
 @contextmanager
@@ -318,7 +316,7 @@ def demo(
     _logging("warning")
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if load_keys(settings).generated:
+    if load_credentials(settings).generated:
         console.print(f"keys generated and kept in {settings.data_dir / 'keys.json'} "
                       "(`cdp serve` shows them)")  # fmt: skip
     app_ = create_app(settings)
@@ -337,7 +335,7 @@ def demo(
     try:
         ok = demo_module.run(
             f"http://127.0.0.1:{port}",
-            sorted(runtime.keys.write_keys)[0],
+            sorted(runtime.credentials.write_keys)[0],
             lambda since: overview(
                 runtime.warehouse,
                 since,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import redis
 
 from cdp.deadletters import set_aside
-from cdp.storage import trim_consumed
+from cdp.streams import trim_consumed
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import orjson
 import redis
 from prometheus_client import Counter
 
-from cdp.storage import entry_id, text
+from cdp.storage import text
+from cdp.streams import entry_id
 
 SET_ASIDE = Counter(
     "cdp_dead_letters", "Stream entries set aside after failing every try, by group", ["group"]

@@ -1,17 +1,80 @@
-"""One stored event as its consumers see it, read from an events-stream entry (the layout
-ingestion writes) or from a ClickHouse `events` row, so live processing and replay share
-every step after this one.
+"""The `events` table's columns (the one source of their names and types: the DDL, the
+writer's frame, the stream layout and the reads derive from it), and one stored event as
+its consumers see it, read from an events-stream entry (the layout ingestion writes) or
+from a ClickHouse `events` row, so live processing and replay share every step after it.
 
 An entry holds `n` events: their scalar columns as JSON lines in `d`, and their
 properties, traits and context as JSON lines in `p`, `t` and `c`, in the same order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # ClickHouse's
+
+
+EVENT_COLUMNS: tuple[Column, ...] = tuple(
+    Column(name, type_)
+    for name, type_ in (
+        ("message_id", "String"),
+        ("type", "LowCardinality(String)"),
+        ("event", "String"),
+        ("name", "String"),
+        ("anonymous_id", "String"),
+        ("user_id", "String"),
+        ("group_id", "String"),
+        ("previous_id", "String"),
+        ("timestamp", "DateTime64(3, 'UTC')"),  # when it happened, corrected for clock skew
+        ("original_timestamp", "Nullable(DateTime64(3, 'UTC'))"),
+        ("sent_at", "Nullable(DateTime64(3, 'UTC'))"),
+        ("received_at", "DateTime64(3, 'UTC')"),
+        ("source_id", "LowCardinality(String)"),
+        ("ip", "String"),
+        ("user_agent", "String"),
+        ("browser", "LowCardinality(String)"),
+        ("os", "LowCardinality(String)"),
+        ("device_type", "LowCardinality(String)"),
+        ("is_bot", "Bool"),
+        ("page_url", "String"),
+        ("page_path", "String"),
+        ("referrer", "String"),
+        ("utm_source", "String"),
+        ("utm_medium", "String"),
+        ("utm_campaign", "String"),
+        ("utm_term", "String"),
+        ("utm_content", "String"),
+        ("properties", "JSON"),
+        ("traits", "JSON"),
+        ("context", "JSON"),
+    )
+)
+TEXT_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if "String" in c.type)
+TIME_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if "DateTime64" in c.type)  # epoch ms
+BOOL_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.type == "Bool")
+JSON_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.type == "JSON")
+SCALAR_COLUMNS = tuple(c.name for c in EVENT_COLUMNS if c.type != "JSON")
+
+
+# What the profile timeline and export show of each event (`EventOut` in the API).
+TIMELINE_COLUMNS = ("message_id", "type", "event", "name", "anonymous_id", "user_id",
+                    "timestamp", "received_at", "page_url", *JSON_COLUMNS)  # fmt: skip
+
+
+def column_definitions() -> str:
+    """The columns as a CREATE TABLE lists them."""
+    return ",\n".join(f"{c.name} {c.type}" for c in EVENT_COLUMNS)
+
+
+# A stream entry's fields: the count, the scalar columns as JSON lines, then one field of
+# JSON lines for each JSON column.
 COUNT, COLUMNS, PROPERTIES, TRAITS, CONTEXT = b"n", b"d", b"p", b"t", b"c"
 JSON_FIELDS = {"properties": PROPERTIES, "traits": TRAITS, "context": CONTEXT}
 
@@ -45,6 +108,23 @@ class StoredEvent:
             traits=traits if isinstance(traits, dict) else {},
             context=context if isinstance(context, dict) else {},
         )
+
+
+# What a StoredEvent reads of an `events` row, as SELECT expressions (times in epoch ms,
+# JSON columns as text), in the order `StoredEvent.from_row` takes them.
+STORED_SCALARS = ("message_id", "source_id", "type", "event", "anonymous_id", "user_id",
+                  "previous_id", "timestamp")  # fmt: skip
+STORED_SELECT = ", ".join(
+    [f"toUnixTimestamp64Milli({n})" if n in TIME_COLUMNS else n for n in STORED_SCALARS]
+    + [f"toJSONString({n})" for n in JSON_COLUMNS]
+)
+
+
+def from_row(row: Sequence[Any]) -> StoredEvent:
+    """The event of a row selected with `STORED_SELECT`."""
+    width = len(STORED_SCALARS)
+    columns = dict(zip(STORED_SCALARS, row[:width], strict=True))
+    return StoredEvent.of(columns, *(orjson.loads(text) for text in row[width:]))
 
 
 def _lines(data: bytes) -> list[Any]:

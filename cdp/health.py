@@ -11,7 +11,8 @@ from typing import Any
 
 import redis
 
-from cdp.storage import Warehouse, group_states
+from cdp.storage import Warehouse
+from cdp.streams import group_states
 
 
 @dataclass

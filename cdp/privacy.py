@@ -7,64 +7,15 @@ event on its way to ClickHouse or to the profile brings the person back afterwar
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
 
 from cdp import deadletters
+from cdp.events import TIMELINE_COLUMNS
 from cdp.identity import Kind, tagged
 from cdp.profiles import PARTS, Profile, ProfileStore
-from cdp.storage import Warehouse, entry_id, oldest_pending, text
-
-EVENT_COLUMNS = (
-    "message_id, type, event, name, anonymous_id, user_id, timestamp, received_at, page_url, "
-    "properties, traits, context"
-)
-
-
-def settled(
-    client: redis.Redis, stream: str, upto: tuple[int, int], groups: tuple[str, ...] = ()
-) -> bool:
-    """Whether every consumer group (or those named) has read and acknowledged the stream
-    up to `upto`."""
-    try:
-        infos = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return True  # no stream yet
-    for group in infos:
-        if groups and text(group["name"]) not in groups:
-            continue
-        if entry_id(group["last-delivered-id"]) < upto:
-            return False
-        oldest = oldest_pending(client, stream, group) if group["pending"] else None
-        if oldest is not None and oldest <= upto:
-            return False
-    return True
-
-
-def last_entry(client: redis.Redis, stream: str) -> tuple[int, int]:
-    try:
-        return entry_id(client.xinfo_stream(stream)["last-generated-id"])
-    except redis.ResponseError:
-        return (0, 0)
-
-
-def wait_until_settled(
-    client: redis.Redis, streams: list[str], timeout: float
-) -> dict[str, tuple[int, int]] | None:
-    """Wait for each stream in turn (the later ones are fed by consumers of the earlier);
-    returns the entry each stream is settled up to, or None when time ran out."""
-    deadline = time.monotonic() + timeout
-    marks = {}
-    for stream in streams:
-        upto = last_entry(client, stream)
-        while not settled(client, stream, upto):
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)
-        marks[stream] = upto
-    return marks
+from cdp.storage import Warehouse, text
 
 
 def events_of(
@@ -83,7 +34,8 @@ def events_of(
         where += " AND (toUnixTimestamp64Milli(timestamp), message_id) < ({ms:Int64}, {mid:String})"
         parameters |= {"ms": before[0], "mid": before[1]}
     sql = (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY timestamp DESC, message_id DESC"
+        f"SELECT {', '.join(TIMELINE_COLUMNS)} FROM events WHERE {where} "
+        "ORDER BY timestamp DESC, message_id DESC"
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"

@@ -20,6 +20,7 @@ from cdp.consumer import Entries, StreamConsumer
 from cdp.events import StoredEvent, entry_events
 from cdp.profiles import ProfileStore, Submitted
 from cdp.storage import text
+from cdp.streams import PROFILES_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ REFUSED = Counter("cdp_identity_merges_refused", "Merges refused by a guard")
 
 
 class ProfileWorker(StreamConsumer):
-    group = "profiles"
+    group = PROFILES_GROUP
     IN_FLIGHT = 2  # batches read ahead while earlier ones are applied
 
     def __init__(self, client: redis.Redis, store: ProfileStore, stream: str, **options: Any):

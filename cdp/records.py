@@ -16,6 +16,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from cdp.consumer import Entries, StreamConsumer
 from cdp.storage import Warehouse, text
+from cdp.streams import WAREHOUSE_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _raw(dtype: Any) -> Any:
 
 
 class RecordsWriter(StreamConsumer):
-    group = "warehouse"
+    group = WAREHOUSE_GROUP
     storage_errors = (redis.ConnectionError, OperationalError)
 
     def __init__(self, client: redis.Redis, warehouse: Warehouse, stream: str, **options: Any):

@@ -4,45 +4,23 @@ through the API (not carried by events) come back from their audit logs. The aud
 are not written again; identity mappings are, so `profile_events` follows the new graph.
 
 Run it while no worker runs (their writes would interleave with the rebuild), then
-`align_profiles_group`, so that the profile workers go on exactly after what the warehouse
+`streams.align_profiles_group`, so that the profile workers go on exactly after what the warehouse
 held: entries replayed are not applied again, and none is missed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import orjson
 import redis
 
-from cdp.events import StoredEvent
+from cdp.events import STORED_SELECT, StoredEvent, from_row
 from cdp.profiles import Applied, ProfileStore
-from cdp.storage import Warehouse, text
+from cdp.storage import Warehouse
 
 # What replay rebuilds; the salt stays, so profiles keep their ids.
 REBUILT = ("profile:*", "identity:*", "merged:*", "applied:*", "profiles", "profiles:known")
-EVENTS = """
-    SELECT message_id, source_id, type, event, anonymous_id, user_id, previous_id,
-           toUnixTimestamp64Milli(timestamp), toJSONString(properties), toJSONString(traits),
-           toJSONString(context)
-    FROM events ORDER BY timestamp, message_id
-"""
+EVENTS = f"SELECT {STORED_SELECT} FROM events ORDER BY timestamp, message_id"
 BLOCK = 2_000
-
-
-def align_profiles_group(client: redis.Redis, stream: str) -> str:
-    """Start the profile workers' group where the warehouse writers' group stands; returns
-    that entry id."""
-    try:
-        groups = {text(g["name"]): g for g in client.xinfo_groups(stream)}
-    except redis.ResponseError:
-        return ""  # nothing was ever sent
-    if "warehouse" not in groups:
-        return ""
-    position = text(groups["warehouse"]["last-delivered-id"])
-    if "profiles" in groups:
-        client.xgroup_destroy(stream, "profiles")
-    client.xgroup_create(stream, "profiles", id=position)
-    return position
 
 
 def wipe(client: redis.Redis, prefix: str) -> int:
@@ -69,15 +47,10 @@ def replay(
     wipe(store.client, store.prefix)
     applied = Applied()
     done = 0
-    loads = orjson.loads
     with warehouse.locked(), warehouse.client.query_row_block_stream(EVENTS) as blocks:
         pending: list[StoredEvent] = []
         for block in blocks:
-            for mid, source, kind, event, anon, user, previous, ts, props, traits, ctx in block:
-                columns = {"message_id": mid, "source_id": source, "type": kind, "event": event,
-                           "anonymous_id": anon, "user_id": user, "previous_id": previous,
-                           "timestamp": ts}  # fmt: skip
-                pending.append(StoredEvent.of(columns, loads(props), loads(traits), loads(ctx)))
+            pending.extend(from_row(row) for row in block)
             if len(pending) >= BLOCK:
                 applied.add(store.apply_events(pending, replaying=True))
                 done += len(pending)

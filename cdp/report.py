@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from cdp.storage import Warehouse
+from cdp.streams import backlog
 
 
 @dataclass
@@ -101,13 +102,3 @@ def overview(
     return report
 
 
-def backlog(client: redis.Redis, streams: list[str]) -> int:
-    """Entries delivered to no worker yet, or delivered and not acknowledged, over all groups."""
-    waiting = 0
-    for stream in streams:
-        try:
-            groups = client.xinfo_groups(stream)
-        except redis.ResponseError:
-            continue
-        waiting += sum(int(group.get("lag") or 0) + int(group["pending"]) for group in groups)
-    return waiting

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cdp.events import column_definitions
 from cdp.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -25,36 +26,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             """
             CREATE TABLE IF NOT EXISTS events (
-                message_id String,
-                type LowCardinality(String),
-                event String,
-                name String,
-                anonymous_id String,
-                user_id String,
-                group_id String,
-                previous_id String,
-                timestamp DateTime64(3, 'UTC'),
-                original_timestamp Nullable(DateTime64(3, 'UTC')),
-                sent_at Nullable(DateTime64(3, 'UTC')),
-                received_at DateTime64(3, 'UTC'),
-                source_id LowCardinality(String),
-                ip String,
-                user_agent String,
-                browser LowCardinality(String),
-                os LowCardinality(String),
-                device_type LowCardinality(String),
-                is_bot Bool,
-                page_url String,
-                page_path String,
-                referrer String,
-                utm_source String,
-                utm_medium String,
-                utm_campaign String,
-                utm_term String,
-                utm_content String,
-                properties JSON,
-                traits JSON,
-                context JSON,
+            """
+            + column_definitions()
+            + """,
                 INDEX idx_anonymous_id anonymous_id TYPE bloom_filter GRANULARITY 4,
                 INDEX idx_user_id user_id TYPE bloom_filter GRANULARITY 4,
                 INDEX idx_message_id message_id TYPE bloom_filter GRANULARITY 4

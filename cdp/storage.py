@@ -142,65 +142,6 @@ class ScriptPipe:
                 future.set_exception(error)
 
 
-def trim_consumed(client: redis.Redis, stream: str) -> int:
-    """Drop entries every consumer group has read and acknowledged; returns how many."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return 0
-    if not groups:
-        return 0
-    floor: tuple[int, int] | None = None
-    for group in groups:
-        candidates = [entry_id(group["last-delivered-id"])]
-        pending = oldest_pending(client, stream, group) if group["pending"] else None
-        if pending is not None:
-            candidates.append(pending)
-        lowest = min(candidates)
-        floor = lowest if floor is None else min(floor, lowest)
-    if floor is None or floor == (0, 0):
-        return 0
-    return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
-
-
-def oldest_pending(client: redis.Redis, stream: str, group: Any) -> tuple[int, int] | None:
-    """The group's oldest entry read and not acknowledged; None when all are (they may have
-    been acknowledged since the group was described)."""
-    oldest = client.xpending(stream, group["name"])["min"]
-    return entry_id(oldest) if oldest else None
-
-
-def group_states(client: redis.Redis, stream: str, now_ms: int) -> dict[str, dict[str, int]]:
-    """Each consumer group's backlog: entries not yet acknowledged (`waiting`) and the age in
-    milliseconds of the oldest of them (`oldest_ms`, 0 when none waits). Entry ids carry the
-    time they were added, so the age is read off the id."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return {}
-    states = {}
-    for group in groups:
-        lag = group.get("lag")
-        oldest = oldest_pending(client, stream, group) if group["pending"] else None
-        if oldest is None:
-            after: Any = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=1)
-            oldest = entry_id(after[0][0]) if after else None
-        if lag is None:  # the group's position is unknown to the server: count what is left
-            after = client.xrange(stream, min="(" + text(group["last-delivered-id"]), count=10**4)
-            lag = len(after)
-        states[text(group["name"])] = {
-            "waiting": int(lag) + int(group["pending"]),
-            "oldest_ms": max(0, now_ms - oldest[0]) if oldest else 0,
-        }
-    return states
-
-
-def entry_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def text(value: Any) -> str:
     """A Redis reply (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)

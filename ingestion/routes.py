@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from cdp.asgi import ASGIApp, Receive, Scope, Send
+from cdp.credentials import source_id
 from cdp.errors import (
     BUFFER_DOWN,
     BadRequest,
@@ -49,7 +50,6 @@ from cdp.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from cdp.keys import source_id
 from ingestion.normalize import Row, to_row
 from ingestion.segment import (
     EVENT_TYPES,

@@ -18,8 +18,6 @@ import redis.asyncio as aioredis
 
 from ingestion.normalize import Row
 
-JSON_COLUMNS = ("properties", "traits", "context")
-TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 MAX_EVENTS_PER_CALL = 5_000
 # A few calls overlap, so one call's fsync does not hold up the next requests; Valkey's own
 # event loop then commits what arrived together.

@@ -24,13 +24,21 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import Counter, Histogram
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.events import COLUMNS, COUNT, JSON_FIELDS
+from cdp.events import (
+    BOOL_COLUMNS,
+    COLUMNS,
+    COUNT,
+    JSON_COLUMNS,
+    JSON_FIELDS,
+    TEXT_COLUMNS,
+    TIME_COLUMNS,
+)
 from cdp.storage import Warehouse
-from ingestion.stream import JSON_COLUMNS, TIME_COLUMNS
+from cdp.streams import WAREHOUSE_GROUP
 
 log = logging.getLogger(__name__)
 
-GROUP = "warehouse"
+GROUP = WAREHOUSE_GROUP
 WRITTEN = Counter("cdp_warehouse_events", "Events the writer settled, by outcome", ["outcome"])
 STORED, ALREADY_STORED, REJECTED = (
     WRITTEN.labels(o) for o in ("stored", "already_stored", "rejected")
@@ -40,16 +48,10 @@ INSERT_SECONDS = Histogram(
     "Time of one insert into ClickHouse",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-TEXT_COLUMNS = (
-    "message_id", "type", "event", "name", "anonymous_id", "user_id", "group_id",
-    "previous_id", "source_id", "ip", "user_agent", "browser", "os", "device_type",
-    "page_url", "page_path", "referrer", "utm_source", "utm_medium", "utm_campaign",
-    "utm_term", "utm_content",
-)  # fmt: skip
 SCALARS: dict[str, Any] = {
     **{column: pl.Utf8 for column in TEXT_COLUMNS},
     **{column: pl.Int64 for column in TIME_COLUMNS},
-    "is_bot": pl.Boolean,
+    **{column: pl.Boolean for column in BOOL_COLUMNS},
 }
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from cdp.access import JSONFormatter
-from cdp.keys import source_id
+from cdp.credentials import source_id
 from cdp.settings import Settings
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer
 

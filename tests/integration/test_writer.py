@@ -8,7 +8,8 @@ import redis.asyncio as aioredis
 
 from cdp.schema import migrate
 from cdp.settings import Settings
-from cdp.storage import Warehouse, entry_id, oldest_pending, trim_consumed
+from cdp.storage import Warehouse
+from cdp.streams import entry_id, oldest_pending, trim_consumed
 from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent
 from ingestion.stream import EventStream

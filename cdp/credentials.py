@@ -1,22 +1,87 @@
-"""Secret API keys for the marketer API, each with a scope: `read` < `write` < `admin`, a
-higher scope including the lower. The bootstrap admin key comes from settings (or the data
-directory); the others live in Redis, stored as SHA-256 digests, so the CLI and the API can
-make them while servers run. A write key only sends events and opens nothing here."""
+"""Credentials: who may send events and who may use the marketer API.
+
+- Write keys (`wk_…`, public: embedded in the shop's pages, they only send events) and the
+  bootstrap admin API key: taken from settings, or generated once and kept in the data
+  directory.
+- Secret API keys (`sk_…`) for the marketer API, each with a scope: `read` < `write` <
+  `admin`, a higher scope including the lower. The bootstrap admin key comes from settings
+  (or the data directory); the others live in Redis as SHA-256 digests, so the CLI and the
+  API can make them while servers run. A write key opens nothing there.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
 
 from cdp.errors import BearerRequired, Forbidden
+from cdp.settings import Settings
 from cdp.storage import text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    write_keys: frozenset[str]
+    admin_key: str
+    # Made just now, by this call: `cdp serve` shows them once, with the snippet to paste.
+    generated: bool = field(default=False, compare=False)
+
+
+@lru_cache(maxsize=1024)
+def source_id(write_key: str) -> str:
+    """A stable, non-secret id of the source a write key belongs to, stored with its events."""
+    return hashlib.sha256(write_key.encode()).hexdigest()[:16]
+
+
+def load_credentials(settings: Settings) -> Credentials:
+    """Write keys and the admin key from settings; a missing kind is generated on first
+    start and kept in the data directory."""
+    if settings.write_keys and settings.admin_key:
+        return Credentials(frozenset(settings.write_keys), settings.admin_key)
+    path = settings.data_dir / "keys.json"
+    stored = _read(path)
+    generated = []
+    if not stored.get("write_keys"):
+        stored["write_keys"] = ["wk_" + secrets.token_urlsafe(18)]
+        generated.append("a write key")
+    if not stored.get("admin_key"):
+        stored["admin_key"] = "sk_" + secrets.token_urlsafe(24)
+        generated.append("the admin API key")
+    if generated:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+        log.info("generated %s, kept in %s", " and ".join(generated), path)
+    return Credentials(
+        write_keys=frozenset(settings.write_keys or stored["write_keys"]),
+        admin_key=settings.admin_key or str(stored["admin_key"]),
+        generated=bool(generated),
+    )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return {k: v for k, v in data.items() if k in ("write_keys", "admin_key")}
+
+
+# Secret API keys for the marketer API
 
 
 class Scope(StrEnum):

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cdp.demo.shop import Visitor, simulate_shop
 from cdp.report import Overview
-from cdp.shop import Visitor, simulate_shop
 
 BATCH_SIZE = 50
 
