@@ -31,8 +31,8 @@ from bench_ingest import API_KEY, WRITE_KEY, serve, wrk_batches  # noqa: E402
 from cdp.credentials import source_id  # noqa: E402
 from cdp.demo.shop import simulate_shop  # noqa: E402
 from cdp.events import entry_events  # noqa: E402
-from cdp.profile_worker import ProfileWorker  # noqa: E402
-from cdp.profiles import ProfileStore  # noqa: E402
+from cdp.profiles.store import ProfileStore  # noqa: E402
+from cdp.profiles.worker import ProfileWorker  # noqa: E402
 from cdp.redis_server import EmbeddedRedis, jemalloc  # noqa: E402
 from cdp.settings import Settings  # noqa: E402
 from cdp.storage import connect_redis  # noqa: E402

@@ -17,14 +17,15 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from cdp import deadletters, privacy, report, streams
+from cdp import deadletters, report, streams
 from cdp.asgi import ASGIApp, Receive, Send
 from cdp.asgi import Scope as AsgiScope
-from cdp.consent import Channel, Purpose, Status, SuppressionReason
 from cdp.credentials import ApiKey, Scope, authenticate
 from cdp.errors import BadRequest, CdpError, ErrorOut, Forbidden, NotFound, Unavailable
-from cdp.identity import InvalidIdentifier, Kind, normalise
-from cdp.profiles import Profile
+from cdp.profiles import history, privacy
+from cdp.profiles.consent import Channel, Purpose, Status, SuppressionReason
+from cdp.profiles.identity import InvalidIdentifier, Kind, normalise
+from cdp.profiles.reader import Profile
 
 if TYPE_CHECKING:
     from cdp.app import Runtime
@@ -356,7 +357,7 @@ def profile_events(
         if not ms.isdigit() or not message_id:
             raise BadRequest("cursor is not one this API gave")
         before = (int(ms), message_id)
-    events = privacy.events_of(runtime.warehouse, profile, limit=limit + 1, before=before)
+    events = history.events_of(runtime.warehouse, profile, limit=limit + 1, before=before)
     page, more = events[:limit], len(events) > limit
     next_cursor = None
     if more:
@@ -378,7 +379,7 @@ def profile_merges(request: Request, profile_id: str, _: Annotated[ApiKey, READ]
     return {
         "profile_id": profile.id,
         "identities": profile.identities,
-        "merges": privacy.history(runtime.warehouse, profile)["merges"],
+        "merges": history.audit(runtime.warehouse, profile)["merges"],
     }
 
 

@@ -29,7 +29,7 @@ from cdp.credentials import ApiKeys, Credentials, load_credentials
 from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.health import Health
 from cdp.health import check as check_health
-from cdp.profiles import ProfileStore
+from cdp.profiles.store import ProfileStore
 from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis, redis_for
 from cdp.schema import migrate

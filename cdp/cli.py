@@ -153,8 +153,8 @@ def profile_worker(
     import signal
     import threading as threads
 
-    from cdp.profile_worker import ProfileWorker
-    from cdp.profiles import ProfileStore
+    from cdp.profiles.store import ProfileStore
+    from cdp.profiles.worker import ProfileWorker
 
     _logging(log_level)
     settings = _settings()
@@ -188,7 +188,7 @@ def replay() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from cdp.app import Runtime
-    from cdp.replay import replay as rebuild
+    from cdp.profiles.replay import replay as rebuild
     from cdp.streams import align_profiles_group, last_entry, settled
 
     _logging("warning")

@@ -164,3 +164,14 @@ def authenticate(api_keys: ApiKeys, write_keys: frozenset[str], authorization: s
     if key is None:
         raise BearerRequired("unknown API key")
     return key
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    """Checks an `Authorization` header against the API keys (see `authenticate`)."""
+
+    api_keys: ApiKeys
+    write_keys: frozenset[str]
+
+    def __call__(self, authorization: str) -> ApiKey:
+        return authenticate(self.api_keys, self.write_keys, authorization)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from cdp.profiles import ProfileStore
+from cdp.profiles.store import ProfileStore
 from cdp.settings import Settings
 from tests.events import stored
 

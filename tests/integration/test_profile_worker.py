@@ -8,8 +8,8 @@ import redis
 
 from cdp.consumer import Entries
 from cdp.events import entry_events
-from cdp.profile_worker import ProfileWorker
-from cdp.profiles import ProfileStore
+from cdp.profiles.store import ProfileStore
+from cdp.profiles.worker import ProfileWorker
 from cdp.records import RecordsWriter
 from cdp.schema import migrate
 from cdp.settings import Settings

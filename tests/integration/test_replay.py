@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import redis
 
-from cdp.replay import replay
+from cdp.profiles.replay import replay
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for

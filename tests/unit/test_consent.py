@@ -1,4 +1,4 @@
-from cdp.consent import parse_consent
+from cdp.profiles.consent import parse_consent
 
 
 def test_the_three_shapes_of_a_consent_object() -> None:

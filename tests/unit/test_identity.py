@@ -1,6 +1,11 @@
 import pytest
 
-from cdp.identity import InvalidIdentifier, identifiers_of, normalise_email, normalise_phone
+from cdp.profiles.identity import (
+    InvalidIdentifier,
+    identifiers_of,
+    normalise_email,
+    normalise_phone,
+)
 
 
 def test_emails_meet_whatever_their_case_and_spaces() -> None:

@@ -2,7 +2,8 @@
 
 import orjson
 
-from cdp.profiles import change_of, grouped, windowed_counts
+from cdp.profiles.change import change_of, grouped
+from cdp.profiles.reader import windowed_counts
 from tests.events import BASE_MS, stored
 
 

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 
 from cdp.consumer import Entries, StreamConsumer
 from cdp.events import StoredEvent, entry_events
-from cdp.profiles import ProfileStore, Submitted
+from cdp.profiles.store import ProfileStore, Submitted
 from cdp.storage import text
 from cdp.streams import PROFILES_GROUP
 

@@ -71,3 +71,20 @@ def parse_consent(value: Any) -> tuple[list[Statement], list[str]]:
             else:
                 statements.append((channel, purpose, status.value))
     return statements, warnings
+
+
+# Statements made outside events (the API), as the profile script takes them.
+
+
+def given(channel: Channel, purpose: Purpose, status: Status, source: str) -> dict[str, Any]:
+    return {"kind": "consent", "consent": [channel.value, purpose.value, status.value],
+            "source": source}  # fmt: skip
+
+
+def suppressed(channel: Channel, reason: SuppressionReason, source: str) -> dict[str, Any]:
+    return {"kind": "suppress", "channel": channel.value, "reason": reason.value,
+            "source": source}  # fmt: skip
+
+
+def lifted(channel: Channel, source: str) -> dict[str, Any]:
+    return {"kind": "unsuppress", "channel": channel.value, "source": source}

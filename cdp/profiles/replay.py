@@ -14,20 +14,19 @@ from collections.abc import Callable
 import redis
 
 from cdp.events import STORED_SELECT, StoredEvent, from_row
-from cdp.profiles import Applied, ProfileStore
+from cdp.profiles.keyspace import Keyspace
+from cdp.profiles.store import Applied, ProfileStore
 from cdp.storage import Warehouse
 
-# What replay rebuilds; the salt stays, so profiles keep their ids.
-REBUILT = ("profile:*", "identity:*", "merged:*", "applied:*", "profiles", "profiles:known")
 EVENTS = f"SELECT {STORED_SELECT} FROM events ORDER BY timestamp, message_id"
 BLOCK = 2_000
 
 
 def wipe(client: redis.Redis, prefix: str) -> int:
     removed = 0
-    for pattern in REBUILT:
+    for pattern in Keyspace(prefix).rebuilt():
         batch = []
-        for key in client.scan_iter(match=f"{prefix}:{pattern}", count=1000):
+        for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) == 1000:
                 removed += int(client.delete(*batch))

@@ -1,0 +1,215 @@
+"""What one event changes in its profile: a pure function of the event, the script's input.
+
+Counts are kept per UTC day for `profile_days` days, per event name (`e:`), per event name
+and category (`ec:`) and per event name and product (`ep:`), so any window up to that many
+days is a sum of days."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+from zoneinfo import available_timezones
+
+import orjson
+
+from cdp.events import StoredEvent
+from cdp.profiles.consent import CONSENT_EVENT, parse_consent
+from cdp.profiles.identity import identifiers_of
+
+PRODUCT_ADDED, PRODUCT_REMOVED = "Product Added", "Product Removed"
+PRODUCT_VIEWED, ORDER_COMPLETED = "Product Viewed", "Order Completed"
+ITEM_FIELDS = ("product_id", "sku", "name", "category", "brand", "variant", "price", "url",
+               "image_url", "currency")  # fmt: skip
+
+
+TIME_ZONES = frozenset(available_timezones())
+
+
+def _product_id(properties: dict[str, Any]) -> str:
+    value = properties.get("product_id") or properties.get("sku")
+    return str(value) if isinstance(value, str | int) and value != "" else ""
+
+
+def _json(value: Any) -> str:
+    # Sorted keys: the warehouse gives JSON objects back sorted, and replay must match live.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _item(properties: dict[str, Any]) -> str:
+    return _json({k: properties[k] for k in ITEM_FIELDS if k in properties})
+
+
+MAX_QUANTITY = 2**31
+# Money is counted in cents, in 64-bit integers, by a script that writes a number as %.17g:
+# an amount of 10^12 (a trillion in the shop's currency) or more cannot be a real order and
+# is not counted; the profile's log says so.
+MAX_AMOUNT = 10**12
+
+
+def _quantity(properties: dict[str, Any], default: int) -> int:
+    value = properties.get("quantity")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return int(min(value, MAX_QUANTITY))
+    return default
+
+
+class AmountTooLarge(ValueError):
+    pass
+
+
+def _cents(value: Any) -> int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if abs(value) >= MAX_AMOUNT:
+            raise AmountTooLarge
+        return round(value * 100)
+    return None
+
+
+def _order_cents(properties: dict[str, Any]) -> int:
+    """The order's amount in cents (0 when it names none); AmountTooLarge when it cannot be
+    a real order's."""
+    for name in ("total", "revenue"):
+        cents = _cents(properties.get(name))
+        if cents is not None:
+            return cents
+    products = properties.get("products")
+    if not isinstance(products, list):
+        return 0
+    total = sum(
+        (_cents(p.get("price")) or 0) * _quantity(p, 1) for p in products if isinstance(p, dict)
+    )
+    if abs(total) >= MAX_AMOUNT * 100:
+        raise AmountTooLarge
+    return total
+
+
+def _region(event: StoredEvent, traits: dict[str, Any]) -> str | None:
+    """The country a phone number without a country code is from: the address, else locale."""
+    address = traits.get("address")
+    if isinstance(address, dict) and isinstance(address.get("country"), str):
+        country = address["country"]
+        if len(country) == 2:
+            return country.upper()
+    locale = event.context.get("locale")
+    if isinstance(locale, str) and len(locale) == 5 and locale[2] in "-_":
+        return locale[3:].upper()
+    return None
+
+
+def change_of(event: StoredEvent) -> dict[str, Any]:
+    """What one event changes in its profile, as the script's input."""
+    properties = event.properties
+    kind = event.type
+    traits = event.traits if kind == "identify" else {}
+    known_traits = traits or event.context.get("traits")
+    if known_traits and isinstance(known_traits, dict):
+        found = identifiers_of(
+            event.user_id, event.anonymous_id, known_traits, lambda: _region(event, known_traits)
+        )
+        ids, warnings = found.tagged, found.warnings
+    else:  # identifiers_of without traits, inline: it costs 2–4 µs an event less here
+        ids = ["u:" + event.user_id] if event.user_id else []
+        if event.anonymous_id:
+            ids.append("a:" + event.anonymous_id)
+        warnings = []
+    name = event.event if kind == "track" else kind
+    change: dict[str, Any] = {
+        "kind": "event", "mid": event.message_id, "t": event.timestamp, "type": kind, "ids": ids,
+    }  # fmt: skip
+    if kind == "alias" and event.previous_id:
+        change["prev"] = event.previous_id
+
+    product = _product_id(properties)
+    fields = {"e:" + name: 1}
+    category = properties.get("category")
+    if category and isinstance(category, str):
+        fields[f"ec:{name}|{category}"] = 1
+    if product:
+        fields[f"ep:{name}|{product}"] = 1
+    change["f"] = fields
+
+    if traits:
+        kept = {k: _json(v) for k, v in traits.items() if k != "consent" and v is not None}
+        if kept:
+            change["tr"] = kept
+    time_zone = event.context.get("timezone")
+    if time_zone and isinstance(time_zone, str) and time_zone in TIME_ZONES:
+        change["tz"] = time_zone
+
+    if name == PRODUCT_VIEWED:
+        if product:
+            change["views"] = [[product, event.timestamp, _item(properties)]]
+    elif name == PRODUCT_ADDED:
+        if product:
+            change["cart"] = ["add", product, _quantity(properties, 1), _item(properties)]
+    elif name == PRODUCT_REMOVED:
+        if product:
+            change["cart"] = ["remove", product, _quantity(properties, 2**31)]
+    elif name == ORDER_COMPLETED:
+        change["cart"] = ["clear", ""]
+        try:
+            change["order"] = _order_cents(properties)
+        except AmountTooLarge:
+            change["order"] = 0
+            warnings.append(f"order amount of {MAX_AMOUNT:.0e} or more not counted")
+        products = properties.get("products")
+        for item in products if isinstance(products, list) else ():
+            if isinstance(item, dict):
+                category, ordered = item.get("category"), _product_id(item)
+                if category and isinstance(category, str):
+                    fields[f"ec:{name}|{category}"] = 1
+                if ordered:
+                    fields[f"ep:{name}|{ordered}"] = 1
+
+    consent: Any = None
+    if "consent" in traits:
+        consent = traits["consent"]
+    elif name == CONSENT_EVENT:
+        consent = properties.get("consent")
+    if consent is not None:
+        statements, consent_warnings = parse_consent(consent)
+        if statements:
+            change["consent"] = [list(s) for s in statements]
+        warnings += consent_warnings
+    if warnings:
+        change["warn"] = warnings
+    return change
+
+
+ALONE = frozenset({"prev", "tr", "cart", "order", "consent", "warn"})  # order matters for these
+DAY_MS = 86_400_000
+
+
+def grouped(changes: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Changes of events that only count, view and carry a time zone, and name the same
+    identifiers on the same day, as one change in the place of the first: what a visitor's
+    browsing amounts to. Their effects commute, and the first already made any link the
+    others would, so the profiles come out as if each were applied alone, in far fewer
+    script steps."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for change in changes:
+        if not change.keys().isdisjoint(ALONE):
+            out.append(change)
+            continue
+        t = change["t"]
+        key = (*change["ids"], t // DAY_MS)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = group = {**change, "n": 1, "t0": t, "f": dict(change["f"])}
+            if "tz" in change:
+                group["tzt"] = t
+            out.append(group)
+            continue
+        group["n"] += 1
+        group["t"] = max(group["t"], t)
+        group["t0"] = min(group["t0"], t)
+        counts = group["f"]
+        for name in change["f"]:
+            counts[name] = counts.get(name, 0) + 1
+        if "tz" in change and t >= group.get("tzt", -1):
+            group["tz"], group["tzt"] = change["tz"], t
+        if "views" in change:
+            group["views"] = group.get("views", []) + change["views"]
+    return out

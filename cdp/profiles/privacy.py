@@ -1,0 +1,104 @@
+"""GDPR: export all we hold on a person (Art. 15 and 20) and erase it everywhere (Art. 17):
+the profile's Redis keys, its identifiers in the identity graph, its rows in every ClickHouse
+table, and the stream entries that carried its events.
+
+Erasure first waits until every consumer has settled what was received before it, so no
+event on its way to ClickHouse or to the profile brings the person back afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cdp import deadletters, streams
+from cdp.errors import NotFound, Unavailable
+from cdp.profiles.history import audit, events_of, profile_ids
+from cdp.profiles.identity import Kind, tagged
+from cdp.profiles.keyspace import PARTS
+from cdp.profiles.reader import Profile
+from cdp.profiles.store import ProfileStore
+from cdp.storage import Warehouse, text
+
+
+def export(warehouse: Warehouse, profile: Profile) -> dict[str, Any]:
+    return {
+        "profile": profile.as_dict(),
+        **audit(warehouse, profile),
+        "events": events_of(warehouse, profile),
+    }
+
+
+def erase(
+    client: redis.Redis,
+    warehouse: Warehouse,
+    store: ProfileStore,
+    profile: Profile,
+    settled_upto: dict[str, tuple[int, int]],
+    dead_letter_stream: str,
+) -> dict[str, int]:
+    """Remove the person everywhere; returns what was removed where."""
+    pids = profile_ids(warehouse, profile)
+    values = [identity["value"] for identity in profile.identities]
+    keys = [store.keys.profile(profile.id),
+            *(store.keys.profile(profile.id, part) for part in PARTS)]  # fmt: skip
+    days = client.zrange(store.keys.profile(profile.id, "days"), 0, -1)
+    keys += [store.keys.day(profile.id, text(day)) for day in days]
+    keys += [store.keys.identity(tagged(Kind(i["kind"]), i["value"])) for i in profile.identities]
+    keys += [store.keys.merged(pid) for pid in pids]
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*keys)
+    pipe.srem(store.keys.profiles, profile.id)
+    pipe.srem(store.keys.known, profile.id)
+    removed_keys = int(pipe.execute()[0])
+
+    anonymous, users = profile.identifiers("anonymous_id"), profile.identifiers("user_id")
+    deletions = {
+        "events": ("anonymous_id IN {anonymous:Array(String)} OR user_id IN {users:Array(String)}"),
+        "identities": "profile_id IN {pids:Array(String)} OR value IN {values:Array(String)}",
+        "identity_merges": "survivor IN {pids:Array(String)} OR merged IN {pids:Array(String)}",
+        "consent_log": "profile_id IN {pids:Array(String)}",
+        "suppression_log": "profile_id IN {pids:Array(String)}",
+        "rejected_events": "multiSearchAny(payload, {values:Array(String)})",
+    }
+    parameters = {"anonymous": anonymous, "users": users, "pids": pids, "values": values}
+    report = {"redis_keys": removed_keys}
+    for table, where in deletions.items():
+        count = warehouse.query_rows(f"SELECT count() FROM {table} WHERE {where}", parameters)[0][0]
+        if count:
+            warehouse.command(
+                f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", parameters
+            )
+        report[table] = int(count)
+    for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
+        report[f"stream_entries:{stream}"] = int(client.xtrim(stream, minid=f"{ms}-{seq + 1}"))
+    report["dead_letters"] = deadletters.forget(client, dead_letter_stream, values)
+    return report
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Everything erasure touches, and how long it waits for what is under way."""
+
+    client: redis.Redis
+    warehouse: Warehouse
+    store: ProfileStore
+    streams: list[str]  # events, then records: each fed by consumers of the one before
+    dead_letters: str
+    wait_seconds: float
+
+    def forget(self, profile_id: str) -> tuple[str, dict[str, int]]:
+        """Erase the person once everything received before is processed; the erased id
+        and what was removed where. NotFound, or Unavailable when processing lags."""
+        if self.store.read(profile_id) is None:
+            raise NotFound(f"no profile {profile_id}")
+        settled = streams.wait_until_settled(self.client, self.streams, self.wait_seconds)
+        if settled is None:
+            raise Unavailable("events received before this request are still being processed")
+        profile = self.store.read(profile_id)  # as it is now all is settled
+        if profile is None:
+            raise NotFound(f"no profile {profile_id}")
+        removed = erase(self.client, self.warehouse, self.store, profile, settled,
+                        self.dead_letters)  # fmt: skip
+        return profile.id, removed

@@ -1,0 +1,215 @@
+"""Reading live profiles: the narrow interface the rules engine and activation use.
+
+Times a `Profile` shows are ISO 8601 UTC; counts are summed over whole UTC days. An id that
+was merged into another resolves to the survivor; an unknown id reads as None."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+
+from cdp.profiles.identity import untag
+from cdp.profiles.keyspace import NOT_HASHES, PARTS, Keyspace
+from cdp.storage import text
+
+WINDOWS = (1, 7, 30, 90)
+
+
+@dataclass
+class Profile:
+    """A profile as the API shows it; times are ISO 8601 UTC."""
+
+    id: str
+    identities: list[dict[str, Any]]
+    traits: dict[str, Any]
+    features: dict[str, Any]
+    consent: dict[str, dict[str, Any]]
+    suppression: dict[str, Any]
+    timezone: str | None
+    first_seen: str
+    last_seen: str
+    merged_profiles: list[str]
+    log: list[dict[str, Any]]
+    audiences: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Shallow: the fields hold plain JSON values already (asdict would deep-copy them)."""
+        return dict(vars(self))
+
+    def identifiers(self, kind: str) -> list[str]:
+        return [i["value"] for i in self.identities if i["kind"] == kind]
+
+
+def iso(ms: Any) -> str | None:
+    if ms is None or ms == "":
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _text(mapping: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in mapping.items()}
+
+
+class ProfileReader:
+    """The live profiles under one key prefix, read."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.keys = Keyspace(prefix)
+
+    def key(self, profile_id: str, part: str | None = None) -> str:
+        return self.keys.profile(profile_id, part)
+
+    def live_id(self, profile_id: str) -> str | None:
+        """The live profile an id names, following merges; None when there is none."""
+        for _ in range(32):
+            if self.client.exists(self.key(profile_id)):
+                return profile_id
+            merged_into = self.client.get(self.keys.merged(profile_id))
+            if merged_into is None:
+                return None
+            profile_id = text(merged_into)
+        return None
+
+    def find(self, kind_tag: str, value: str) -> str | None:
+        """The live profile an identifier belongs to, None when no profile has it. `value`
+        in its normal form (`identity.normalise`: e-mail lower-cased, phone E.164)."""
+        owner = self.client.get(self.keys.identity(f"{kind_tag}:{value}"))
+        return text(owner) if owner else None
+
+    def consent(self, profile_id: str) -> dict[str, dict[str, Any]] | None:
+        """Consent now, channel → purpose → {status, at, source}; None for an unknown id. A
+        channel absent, or a purpose absent under it, was never stated: no consent."""
+        profile = self.read(profile_id)
+        return profile.consent if profile is not None else None
+
+    def profile_ids(self) -> set[str]:
+        """Every live profile's id."""
+        return {text(member) for member in self.client.smembers(self.keys.profiles)}
+
+    def counts(self) -> tuple[int, int]:
+        """Profiles in all, and those known by more than an anonymous id."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scard(self.keys.profiles)
+        pipe.scard(self.keys.known)
+        total, known = pipe.execute()
+        return int(total), int(known)
+
+    def read(self, profile_id: str, today: int | None = None) -> Profile | None:
+        """The profile, or None for an unknown id; a merged-away id reads the survivor.
+        `features.counts` are summed per window over whole UTC days up to `today` (days
+        since the epoch; now by default)."""
+        pid = self.live_id(profile_id)
+        if pid is None:
+            return None
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.key(pid))
+        for part in PARTS:
+            kind = NOT_HASHES.get(part)
+            if kind == "zset":
+                pipe.zrange(self.key(pid, part), 0, -1, withscores=True)
+            elif kind == "list":
+                pipe.lrange(self.key(pid, part), 0, -1)
+            elif kind == "set":
+                pipe.smembers(self.key(pid, part))
+            else:
+                pipe.hgetall(self.key(pid, part))
+        meta_raw, *parts_raw = pipe.execute()
+        if not meta_raw:
+            return None
+        meta = _text(meta_raw)
+        parts = dict(zip(PARTS, parts_raw, strict=True))
+        days = [int(float(score)) for _, score in parts["days"]]
+        pipe = self.client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(self.keys.day(pid, day))
+        day_counts = dict(zip(days, (_text(c) for c in pipe.execute()), strict=True))
+        today = today if today is not None else int(time.time() // 86400)
+
+        ids = _text(parts["ids"])
+        identities = []
+        for ident, first in sorted(ids.items(), key=lambda item: (int(item[1]), item[0])):
+            kind, value = untag(ident)
+            identities.append({"kind": kind.value, "value": value, "first_seen": iso(first)})
+        traits = {k: orjson.loads(v) for k, v in _text(parts["traits"]).items()}
+        cart_items = _text(parts["cart_items"])
+        cart = [
+            {**orjson.loads(cart_items.get(product, "{}")), "product_id": product,
+             "quantity": int(quantity), "added_at": iso(cart_items.get(f"{product}:at"))}
+            for product, quantity in sorted(_text(parts["cart"]).items())
+        ]  # fmt: skip
+        viewed_items = _text(parts["viewed_items"])
+        last_viewed = [
+            {**orjson.loads(viewed_items.get(product.decode(), "{}")),
+             "product_id": product.decode(), "viewed_at": iso(int(score))}
+            for product, score in reversed(parts["viewed"])
+        ]  # fmt: skip
+        consent_at = _text(parts["consent_at"])
+        consent_src = _text(parts["consent_src"])
+        consent: dict[str, dict[str, Any]] = {}
+        for pair, status in sorted(_text(parts["consent"]).items()):
+            channel, _, purpose = pair.partition(":")
+            consent.setdefault(channel, {})[purpose] = {
+                "status": status,
+                "at": iso(consent_at.get(pair)),
+                "source": consent_src.get(pair),
+            }
+        suppression = {
+            channel: {**orjson.loads(value), "at": iso(orjson.loads(value)["at"])}
+            for channel, value in _text(parts["suppression"]).items()
+        }
+        features = {
+            "events": int(meta.get("events", 0)),
+            "orders": int(meta.get("orders", 0)),
+            "revenue": int(meta.get("revenue", 0)) / 100,
+            "last_order_at": iso(meta.get("last_order_at")),
+            "cart": cart,
+            "cart_updated_at": iso(meta.get("cart_at")),
+            "last_viewed_products": last_viewed,
+            "counts": windowed_counts(day_counts, today, WINDOWS),
+        }
+        return Profile(
+            id=pid,
+            identities=identities,
+            traits=traits,
+            features=features,
+            consent=consent,
+            suppression=suppression,
+            timezone=meta.get("tz"),
+            first_seen=iso(meta["first_seen"]) or "",
+            last_seen=iso(meta["last_seen"]) or "",
+            merged_profiles=sorted(m.decode() for m in parts["absorbed"]),
+            log=[orjson.loads(entry) for entry in parts["log"]],
+        )
+
+
+def windowed_counts(
+    day_counts: dict[int, dict[str, str]], today: int, windows: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Per window (`7d`), counts by event, by event and category, by event and product."""
+    out: dict[str, dict[str, Any]] = {}
+    for window in windows:
+        events: dict[str, int] = {}
+        categories: dict[str, dict[str, int]] = {}
+        products: dict[str, dict[str, int]] = {}
+        for day, counts in day_counts.items():
+            if day <= today - window:
+                continue
+            for field_name, count in counts.items():
+                tag, _, rest = field_name.partition(":")
+                if tag == "e":
+                    events[rest] = events.get(rest, 0) + int(count)
+                    continue
+                name, _, value = rest.partition("|")
+                target = categories if tag == "ec" else products
+                per_event = target.setdefault(name, {})
+                per_event[value] = per_event.get(value, 0) + int(count)
+        out[f"{window}d"] = {"events": events, "categories": categories, "products": products}
+    return out
