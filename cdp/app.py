@@ -7,28 +7,31 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cdp
+from cdp import api
 from cdp.access import AccessLog
-from cdp.api import CredentialsFirst
-from cdp.api import router as api_router
+from cdp.api.common import CredentialsFirst
+from cdp.api.consent import ConsentApi
+from cdp.api.operations import OperationsApi
+from cdp.api.profiles import ProfilesApi
+from cdp.api.reports import ReportsApi
 from cdp.consumer import StreamConsumer
-from cdp.credentials import ApiKeys, Credentials, load_credentials
+from cdp.credentials import ApiKeys, Authenticator, Credentials, load_credentials
 from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.health import Health
 from cdp.health import check as check_health
+from cdp.profiles.privacy import Erasure
 from cdp.profiles.store import ProfileStore
 from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis, redis_for
@@ -44,29 +47,6 @@ from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
 
 log = logging.getLogger(__name__)
-STREAM_ENTRIES = Gauge("cdp_stream_entries", "Entries in the events stream not yet trimmed")
-DEAD_LETTERS = Gauge("cdp_dead_letters_waiting", "Entries set aside, kept for an operator")
-WORKER_WAITING = Gauge(
-    "cdp_worker_waiting_entries", "Stream entries a worker has not acknowledged yet", ["worker"]
-)
-WORKER_LAG = Gauge(
-    "cdp_worker_lag_seconds", "Age of the oldest entry a worker has not acknowledged", ["worker"]
-)
-
-
-class WorkerOut(BaseModel):
-    waiting: int = Field(description="Stream entries not acknowledged yet")
-    oldest_seconds: float = Field(description="Age of the oldest of them")
-
-
-class HealthOut(BaseModel):
-    status: str = Field(description="ok or unhealthy")
-    problems: list[str]
-    workers: dict[str, WorkerOut] = Field(description="stream/consumer group → backlog")
-    buffered_entries: int = Field(description="Entries in the events stream not trimmed yet")
-    dead_letters: int = Field(description="Entries set aside: GET /api/v1/dead-letters")
-    writer: bool = Field(description="This process runs the warehouse writers")
-    profile_worker: dict[str, Any] | None = Field(description="The profile worker process")
 
 
 @dataclass
@@ -148,6 +128,28 @@ class Runtime:
         self.workers.append(worker)
         self._threads.append(thread)
 
+    def services(self) -> dict[type, Any]:
+        """What each route module needs, made once, by kind (`cdp.api.common.provided`)."""
+        settings = self.settings
+        streams = [settings.events_stream, settings.records_stream]
+        profile_process = self.profile_process
+        return {
+            Authenticator: Authenticator(self.api_keys, self.credentials.write_keys),
+            ApiKeys: self.api_keys,
+            ProfilesApi: ProfilesApi(self.profiles, self.warehouse),
+            ConsentApi: ConsentApi(self.profiles),
+            Erasure: Erasure(self.redis, self.warehouse, self.profiles, streams,
+                             settings.dead_letter_stream, settings.erase_wait_seconds),
+            ReportsApi: ReportsApi(self.warehouse, self.redis, streams),
+            OperationsApi: OperationsApi(
+                self.redis,
+                settings.dead_letter_stream,
+                self.health,
+                self.writer is not None,
+                lambda: profile_process.state() if profile_process is not None else None,
+            ),
+        }  # fmt: skip
+
     def health(self) -> Health:
         settings = self.settings
         running = {thread.name: thread.is_alive() for thread in self._threads}
@@ -202,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load_user_agent_rules()
         async_redis = connect_async_redis(runtime.redis_url)
         app.state.runtime = runtime
+        app.state.services = runtime.services()
         app.state.tracking = Tracking(
             write_keys=runtime.credentials.write_keys,
             stream=EventStream(
@@ -289,41 +292,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get(
-        "/healthz",
-        tags=["operations"],
-        summary="Storage, workers' backlog, dead letters; 503 when something is wrong",
-        response_model=HealthOut,
-        responses={503: {"model": HealthOut, "description": "Unhealthy: see `problems`"}},
-    )
-    def healthz(request: Request) -> JSONResponse:
-        runtime: Runtime = request.app.state.runtime
-        found = runtime.health()
-        body = {
-            **asdict(found),
-            "writer": runtime.writer is not None,
-            "profile_worker": runtime.profile_process.state()
-            if runtime.profile_process is not None
-            else None,
-        }
-        return JSONResponse(body, status_code=found.http_status)
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics: tracking requests and events, writer, stream backlog",
-        response_class=PlainTextResponse,
-    )
-    def metrics(request: Request) -> PlainTextResponse:
-        runtime: Runtime = request.app.state.runtime
-        found = runtime.health()
-        STREAM_ENTRIES.set(found.buffered_entries)
-        DEAD_LETTERS.set(found.dead_letters)
-        for name, state in found.workers.items():
-            WORKER_WAITING.labels(name).set(state["waiting"])
-            WORKER_LAG.labels(name).set(state["oldest_seconds"])
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app.include_router(api_router)
+    for router in api.routers():
+        app.include_router(router)
 
     return app

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from cdp.api import ErasedOut, ExportOut
+from cdp.api.privacy import ErasedOut, ExportOut
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for

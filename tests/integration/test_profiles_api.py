@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cdp.api import ConsentStateOut, KeyOut, MergesOut, TimelineOut
+from cdp.api.consent import ConsentStateOut
+from cdp.api.keys import KeyOut
+from cdp.api.profiles import MergesOut, TimelineOut
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
 

@@ -3,7 +3,7 @@
 from dataclasses import fields
 from datetime import UTC, datetime
 
-from cdp.api import EventOut
+from cdp.api.profiles import EventOut
 from cdp.events import (
     EVENT_COLUMNS,
     JSON_COLUMNS,
