@@ -11,24 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cdp
 from cdp import api
 from cdp.access import AccessLog
-from cdp.api.common import CredentialsFirst
+from cdp.api.common import CredentialsFirst, answer_errors
 from cdp.api.consent import ConsentApi
 from cdp.api.operations import OperationsApi
 from cdp.api.profiles import ProfilesApi
 from cdp.api.reports import ReportsApi
 from cdp.consumer import StreamConsumer
 from cdp.credentials import ApiKeys, Authenticator, Credentials, load_credentials
-from cdp.errors import BUFFER_DOWN, CdpError, Unavailable
 from cdp.health import Health
 from cdp.health import check as check_health
 from cdp.profiles.privacy import Erasure
@@ -40,8 +36,8 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
 from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
-from ingestion.routes import MAX_ERRORS, Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import PATHS as TRACKING_PATHS
+from ingestion.routes import Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import router as snippet_router
 from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
@@ -189,10 +185,24 @@ class Runtime:
             self.embedded_redis.stop()
 
 
-def _problem(item: Any) -> str:
-    """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what."""
-    where = ".".join(str(part) for part in item.get("loc", ()))
-    return f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg"))
+def _add_layers(app: FastAPI, settings: Settings) -> None:
+    # Each added layer wraps the ones before: the last added sees a request first.
+    app.add_middleware(CredentialsFirst, state=app.state)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+        max_age=86400,
+    )
+    # Tracking requests skip the framework's routing and CORS.
+    app.add_middleware(TrackingAPI, state=app.state)
+    app.add_middleware(
+        AccessLog,
+        enabled=settings.access_log,
+        known_paths=frozenset(TRACKING_PATHS),
+        json_lines=settings.log_format == "json",
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -231,55 +241,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
-    # Each added layer wraps the ones before: the last added sees a request first.
-    app.add_middleware(CredentialsFirst, state=app.state)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
-        max_age=86400,
-    )
-    # Tracking requests skip the framework's routing and CORS.
-    app.add_middleware(TrackingAPI, state=app.state)
-    app.add_middleware(
-        AccessLog,
-        enabled=settings.access_log,
-        known_paths=frozenset(TRACKING_PATHS),
-        json_lines=settings.log_format == "json",
-    )
-
-    @app.exception_handler(CdpError)
-    async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        message = error.detail if isinstance(error.detail, str) else str(error.detail)
-        if error.status_code == 404 and message == "Not Found":
-            message = f"no route {request.url.path}"
-        return JSONResponse(
-            {"success": False, "error": message},
-            status_code=error.status_code,
-            headers=dict(error.headers or {}),
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [_problem(item) for item in error.errors()]
-        body = {"success": False, "error": "invalid request", "errors": problems[:MAX_ERRORS]}
-        return JSONResponse(body, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-        return JSONResponse({"success": False, "error": "internal error"}, status_code=500)
-
-    @app.exception_handler(redis.ConnectionError)
-    async def _buffer_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
-        log.error("%s: %s", BUFFER_DOWN, error)
-        return await _cdp_error(request, Unavailable(BUFFER_DOWN))
-
+    _add_layers(app, settings)
+    answer_errors(app)
     app.include_router(snippet_router)
 
     def openapi() -> dict[str, Any]:

@@ -83,3 +83,4 @@ class Unavailable(CdpError):
 
 
 BUFFER_DOWN = "event buffer unavailable, retry later"
+MAX_ERRORS = 100  # problems listed in one answer; a count says how many there were

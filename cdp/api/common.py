@@ -8,21 +8,25 @@ for it with `provided(Kind)`. Routes parse, authorise, call the domain, answer."
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import redis
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cdp.asgi import ASGIApp, Receive, Send
 from cdp.asgi import Scope as AsgiScope
 from cdp.credentials import ApiKey, Authenticator, Scope
-from cdp.errors import CdpError, ErrorOut, Forbidden, Unavailable
+from cdp.errors import BUFFER_DOWN, MAX_ERRORS, CdpError, ErrorOut, Forbidden, Unavailable
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 PREFIX = "/api/v1"
 
@@ -140,3 +144,46 @@ def require(scope: Scope) -> Any:
 READ = Annotated[ApiKey, require(Scope.READ)]
 WRITE = Annotated[ApiKey, require(Scope.WRITE)]
 ADMIN = Annotated[ApiKey, require(Scope.ADMIN)]
+
+
+def answer_errors(app: FastAPI) -> None:
+    """Every error answer in one shape, `{"success": false, "error": ..., "errors": [...]}`,
+    whatever raised it: our own failures, the framework's, a validation, the unexpected."""
+
+    @app.exception_handler(CdpError)
+    async def _cdp_error(request: Request, error: CdpError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        if error.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path}"
+        return JSONResponse(
+            {"success": False, "error": message},
+            status_code=error.status_code,
+            headers=dict(error.headers or {}),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [_problem(item) for item in error.errors()]
+        body = {"success": False, "error": "invalid request", "errors": problems[:MAX_ERRORS]}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"success": False, "error": "internal error"}, status_code=500)
+
+    @app.exception_handler(redis.ConnectionError)
+    async def _buffer_down(request: Request, error: redis.ConnectionError) -> JSONResponse:
+        log.error("%s: %s", BUFFER_DOWN, error)
+        return await _cdp_error(request, Unavailable(BUFFER_DOWN))
+
+
+
+def _problem(item: Any) -> str:
+    """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what."""
+    where = ".".join(str(part) for part in item.get("loc", ()))
+    return f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg"))

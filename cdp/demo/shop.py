@@ -50,97 +50,113 @@ class Visitor:
     devices: int = 1
 
 
-def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
-    """One visitor's history: a few sessions in the past week, maybe on several devices."""
-    anonymous_id = str(uuid.UUID(int=rng.getrandbits(128)))
-    first_anonymous_id = anonymous_id
-    is_bot = rng.random() < 0.03
-    agent = BOT if is_bot else rng.choice(BROWSERS)
-    email = f"shopper{rng.randrange(10**6)}@example.com"
-    has_account = not is_bot and rng.random() < 0.4
-    account = f"user-{rng.randrange(10**9)}"
-    user_id: str | None = None  # sent once logged in on the current device
-    devices = 1
-    cart: list[tuple[str, str, float, str]] = []
-    events: list[dict[str, Any]] = []
-    orders, revenue = 0, 0.0
-    moment = now - timedelta(days=rng.uniform(0, 7))
+class _Browsing:
+    """One visitor on the way through the shop: who they are on the current device, what
+    they carry in the cart, and the events they have caused so far."""
 
-    def emit(kind: str, **fields: Any) -> None:
-        nonlocal moment
-        moment = min(moment + timedelta(seconds=rng.uniform(5, 90)), now)
+    def __init__(self, rng: random.Random, now: datetime) -> None:
+        self.rng, self.now = rng, now
+        self.anonymous_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        self.first_anonymous_id = self.anonymous_id
+        self.is_bot = rng.random() < 0.03
+        self.agent = BOT if self.is_bot else rng.choice(BROWSERS)
+        self.email = f"shopper{rng.randrange(10**6)}@example.com"
+        self.has_account = not self.is_bot and rng.random() < 0.4
+        self.account = f"user-{rng.randrange(10**9)}"
+        self.user_id: str | None = None  # sent once logged in on the current device
+        self.devices = 1
+        self.cart: list[tuple[str, str, float, str]] = []
+        self.events: list[dict[str, Any]] = []
+        self.orders, self.revenue = 0, 0.0
+        self.moment = now - timedelta(days=rng.uniform(0, 7))
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        rng = self.rng
+        self.moment = min(self.moment + timedelta(seconds=rng.uniform(5, 90)), self.now)
         campaign = rng.choice(CAMPAIGNS)
         path = fields.pop("path", "/")
-        url = (
-            SHOP
-            + path
-            + (
-                f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}"
-                f"&utm_campaign={campaign['name']}"
-                if campaign and kind == "page"
-                else ""
-            )
-        )
+        query = ""
+        if campaign and kind == "page":
+            query = (f"?utm_source={campaign['source']}&utm_medium={campaign['medium']}"
+                     f"&utm_campaign={campaign['name']}")  # fmt: skip
         event = {
             "type": kind,
             "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
-            "anonymousId": anonymous_id,
-            "timestamp": moment.isoformat(),
+            "anonymousId": self.anonymous_id,
+            "timestamp": self.moment.isoformat(),
             "context": {
-                "userAgent": agent,
-                "page": {"url": url, "path": path, "referrer": "https://www.google.com/"},
+                "userAgent": self.agent,
+                "page": {"url": SHOP + path + query, "path": path,
+                         "referrer": "https://www.google.com/"},
                 "library": {"name": "cdp-demo", "version": "1"},
             },
             **fields,
-        }
-        if user_id:
-            event["userId"] = user_id
-        events.append(event)
+        }  # fmt: skip
+        if self.user_id:
+            event["userId"] = self.user_id
+        self.events.append(event)
 
-    for session in range(1 if is_bot else rng.choice((1, 1, 2, 3))):
-        if session and rng.random() < 0.4:  # back on another device, logged out there
-            anonymous_id = str(uuid.UUID(int=rng.getrandbits(128)))
-            agent = rng.choice(BROWSERS)
-            user_id = None
-            devices += 1
-        emit("page", name="Home", path="/")
-        if has_account and user_id is None and rng.random() < 0.6:
-            user_id = account
-            emit("identify", traits={"email": email, "first_name": "Sam"})
+    def log_in(self) -> None:
+        self.user_id = self.account
+        self.emit("identify", traits={"email": self.email, "first_name": "Sam"})
+
+    def another_device(self) -> None:
+        """Back on another device, logged out there."""
+        self.anonymous_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
+        self.agent = self.rng.choice(BROWSERS)
+        self.user_id = None
+        self.devices += 1
+
+    def browse(self, category: str) -> None:
+        rng, slug = self.rng, category.lower()
+        self.emit("page", name=category, category=category, path=f"/c/{slug}")
+        self.emit("track", event="Product List Viewed",
+                  properties={"category": category, "list_id": slug})  # fmt: skip
+        for sku, title, price in rng.sample(CATALOG[category], k=rng.randint(1, 2)):
+            product = {"product_id": sku, "name": title, "price": price,
+                       "category": category, "currency": "EUR"}  # fmt: skip
+            self.emit("track", event="Product Viewed", properties=product, path=f"/p/{sku}")
+            if not self.is_bot and rng.random() < 0.35:
+                self.cart.append((sku, title, price, category))
+                added = {**product, "quantity": 1, "cart_id": self.anonymous_id[:8]}
+                self.emit("track", event="Product Added", properties=added)
+
+    def check_out(self) -> None:
+        if self.user_id is None:  # checkout asks to log in or sign up
+            self.log_in()
+        total = round(sum(item[2] for item in self.cart), 2)
+        products = [{"product_id": s, "name": n, "price": p, "category": c, "quantity": 1}
+                    for s, n, p, c in self.cart]  # fmt: skip
+        self.emit("track", event="Checkout Started",
+                  properties={"value": total, "currency": "EUR", "products": products})  # fmt: skip
+        if self.rng.random() < 0.7:
+            order_id = f"order-{self.rng.randrange(10**9)}"
+            self.emit("track", event="Order Completed",
+                      properties={"order_id": order_id, "revenue": total, "currency": "EUR",
+                                  "products": products})  # fmt: skip
+            self.orders += 1
+            self.revenue += total
+            self.cart = []
+
+
+def simulate_visitor(rng: random.Random, now: datetime) -> Visitor:
+    """One visitor's history: a few sessions in the past week, maybe on several devices."""
+    visit = _Browsing(rng, now)
+    for session in range(1 if visit.is_bot else rng.choice((1, 1, 2, 3))):
+        if session and rng.random() < 0.4:
+            visit.another_device()
+        visit.emit("page", name="Home", path="/")
+        if visit.has_account and visit.user_id is None and rng.random() < 0.6:
+            visit.log_in()
         for category in rng.sample(list(CATALOG), k=rng.randint(1, 3)):
-            slug = category.lower()
-            emit("page", name=category, category=category, path=f"/c/{slug}")
-            emit("track", event="Product List Viewed",
-                 properties={"category": category, "list_id": slug})  # fmt: skip
-            for sku, title, price in rng.sample(CATALOG[category], k=rng.randint(1, 2)):
-                product = {"product_id": sku, "name": title, "price": price,
-                           "category": category, "currency": "EUR"}  # fmt: skip
-                emit("track", event="Product Viewed", properties=product, path=f"/p/{sku}")
-                if not is_bot and rng.random() < 0.35:
-                    cart.append((sku, title, price, category))
-                    added = {**product, "quantity": 1, "cart_id": anonymous_id[:8]}
-                    emit("track", event="Product Added", properties=added)
-        if cart and rng.random() < 0.45:
-            if user_id is None:  # checkout asks to log in or sign up
-                user_id = account
-                emit("identify", traits={"email": email, "first_name": "Sam"})
-            total = round(sum(item[2] for item in cart), 2)
-            products = [{"product_id": s, "name": n, "price": p, "category": c, "quantity": 1}
-                        for s, n, p, c in cart]  # fmt: skip
-            emit("track", event="Checkout Started",
-                 properties={"value": total, "currency": "EUR", "products": products})  # fmt: skip
-            if rng.random() < 0.7:
-                order_id = f"order-{rng.randrange(10**9)}"
-                emit("track", event="Order Completed",
-                     properties={"order_id": order_id, "revenue": total, "currency": "EUR",
-                                 "products": products})  # fmt: skip
-                orders += 1
-                revenue += total
-                cart = []
-        moment += timedelta(hours=rng.uniform(2, 40))
-        if moment >= now:
+            visit.browse(category)
+        if visit.cart and rng.random() < 0.45:
+            visit.check_out()
+        visit.moment += timedelta(hours=rng.uniform(2, 40))
+        if visit.moment >= now:
             break
-    return Visitor(first_anonymous_id, events, orders, round(revenue, 2), devices)
+    return Visitor(visit.first_anonymous_id, visit.events, visit.orders,
+                   round(visit.revenue, 2), visit.devices)  # fmt: skip
 
 
 def simulate_shop(visitors: int, seed: int, now: datetime | None = None) -> list[Visitor]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 from rich.columns import Columns
@@ -19,6 +20,7 @@ from rich.table import Table
 from cdp.demo.shop import Visitor, simulate_shop
 from cdp.report import Overview
 
+T = TypeVar("T")
 BATCH_SIZE = 50
 
 
@@ -173,6 +175,6 @@ def _counts(title: str, key: str, value: str, counts: dict[str, int]) -> Table:
     return table
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

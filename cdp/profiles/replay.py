@@ -10,6 +10,7 @@ held: entries replayed are not applied again, and none is missed."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -64,7 +65,7 @@ def replay(
     return applied
 
 
-def _statements(warehouse: Warehouse) -> list[dict]:
+def _statements(warehouse: Warehouse) -> list[dict[str, Any]]:
     """Consent and suppression given outside events, in the order they were given."""
     rows = warehouse.query_rows(
         """

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,8 +16,8 @@ import redis
 from cdp.events import StoredEvent
 from cdp.profiles.change import change_of, grouped
 from cdp.profiles.reader import Profile, ProfileReader
+from cdp.script_pipe import ScriptPipe
 from cdp.settings import Settings
-from cdp.storage import ScriptPipe
 
 CHANGES_PER_CALL = 500  # one script call blocks Redis; keep each short
 
@@ -93,11 +93,11 @@ class ProfileStore(ProfileReader):
             days=settings.profile_days,
         )
 
-    def apply(self, changes: Iterable[dict[str, Any]], *, replaying: bool = False) -> Applied:
+    def apply(self, changes: Iterable[Mapping[str, object]], *, replaying: bool = False) -> Applied:
         """Apply changes in order, in calls of a bounded size; `replaying` records no audit
         rows (they exist already)."""
         applied = Applied()
-        batch: list[dict[str, Any]] = []
+        batch: list[Mapping[str, object]] = []
         for change in changes:
             batch.append(change)
             if len(batch) == CHANGES_PER_CALL:
@@ -183,11 +183,13 @@ class ProfileStore(ProfileReader):
         return applied
 
     def _arguments(
-        self, batch: list[dict[str, Any]], replaying: bool, markers: list[str]
+        self, batch: Sequence[Mapping[str, object]], replaying: bool, markers: list[str]
     ) -> list[Any]:
         return [self.prefix, orjson.dumps(batch), self.marker_seconds, self.identity_cap,
                 self.days, int(time.time() * 1000), self.records_stream,
                 "1" if replaying else "0", orjson.dumps(markers)]  # fmt: skip
 
-    def _run(self, batch: list[dict[str, Any]], replaying: bool, markers: list[str]) -> Applied:
+    def _run(
+        self, batch: Sequence[Mapping[str, object]], replaying: bool, markers: list[str]
+    ) -> Applied:
         return _applied(self._script(args=self._arguments(batch, replaying, markers)))

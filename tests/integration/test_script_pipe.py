@@ -8,8 +8,8 @@ import uuid
 import pytest
 import redis
 
+from cdp.script_pipe import ScriptPipe
 from cdp.settings import Settings
-from cdp.storage import ScriptPipe
 
 # Appends its argument to a list and returns the list's length; 'fail' raises.
 SCRIPT = """
