@@ -68,9 +68,9 @@ TIMELINE_COLUMNS = ("message_id", "type", "event", "name", "anonymous_id", "user
                     "timestamp", "received_at", "page_url", *JSON_COLUMNS)  # fmt: skip
 
 
-def column_definitions() -> str:
+def column_definitions(columns: tuple[Column, ...] = EVENT_COLUMNS) -> str:
     """The columns as a CREATE TABLE lists them."""
-    return ",\n".join(f"{c.name} {c.type}" for c in EVENT_COLUMNS)
+    return ",\n".join(f"{c.name} {c.type}" for c in columns)
 
 
 # A stream entry's fields: the count, the scalar columns as JSON lines, then one field of

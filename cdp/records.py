@@ -15,23 +15,44 @@ import redis
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from cdp.consumer import Entries, StreamConsumer
+from cdp.events import Column, column_definitions
 from cdp.storage import Warehouse, text
 from cdp.streams import WAREHOUSE_GROUP
 
 log = logging.getLogger(__name__)
 
-MS = pl.Datetime("ms", "UTC")
-TABLES: dict[str, dict[str, Any]] = {
-    "identities": {"kind": pl.Utf8, "value": pl.Utf8, "profile_id": pl.Utf8,
-                   "version": pl.UInt64, "at": MS},
-    "identity_merges": {"survivor": pl.Utf8, "merged": pl.Utf8, "cause": pl.Utf8,
-                        "message_id": pl.Utf8, "event_at": MS, "at": MS},
-    "consent_log": {"profile_id": pl.Utf8, "channel": pl.Utf8, "purpose": pl.Utf8,
-                    "status": pl.Utf8, "at": MS, "source": pl.Utf8, "message_id": pl.Utf8,
-                    "current": pl.Boolean, "recorded_at": MS},
-    "suppression_log": {"profile_id": pl.Utf8, "channel": pl.Utf8, "reason": pl.Utf8,
-                        "suppressed": pl.Boolean, "at": MS, "source": pl.Utf8},
+MS_TYPE = "DateTime64(3, 'UTC')"
+# The audit tables' columns, one source: their DDL (`cdp/schema.py`) and the frames written
+# here derive from it. Each table also has `record_id String` first: the row's stream id.
+AUDIT_COLUMNS: dict[str, tuple[Column, ...]] = {
+    table: tuple(Column(name, type_) for name, type_ in columns)
+    for table, columns in {
+        "identities": (("kind", "LowCardinality(String)"), ("value", "String"),
+                       ("profile_id", "String"), ("version", "UInt64"), ("at", MS_TYPE)),
+        "identity_merges": (("survivor", "String"), ("merged", "String"), ("cause", "String"),
+                            ("message_id", "String"), ("event_at", MS_TYPE), ("at", MS_TYPE)),
+        "consent_log": (("profile_id", "String"), ("channel", "LowCardinality(String)"),
+                        ("purpose", "LowCardinality(String)"),
+                        ("status", "LowCardinality(String)"), ("at", MS_TYPE),
+                        ("source", "LowCardinality(String)"), ("message_id", "String"),
+                        ("current", "Bool"), ("recorded_at", MS_TYPE)),
+        "suppression_log": (("profile_id", "String"), ("channel", "LowCardinality(String)"),
+                            ("reason", "LowCardinality(String)"), ("suppressed", "Bool"),
+                            ("at", MS_TYPE), ("source", "LowCardinality(String)")),
+    }.items()
 }  # fmt: skip
+MS = pl.Datetime("ms", "UTC")
+POLARS_TYPES: dict[str, Any] = {"String": pl.Utf8, "LowCardinality(String)": pl.Utf8,
+                                "UInt64": pl.UInt64, "Bool": pl.Boolean, MS_TYPE: MS}  # fmt: skip
+TABLES: dict[str, dict[str, Any]] = {
+    table: {c.name: POLARS_TYPES[c.type] for c in columns}
+    for table, columns in AUDIT_COLUMNS.items()
+}
+
+
+def audit_table_columns(table: str) -> str:
+    """The table's columns as its CREATE TABLE lists them."""
+    return "record_id String,\n" + column_definitions(AUDIT_COLUMNS[table])
 
 
 def frame_of(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from cdp.events import column_definitions
+from cdp.records import audit_table_columns
 from cdp.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -65,25 +66,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             # The current profile of each identifier: the row with the highest version.
             """
             CREATE TABLE IF NOT EXISTS identities (
-                record_id String,
-                kind LowCardinality(String),
-                value String,
-                profile_id String,
-                version UInt64,
-                at DateTime64(3, 'UTC')
+            """
+            + audit_table_columns("identities")
+            + """
             )
             ENGINE = ReplacingMergeTree(version)
             ORDER BY (kind, value)
             """,
             """
             CREATE TABLE IF NOT EXISTS identity_merges (
-                record_id String,
-                survivor String,
-                merged String,
-                cause String,
-                message_id String,
-                event_at DateTime64(3, 'UTC'),
-                at DateTime64(3, 'UTC'),
+            """
+            + audit_table_columns("identity_merges")
+            + """,
                 INDEX idx_merged merged TYPE bloom_filter GRANULARITY 4
             )
             ENGINE = MergeTree
@@ -91,29 +85,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             """
             CREATE TABLE IF NOT EXISTS consent_log (
-                record_id String,
-                profile_id String,
-                channel LowCardinality(String),
-                purpose LowCardinality(String),
-                status LowCardinality(String),
-                at DateTime64(3, 'UTC'),
-                source LowCardinality(String),
-                message_id String,
-                current Bool,
-                recorded_at DateTime64(3, 'UTC')
+            """
+            + audit_table_columns("consent_log")
+            + """
             )
             ENGINE = MergeTree
             ORDER BY (profile_id, at)
             """,
             """
             CREATE TABLE IF NOT EXISTS suppression_log (
-                record_id String,
-                profile_id String,
-                channel LowCardinality(String),
-                reason LowCardinality(String),
-                suppressed Bool,
-                at DateTime64(3, 'UTC'),
-                source LowCardinality(String)
+            """
+            + audit_table_columns("suppression_log")
+            + """
             )
             ENGINE = MergeTree
             ORDER BY (profile_id, at)
