@@ -109,6 +109,37 @@ class ProfileReader:
         pid = self.live_id(profile_id)
         if pid is None:
             return None
+        stored = self._parts(pid)
+        if stored is None:
+            return None
+        meta, parts = stored
+        today = today if today is not None else int(time.time() // 86400)
+        features = {
+            "events": int(meta.get("events", 0)),
+            "orders": int(meta.get("orders", 0)),
+            "revenue": int(meta.get("revenue", 0)) / 100,
+            "last_order_at": iso(meta.get("last_order_at")),
+            "cart": _cart(parts),
+            "cart_updated_at": iso(meta.get("cart_at")),
+            "last_viewed_products": _last_viewed(parts),
+            "counts": windowed_counts(self._day_counts(pid, parts), today, WINDOWS),
+        }
+        return Profile(
+            id=pid,
+            identities=_identities(parts),
+            traits={k: orjson.loads(v) for k, v in _text(parts["traits"]).items()},
+            features=features,
+            consent=_consent(parts),
+            suppression=_suppression(parts),
+            timezone=meta.get("tz"),
+            first_seen=iso(meta["first_seen"]) or "",
+            last_seen=iso(meta["last_seen"]) or "",
+            merged_profiles=sorted(m.decode() for m in parts["absorbed"]),
+            log=[orjson.loads(entry) for entry in parts["log"]],
+        )
+
+    def _parts(self, pid: str) -> tuple[dict[str, str], dict[str, Any]] | None:
+        """The profile's fields and each of its parts, read in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.key(pid))
         for part in PARTS:
@@ -124,70 +155,62 @@ class ProfileReader:
         meta_raw, *parts_raw = pipe.execute()
         if not meta_raw:
             return None
-        meta = _text(meta_raw)
-        parts = dict(zip(PARTS, parts_raw, strict=True))
+        return _text(meta_raw), dict(zip(PARTS, parts_raw, strict=True))
+
+    def _day_counts(self, pid: str, parts: dict[str, Any]) -> dict[int, dict[str, str]]:
         days = [int(float(score)) for _, score in parts["days"]]
         pipe = self.client.pipeline(transaction=False)
         for day in days:
             pipe.hgetall(self.keys.day(pid, day))
-        day_counts = dict(zip(days, (_text(c) for c in pipe.execute()), strict=True))
-        today = today if today is not None else int(time.time() // 86400)
+        return dict(zip(days, (_text(c) for c in pipe.execute()), strict=True))
 
-        ids = _text(parts["ids"])
-        identities = []
-        for ident, first in sorted(ids.items(), key=lambda item: (int(item[1]), item[0])):
-            kind, value = untag(ident)
-            identities.append({"kind": kind.value, "value": value, "first_seen": iso(first)})
-        traits = {k: orjson.loads(v) for k, v in _text(parts["traits"]).items()}
-        cart_items = _text(parts["cart_items"])
-        cart = [
-            {**orjson.loads(cart_items.get(product, "{}")), "product_id": product,
-             "quantity": int(quantity), "added_at": iso(cart_items.get(f"{product}:at"))}
-            for product, quantity in sorted(_text(parts["cart"]).items())
-        ]  # fmt: skip
-        viewed_items = _text(parts["viewed_items"])
-        last_viewed = [
-            {**orjson.loads(viewed_items.get(product.decode(), "{}")),
-             "product_id": product.decode(), "viewed_at": iso(int(score))}
-            for product, score in reversed(parts["viewed"])
-        ]  # fmt: skip
-        consent_at = _text(parts["consent_at"])
-        consent_src = _text(parts["consent_src"])
-        consent: dict[str, dict[str, Any]] = {}
-        for pair, status in sorted(_text(parts["consent"]).items()):
-            channel, _, purpose = pair.partition(":")
-            consent.setdefault(channel, {})[purpose] = {
-                "status": status,
-                "at": iso(consent_at.get(pair)),
-                "source": consent_src.get(pair),
-            }
-        suppression = {
-            channel: {**orjson.loads(value), "at": iso(orjson.loads(value)["at"])}
-            for channel, value in _text(parts["suppression"]).items()
-        }
-        features = {
-            "events": int(meta.get("events", 0)),
-            "orders": int(meta.get("orders", 0)),
-            "revenue": int(meta.get("revenue", 0)) / 100,
-            "last_order_at": iso(meta.get("last_order_at")),
-            "cart": cart,
-            "cart_updated_at": iso(meta.get("cart_at")),
-            "last_viewed_products": last_viewed,
-            "counts": windowed_counts(day_counts, today, WINDOWS),
-        }
-        return Profile(
-            id=pid,
-            identities=identities,
-            traits=traits,
-            features=features,
-            consent=consent,
-            suppression=suppression,
-            timezone=meta.get("tz"),
-            first_seen=iso(meta["first_seen"]) or "",
-            last_seen=iso(meta["last_seen"]) or "",
-            merged_profiles=sorted(m.decode() for m in parts["absorbed"]),
-            log=[orjson.loads(entry) for entry in parts["log"]],
-        )
+
+def _identities(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Oldest first, each with its kind and when it was first seen."""
+    identities = []
+    ids = _text(parts["ids"])
+    for ident, first in sorted(ids.items(), key=lambda item: (int(item[1]), item[0])):
+        kind, value = untag(ident)
+        identities.append({"kind": kind.value, "value": value, "first_seen": iso(first)})
+    return identities
+
+
+def _cart(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    items = _text(parts["cart_items"])
+    return [
+        {**orjson.loads(items.get(product, "{}")), "product_id": product,
+         "quantity": int(quantity), "added_at": iso(items.get(f"{product}:at"))}
+        for product, quantity in sorted(_text(parts["cart"]).items())
+    ]  # fmt: skip
+
+
+def _last_viewed(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    items = _text(parts["viewed_items"])
+    return [
+        {**orjson.loads(items.get(product.decode(), "{}")),
+         "product_id": product.decode(), "viewed_at": iso(int(score))}
+        for product, score in reversed(parts["viewed"])
+    ]  # fmt: skip
+
+
+def _consent(parts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Channel → purpose → {status, at, source}."""
+    at, source = _text(parts["consent_at"]), _text(parts["consent_src"])
+    consent: dict[str, dict[str, Any]] = {}
+    for pair, status in sorted(_text(parts["consent"]).items()):
+        channel, _, purpose = pair.partition(":")
+        consent.setdefault(channel, {})[purpose] = {
+            "status": status, "at": iso(at.get(pair)), "source": source.get(pair),
+        }  # fmt: skip
+    return consent
+
+
+def _suppression(parts: dict[str, Any]) -> dict[str, Any]:
+    suppression = {}
+    for channel, value in _text(parts["suppression"]).items():
+        state = orjson.loads(value)
+        suppression[channel] = {**state, "at": iso(state["at"])}
+    return suppression
 
 
 def windowed_counts(
