@@ -193,7 +193,6 @@ def answer_errors(app: FastAPI) -> None:
         return await _cdp_error(request, Unavailable(BUFFER_DOWN))
 
 
-
 def _problem(item: Any) -> str:
     """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what."""
     where = ".".join(str(part) for part in item.get("loc", ()))
