@@ -58,7 +58,7 @@ def resource_router() -> APIRouter:
 def provided(kind: type[T]) -> Any:
     """The object of this kind the composition root registered, as a route dependency."""
 
-    def get(request: Request) -> T:
+    async def get(request: Request) -> T:  # async: no hop to a worker thread for a look-up
         return request.app.state.services[kind]  # type: ignore[no-any-return]
 
     return Depends(get)
