@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from cdp import deadletters
 from cdp.storage import Warehouse
 from cdp.streams import group_states
 
@@ -68,5 +69,5 @@ def check(
     for name, alive in running.items():
         if not alive:
             health.problem(f"{name} is not running")
-    health.dead_letters = int(client.xlen(dead_letter_stream))
+    health.dead_letters = deadletters.count(client, dead_letter_stream)
     return health

@@ -19,6 +19,7 @@ from cdp.profiles.keyspace import NOT_HASHES, PARTS, Keyspace
 from cdp.storage import text
 
 WINDOWS = (1, 7, 30, 90)
+CONSENT_PARTS = ("consent", "consent_at", "consent_src")
 
 
 @dataclass
@@ -87,8 +88,13 @@ class ProfileReader:
     def consent(self, profile_id: str) -> dict[str, dict[str, Any]] | None:
         """Consent now, channel → purpose → {status, at, source}; None for an unknown id. A
         channel absent, or a purpose absent under it, was never stated: no consent."""
-        profile = self.read(profile_id)
-        return profile.consent if profile is not None else None
+        pid = self.live_id(profile_id)
+        if pid is None:
+            return None
+        pipe = self.client.pipeline(transaction=True)
+        for part in CONSENT_PARTS:  # only what consent is made of, not the whole profile
+            pipe.hgetall(self.key(pid, part))
+        return _consent(dict(zip(CONSENT_PARTS, pipe.execute(), strict=True)))
 
     def profile_ids(self) -> set[str]:
         """Every live profile's id."""
