@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 
 from cdp.api.common import ADMIN, JSONBytes, documented, errors, provided, resource_router
 from cdp.api.profiles import EventOut, MergeOut, ProfileOut
-from cdp.errors import NotFound
 from cdp.profiles import privacy
 from cdp.profiles.consent import Channel, Purpose, Status
 from cdp.profiles.privacy import Erasure
@@ -60,10 +59,7 @@ router = resource_router()
     responses={**documented(ExportOut), **errors(404)},
 )
 def export_profile(profile_id: str, _: ADMIN, api: Erasure = API) -> JSONBytes:
-    profile = api.store.read(profile_id)
-    if profile is None:
-        raise NotFound(f"no profile {profile_id}")
-    return JSONBytes(privacy.export(api.warehouse, profile))
+    return JSONBytes(privacy.export(api.warehouse, api.store.existing(profile_id)))
 
 
 @router.delete(

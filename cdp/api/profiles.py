@@ -25,10 +25,7 @@ class ProfilesApi:
     warehouse: Warehouse
 
     def profile(self, profile_id: str) -> Profile:
-        profile = self.reader.read(profile_id)
-        if profile is None:
-            raise NotFound(f"no profile {profile_id}")
-        return profile
+        return self.reader.existing(profile_id)
 
 
 # The answers' shapes, for the OpenAPI document (profiles are sent as they are read).

@@ -235,13 +235,11 @@ local function clear_cart(pid, upto)
   end
 end
 
--- Move everything of profile `from` into `to` (which may not exist yet), then retire `from`.
-local function move(from, to, cause, message_id, at)
+-- The counters, first and last times, root and time zone of `from`, added into `to`.
+local function move_meta(from, to, exists)
   local m = redis.call('HGETALL', key(from))
   local meta = {}
   for i = 1, #m, 2 do meta[m[i]] = m[i + 1] end
-  local exists = redis.call('EXISTS', key(to)) == 1
-  if not exists then redis.call('SADD', P .. ':profiles', to) end
   for _, field in ipairs({'events', 'orders', 'revenue', 'users', 'known'}) do
     if meta[field] then redis.call('HINCRBY', key(to), field, meta[field]) end
   end
@@ -263,7 +261,9 @@ local function move(from, to, cause, message_id, at)
     end
   end
   if tonumber(meta['known'] or '0') > 0 then redis.call('SADD', P .. ':profiles:known', to) end
+end
 
+local function move_identifiers(from, to)
   local ids = redis.call('HGETALL', key(from, 'ids'))
   for i = 1, #ids, 2 do
     local ident, first = ids[i], tonumber(ids[i + 1])
@@ -272,13 +272,22 @@ local function move(from, to, cause, message_id, at)
     if not cur or first < cur then set_first_seen(to, ident, first) end
     record_identity(ident, to)
   end
+end
 
-  local traits = redis.call('HGETALL', key(from, 'traits'))
-  for i = 1, #traits, 2 do
-    local t = tonumber(redis.call('HGET', key(from, 'traits_at'), traits[i]))
-    keep_latest(key(to, 'traits'), key(to, 'traits_at'), traits[i], traits[i + 1], t)
+-- Per field, the value set last in event time wins (traits, consent).
+local function move_latest(from, to, part)
+  local values = redis.call('HGETALL', key(from, part))
+  local kept = {}
+  for i = 1, #values, 2 do
+    local t = tonumber(redis.call('HGET', key(from, part .. '_at'), values[i]))
+    if keep_latest(key(to, part), key(to, part .. '_at'), values[i], values[i + 1], t) then
+      kept[#kept + 1] = values[i]
+    end
   end
+  return kept
+end
 
+local function move_days(from, to)
   for _, day in ipairs(redis.call('ZRANGE', key(from, 'days'), 0, -1)) do
     local counts = redis.call('HGETALL', day_key(from, day))
     for i = 1, #counts, 2 do redis.call('HINCRBY', day_key(to, day), counts[i], counts[i + 1]) end
@@ -288,7 +297,9 @@ local function move(from, to, cause, message_id, at)
     end
     redis.call('DEL', day_key(from, day))
   end
+end
 
+local function move_cart(from, to)
   local cart = redis.call('HGETALL', key(from, 'cart'))
   for i = 1, #cart, 2 do
     local added = tonumber(redis.call('HGET', key(from, 'cart_items'), cart[i] .. ':at') or '0')
@@ -300,7 +311,9 @@ local function move(from, to, cause, message_id, at)
   end
   -- An order of either profile empties what either put in the cart before it.
   clear_cart(to, tonumber(redis.call('HGET', key(to), 'cart_cleared_at') or '0'))
+end
 
+local function move_viewed(from, to)
   local viewed = redis.call('ZRANGE', key(from, 'viewed'), 0, -1, 'WITHSCORES')
   for i = 1, #viewed, 2 do
     redis.call('ZADD', key(to, 'viewed'), 'GT', viewed[i + 1], viewed[i])
@@ -308,24 +321,29 @@ local function move(from, to, cause, message_id, at)
                redis.call('HGET', key(from, 'viewed_items'), viewed[i]))
   end
   trim_viewed(to)
+end
 
-  local consent = redis.call('HGETALL', key(from, 'consent'))
-  for i = 1, #consent, 2 do
-    local t = tonumber(redis.call('HGET', key(from, 'consent_at'), consent[i]))
-    if keep_latest(key(to, 'consent'), key(to, 'consent_at'), consent[i], consent[i + 1], t) then
-      redis.call('HSET', key(to, 'consent_src'), consent[i],
-                 redis.call('HGET', key(from, 'consent_src'), consent[i]))
-    end
+local function move_consent(from, to)
+  for _, purpose in ipairs(move_latest(from, to, 'consent')) do
+    redis.call('HSET', key(to, 'consent_src'), purpose,
+               redis.call('HGET', key(from, 'consent_src'), purpose))
   end
   local suppression = redis.call('HGETALL', key(from, 'suppression'))
   for i = 1, #suppression, 2 do
     redis.call('HSETNX', key(to, 'suppression'), suppression[i], suppression[i + 1])
   end
+end
+
+local function move_log(from, to)
   local entries = redis.call('LRANGE', key(from, 'log'), 0, -1)
   if #entries > 0 then
     redis.call('RPUSH', key(to, 'log'), unpack(entries))
     redis.call('LTRIM', key(to, 'log'), 0, LOG_KEPT - 1)
   end
+end
+
+-- `to` answers for `from` and for every id `from` had absorbed.
+local function redirect(from, to)
   -- `to` may itself have been merged away once (a root that became the earliest again).
   redis.call('DEL', P .. ':merged:' .. to)
   local absorbed = redis.call('SMEMBERS', key(from, 'absorbed'))
@@ -334,14 +352,32 @@ local function move(from, to, cause, message_id, at)
   for _, old in ipairs(absorbed) do
     if old ~= to then redis.call('SET', P .. ':merged:' .. old, to) end
   end
+  redis.call('SET', P .. ':merged:' .. from, to)
+end
 
+local function retire(from)
   local retired = {key(from)}
   for _, part in ipairs(PARTS) do retired[#retired + 1] = key(from, part) end
   redis.call('DEL', unpack(retired))
   firsts[from] = nil
   redis.call('SREM', P .. ':profiles', from)
   redis.call('SREM', P .. ':profiles:known', from)
-  redis.call('SET', P .. ':merged:' .. from, to)
+end
+
+-- Move everything of profile `from` into `to` (which may not exist yet), then retire `from`.
+local function move(from, to, cause, message_id, at)
+  local exists = redis.call('EXISTS', key(to)) == 1
+  if not exists then redis.call('SADD', P .. ':profiles', to) end
+  move_meta(from, to, exists)
+  move_identifiers(from, to)
+  move_latest(from, to, 'traits')
+  move_days(from, to)
+  move_cart(from, to)
+  move_viewed(from, to)
+  move_consent(from, to)
+  move_log(from, to)
+  redirect(from, to)
+  retire(from)
   moved[from] = to
   moved[to] = nil
   record('identity_merges', {survivor = to, merged = from, cause = cause,

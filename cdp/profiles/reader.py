@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import redis
 
+from cdp.errors import NotFound
 from cdp.profiles.identity import untag
 from cdp.profiles.keyspace import NOT_HASHES, PARTS, Keyspace
 from cdp.storage import text
@@ -107,6 +108,13 @@ class ProfileReader:
         pipe.scard(self.keys.known)
         total, known = pipe.execute()
         return int(total), int(known)
+
+    def existing(self, profile_id: str) -> Profile:
+        """`read`, for callers that answer an unknown id with NotFound (a 404)."""
+        profile = self.read(profile_id)
+        if profile is None:
+            raise NotFound(f"no profile {profile_id}")
+        return profile
 
     def read(self, profile_id: str, today: int | None = None) -> Profile | None:
         """The profile, or None for an unknown id; a merged-away id reads the survivor.

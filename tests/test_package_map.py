@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("ingestion", "rules", "activation")
 COMPOSITION_ROOT = {"cdp/app.py", "cdp/cli.py"}
 

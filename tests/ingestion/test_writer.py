@@ -1,7 +1,6 @@
 """The warehouse writer on real Valkey and chdb: at-least-once delivery, exactly-once rows."""
 
 import asyncio
-from datetime import UTC, datetime
 
 import redis
 import redis.asyncio as aioredis
@@ -10,44 +9,10 @@ from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from cdp.streams import entry_id, oldest_pending, trim_consumed
-from ingestion.normalize import to_row
-from ingestion.segment import SegmentEvent
 from ingestion.stream import EventStream
 from ingestion.writer import GROUP, WarehouseWriter, to_frame
 from tests.conftest import count_events
-
-
-def rows(count: int, prefix: str = "m", **fields: object) -> list[dict]:
-    now = datetime.now(UTC)
-    return [
-        to_row(
-            SegmentEvent.model_validate(
-                {
-                    "type": "track",
-                    "event": "Product Viewed",
-                    "anonymousId": "a",
-                    "messageId": f"{prefix}-{i}",
-                    **fields,
-                }  # fmt: skip
-            ),
-            received_at=now,
-            source_id="src",
-            ip="127.0.0.1",
-        )
-        for i in range(count)
-    ]
-
-
-def append(settings: Settings, batch: list[dict]) -> int:
-    async def run() -> int:
-        client = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            stream = EventStream(client, settings.events_stream, settings.redis_prefix, 3600)
-            return await stream.append(batch)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
+from tests.streams import append, rows
 
 
 def test_concurrent_small_requests_are_committed_together_and_once(

@@ -18,15 +18,13 @@ import pytest
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, count_events, wait_for
-from tests.e2e.test_crash import ServerProcess
+from tests.servers import ServerProcess
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # Short limits, so slow clients are cut off within the test's time.
-    return settings.model_copy(
-        update={"header_timeout_seconds": 1.0, "body_timeout_seconds": 1.0}
-    )
+    return settings.model_copy(update={"header_timeout_seconds": 1.0, "body_timeout_seconds": 1.0})
 
 
 @pytest.fixture
@@ -120,8 +118,10 @@ def test_a_body_sent_slowly_gets_408(live_server: LiveServer) -> None:
 
 
 def test_the_marketer_api_answers_401_before_reading_a_body(live_server: LiveServer) -> None:
-    head = (b"POST /api/v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 104857600\r\n\r\n")  # 100 MB announced, none sent
+    head = (
+        b"POST /api/v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 104857600\r\n\r\n"
+    )  # 100 MB announced, none sent
     started = time.monotonic()
     answer = raw(live_server, head)
     assert answer.startswith(b"HTTP/1.1 401 "), answer

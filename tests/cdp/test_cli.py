@@ -65,7 +65,7 @@ def test_keys_are_made_listed_and_revoked_from_the_command_line(tmp_path: Path) 
 
 def serve_briefly(tmp_path: Path, *args: str, **env: str) -> tuple[str, list[str]]:
     """Run `cdp serve`, ask it for a missing page, stop it: its stdout and stderr lines."""
-    from tests.e2e.test_crash import free_port
+    from tests.servers import free_port
 
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CDP_")}

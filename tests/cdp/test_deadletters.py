@@ -19,7 +19,7 @@ from cdp.consumer import Entries, StreamConsumer
 from cdp.deadletters import dead_letter_stream, forget, listed, set_aside
 from cdp.settings import Settings
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
-from tests.integration.test_writer import append, rows
+from tests.streams import append, rows
 
 
 class Picky(StreamConsumer):

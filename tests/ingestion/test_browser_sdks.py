@@ -22,7 +22,6 @@ from playwright.sync_api import Browser, Page
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
-from tests.e2e.test_snippet import browser  # noqa: F401  (the module's Chromium)
 
 pytestmark = pytest.mark.e2e
 

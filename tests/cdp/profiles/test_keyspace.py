@@ -23,4 +23,3 @@ def test_the_script_builds_the_same_key_names() -> None:
     assert keys.identity(tagged(Kind.EMAIL, "sam@example.com")) == "cdp:identity:e:sam@example.com"
     assert keys.day("p_1", 20000) == "cdp:profile:p_1:day:20000"
     assert keys.profile("p_1", "cart") == "cdp:profile:p_1:cart"
-

@@ -14,7 +14,7 @@ from cdp.records import RecordsWriter
 from cdp.schema import migrate
 from cdp.settings import Settings
 from cdp.storage import Warehouse
-from tests.integration.test_writer import append, rows
+from tests.streams import append, rows
 
 
 class Crash(Exception):
