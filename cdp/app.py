@@ -135,7 +135,8 @@ class Runtime:
             ProfilesApi: ProfilesApi(self.profiles, self.warehouse),
             ConsentApi: ConsentApi(self.profiles),
             Erasure: Erasure(self.redis, self.warehouse, self.profiles, streams,
-                             settings.dead_letter_stream, settings.erase_wait_seconds),
+                             [settings.dead_letter_stream, settings.profile_changes_stream],
+                             settings.erase_wait_seconds),
             ReportsApi: ReportsApi(self.warehouse, self.redis, streams),
             OperationsApi: OperationsApi(
                 self.redis,

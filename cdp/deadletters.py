@@ -102,22 +102,3 @@ def _letter(entry_id: Any, fields: dict[bytes, bytes]) -> DeadLetter:
         at=int(values.get("at", "0") or 0),
         payload=orjson.loads(values.get("payload", "{}")),
     )
-
-
-def forget(client: redis.Redis, stream: str, values: list[str]) -> int:
-    """Delete the dead letters whose fields mention any of these values (an erased person's
-    identifiers); returns how many."""
-    if not values:
-        return 0
-    doomed = []
-    start = "-"
-    while True:
-        page: Any = client.xrange(stream, min=start, max="+", count=500)
-        for letter_id, fields in page:
-            payload = b" ".join(fields.values()).decode(errors="replace")
-            if any(value in payload for value in values):
-                doomed.append(letter_id)
-        if len(page) < 500:
-            break
-        start = "(" + text(page[-1][0])
-    return int(client.xdel(stream, *doomed)) if doomed else 0

@@ -59,12 +59,20 @@ class NotFound(CdpError):
     status = 404
 
 
+class Conflict(CdpError):
+    status = 409
+
+
 class PayloadTooLarge(CdpError):
     status = 413
 
 
 class UnsupportedMediaType(CdpError):
     status = 415
+
+
+class Unprocessable(CdpError):
+    status = 422
 
 
 class HeadersTooLarge(CdpError):

@@ -39,6 +39,11 @@ AUDIT_COLUMNS: dict[str, tuple[Column, ...]] = {
         "suppression_log": (("profile_id", "String"), ("channel", "LowCardinality(String)"),
                             ("reason", "LowCardinality(String)"), ("suppressed", "Bool"),
                             ("at", MS_TYPE), ("source", "LowCardinality(String)")),
+        # Audience transitions (`rules/changes.py` describes them).
+        "audience_log": (("audience_id", "LowCardinality(String)"), ("profile_id", "String"),
+                         ("change", "LowCardinality(String)"), ("at", MS_TYPE),
+                         ("cause", "LowCardinality(String)"), ("generation", "UInt64"),
+                         ("reason", "String")),
     }.items()
 }  # fmt: skip
 MS = pl.Datetime("ms", "UTC")

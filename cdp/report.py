@@ -100,5 +100,3 @@ def overview(
     report.merges, report.refused_merges = int(merges), int(refused)
     report.backlog = backlog(client, streams)
     return report
-
-

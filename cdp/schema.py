@@ -117,6 +117,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "audience transitions",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS audience_log (
+            """
+            + audit_table_columns("audience_log")
+            + """,
+                INDEX idx_profile profile_id TYPE bloom_filter GRANULARITY 4
+            )
+            ENGINE = MergeTree
+            ORDER BY (audience_id, at)
+            """,
+        ),
+    ),
 )
 
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Identifiers one profile may hold; at least the five one event can name.
     identity_cap: int = Field(default=50, ge=5)
     profile_days: int = Field(default=90, ge=1)  # daily counts kept
+    # Each profile's track events as audiences read them (windows reach back this far).
+    history_days: int = Field(default=400, ge=1, le=3660)
+    vip_revenue: float = Field(default=500.0, ge=0)  # the `vip` audience's 90-day revenue
     erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)
@@ -100,6 +103,11 @@ class Settings(BaseSettings):
     def dead_letter_stream(self) -> str:
         """Entries a worker set aside after failing every try (`cdp.deadletters`)."""
         return f"{self.redis_prefix}:stream:dead_letters"
+
+    @property
+    def profile_changes_stream(self) -> str:
+        """The profiles each script call changed, for the audience worker (`rules/`)."""
+        return f"{self.redis_prefix}:stream:profile_changes"
 
     @property
     def records_stream(self) -> str:

@@ -3,8 +3,10 @@ settles them (positions, backlogs, trimming, waiting until what came before is p
 
 Streams (keys under the Redis prefix, named by `Settings`): `stream:events` (what the
 tracking API accepted), `stream:records` (rows bound for ClickHouse's audit tables),
-`stream:dead_letters` (entries a worker set aside). Groups on them: `warehouse` (the
-writers, on events and records) and `profiles` (the profile workers, on events)."""
+`stream:dead_letters` (entries a worker set aside), `stream:profile_changes` (the profiles
+and products each change touched), `stream:audience_changes` (enters and exits). Groups on
+them: `warehouse` (the writers, on events and records), `profiles` (the profile workers,
+on events) and `audiences` (the audience workers, on profile changes)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from cdp.storage import text
 
 WAREHOUSE_GROUP = "warehouse"
 PROFILES_GROUP = "profiles"
+AUDIENCES_GROUP = "audiences"
 
 
 def trim_consumed(client: redis.Redis, stream: str) -> int:
@@ -148,3 +151,22 @@ def backlog(client: redis.Redis, streams: list[str]) -> int:
             continue
         waiting += sum(int(group.get("lag") or 0) + int(group["pending"]) for group in groups)
     return waiting
+
+
+def forget(client: redis.Redis, stream: str, values: list[str]) -> int:
+    """Delete the entries whose fields mention any of these values (an erased person's
+    identifiers and profile ids); returns how many."""
+    if not values:
+        return 0
+    doomed = []
+    start = "-"
+    while True:
+        page: Any = client.xrange(stream, min=start, max="+", count=500)
+        for letter_id, fields in page:
+            payload = b" ".join(fields.values()).decode(errors="replace")
+            if any(value in payload for value in values):
+                doomed.append(letter_id)
+        if len(page) < 500:
+            break
+        start = "(" + text(page[-1][0])
+    return int(client.xdel(stream, *doomed)) if doomed else 0

@@ -3,7 +3,8 @@
 -- ARGV: 1 key prefix, 2 JSON array of changes, 3 marker TTL (s), 4 identifier cap,
 --       5 days of daily counts kept, 6 now (ms), 7 records stream, 8 '1' when replaying
 --       (the audit rows exist already: only identity mappings are recorded again),
---       9 JSON array of markers: the stream entries whose events these changes are.
+--       9 JSON array of markers: the stream entries whose events these changes are,
+--       10 days of audience history kept, 11 the profile-changes stream ('' for none).
 -- A change is {kind="event"|"consent"|"suppress"|"unsuppress", ...}. An event change may
 -- stand for `n` events of the same identifiers (counts summed, `t0` the earliest time, `t`
 -- the latest). If any marker exists the call changes nothing and returns -1: those entries
@@ -25,15 +26,20 @@ local now = tonumber(ARGV[6])
 local records = ARGV[7]
 local replaying = ARGV[8] == '1'
 local markers = cjson.decode(ARGV[9])
+local history_days = tonumber(ARGV[10])
+local changes_stream = ARGV[11]
 local first_day = math.floor(now / 86400000) - keep_days + 1
+local history_from = now - history_days * 86400000
 local VIEWED_KEPT = 20
 local LOG_KEPT = 100
 local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'viewed',
                'viewed_items', 'consent', 'consent_at', 'consent_src', 'suppression', 'log',
-               'absorbed'}
+               'absorbed', 'history'}
 
 local applied, merges, refused = 0, 0, 0
 local days_added = {}  -- profile and day pairs this call has put in a profile's days
+local changed = {}  -- profiles this call changed, for the audience worker
+local merged_pairs = {}  -- {from, to} of each merge, in order
 
 -- Key names are made once per call: in a script, joining strings costs about what a
 -- command does.
@@ -334,6 +340,14 @@ local function move_consent(from, to)
   end
 end
 
+local function move_history(from, to)
+  local history = key(from, 'history')
+  if redis.call('EXISTS', history) == 1 then
+    redis.call('ZUNIONSTORE', key(to, 'history'), 2, key(to, 'history'), history,
+               'AGGREGATE', 'MIN')
+  end
+end
+
 local function move_log(from, to)
   local entries = redis.call('LRANGE', key(from, 'log'), 0, -1)
   if #entries > 0 then
@@ -376,10 +390,14 @@ local function move(from, to, cause, message_id, at)
   move_viewed(from, to)
   move_consent(from, to)
   move_log(from, to)
+  move_history(from, to)
   redirect(from, to)
   retire(from)
   moved[from] = to
   moved[to] = nil
+  changed[from] = nil
+  changed[to] = true
+  merged_pairs[#merged_pairs + 1] = {from, to}
   record('identity_merges', {survivor = to, merged = from, cause = cause,
                              message_id = message_id, event_at = at, at = now})
   merges = merges + 1
@@ -544,6 +562,19 @@ local function apply_event(e)
     days_added[known_day] = true
   end
   if e.tr then keep_latest_all(key(pid, 'traits'), key(pid, 'traits_at'), e.tr, t) end
+  if e.h then
+    local scored = {}
+    for _, happened in ipairs(e.h) do  -- {time, member}
+      if happened[1] > history_from then
+        scored[#scored + 1] = happened[1]; scored[#scored + 1] = happened[2]
+      end
+    end
+    if #scored > 0 then
+      redis.call('ZADD', key(pid, 'history'), unpack(scored))
+      redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
+    end
+  end
+  changed[pid] = true
   if e.cart then
     local op, product = e.cart[1], e.cart[2]
     local cleared = tonumber(m[4]) or 0
@@ -623,8 +654,19 @@ for _, c in ipairs(changes) do
                                    suppressed = false, at = c.t, source = c.source})
       end
       applied = applied + 1
+      changed[pid] = true
     end
   end
 end
 send_records()
+if changes_stream ~= '' and next(changed) then
+  local live_ids = {}
+  for pid in pairs(changed) do
+    local id = live(pid)
+    if redis.call('EXISTS', key(id)) == 1 then live_ids[#live_ids + 1] = id end
+  end
+  -- Capped: with no audience worker running, it does not grow without end.
+  redis.call('XADD', changes_stream, 'MAXLEN', '~', 1000000, '*', 'p', cjson.encode(live_ids),
+             'm', cjson.encode(merged_pairs), 'at', now)
+end
 return {applied, merges, refused}

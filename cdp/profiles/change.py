@@ -118,6 +118,20 @@ class Change(TypedDict, total=False):
     n: int  # grouped: how many events this change stands for
     t0: int  # grouped: the earliest of their times
     tzt: int  # grouped: the time of the time zone kept
+    h: list[list[Any]]  # track events for the audience history: [time, JSON member]
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | bool | int) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
+
+
+def history_member(event: StoredEvent) -> str:
+    """The event as the audience history keeps it: its id, name and scalar properties
+    (`rules/` reads them; nested values are not comparable in a definition)."""
+    scalars = {k: v for k, v in event.properties.items() if _scalar(v)}
+    return orjson.dumps([event.message_id, event.event, scalars]).decode()
 
 
 def change_of(event: StoredEvent) -> Change:
@@ -147,6 +161,8 @@ def change_of(event: StoredEvent) -> Change:
     time_zone = event.context.get("timezone")
     if time_zone and isinstance(time_zone, str) and time_zone in TIME_ZONES:
         change["tz"] = time_zone
+    if kind == "track":
+        change["h"] = [[event.timestamp, history_member(event)]]
     if name in SHOPPING:
         _shopping(change, name, product, event, warnings)
     _consent(change, name, traits, properties, warnings)
@@ -266,4 +282,6 @@ def grouped(changes: Iterable[Change]) -> list[Change]:
             group["tz"], group["tzt"] = change["tz"], t
         if "views" in change:
             group["views"] = group.get("views", []) + change["views"]
+        if "h" in change:
+            group["h"] = group.get("h", []) + change["h"]
     return out

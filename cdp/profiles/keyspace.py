@@ -6,15 +6,18 @@ Under the prefix: `profile:<id>` (a hash: the profile's fields) and `profile:<id
 for each part, `profile:<id>:day:<day>` (counts of one UTC day), `identity:<tag>:<value>`
 (the live profile an identifier belongs to), `merged:<id>` (the profile an id was merged
 into), `profiles` and `profiles:known` (sets of live ids), `applied:<entry id>` (a stream
-entry applied already)."""
+entry applied already). `profile:<id>:history` holds the track events audiences read: members
+`[message id, event, properties]` as JSON, scored by time."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 PARTS = ("ids", "traits", "traits_at", "days", "cart", "cart_items", "viewed", "viewed_items",
-         "consent", "consent_at", "consent_src", "suppression", "log", "absorbed")  # fmt: skip
-NOT_HASHES = {"days": "zset", "viewed": "zset", "log": "list", "absorbed": "set"}
+         "consent", "consent_at", "consent_src", "suppression", "log", "absorbed",
+         "history")  # fmt: skip
+NOT_HASHES = {"days": "zset", "viewed": "zset", "log": "list", "absorbed": "set",
+              "history": "zset"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,5 +51,14 @@ class Keyspace:
 
     def rebuilt(self) -> list[str]:
         """Patterns of what replay rebuilds (the salt stays, so profiles keep their ids)."""
-        return [f"{self.prefix}:{pattern}" for pattern in
-                ("profile:*", "identity:*", "merged:*", "applied:*", "profiles", "profiles:known")]
+        return [
+            f"{self.prefix}:{pattern}"
+            for pattern in (
+                "profile:*",
+                "identity:*",
+                "merged:*",
+                "applied:*",
+                "profiles",
+                "profiles:known",
+            )
+        ]

@@ -7,12 +7,13 @@ event on its way to ClickHouse or to the profile brings the person back afterwar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from cdp import deadletters, streams
+from cdp import streams
 from cdp.errors import NotFound, Unavailable
 from cdp.profiles.history import audit, events_of, profile_ids
 from cdp.profiles.identity import Kind, tagged
@@ -20,6 +21,9 @@ from cdp.profiles.keyspace import PARTS
 from cdp.profiles.reader import Profile
 from cdp.profiles.store import ProfileStore
 from cdp.storage import Warehouse, text
+
+# Erases what a feature package holds on the profile ids given; returns counts by place.
+Eraser = Callable[[list[str]], dict[str, int]]
 
 
 def export(warehouse: Warehouse, profile: Profile) -> dict[str, Any]:
@@ -36,7 +40,8 @@ def erase(
     store: ProfileStore,
     profile: Profile,
     settled_upto: dict[str, tuple[int, int]],
-    dead_letter_stream: str,
+    scanned: list[str],
+    erasers: list[Eraser],
 ) -> dict[str, int]:
     """Remove the person everywhere; returns what was removed where."""
     pids = profile_ids(warehouse, profile)
@@ -73,7 +78,10 @@ def erase(
         report[table] = int(count)
     for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
         report[f"stream_entries:{stream}"] = int(client.xtrim(stream, minid=f"{ms}-{seq + 1}"))
-    report["dead_letters"] = deadletters.forget(client, dead_letter_stream, values)
+    for stream in scanned:  # dead letters, profile changes: whatever names the person
+        report[f"stream_entries:{stream}"] = streams.forget(client, stream, values + pids)
+    for eraser in erasers:
+        report.update(eraser(pids))
     return report
 
 
@@ -85,8 +93,9 @@ class Erasure:
     warehouse: Warehouse
     store: ProfileStore
     streams: list[str]  # events, then records: each fed by consumers of the one before
-    dead_letters: str
+    scanned: list[str]  # streams whose entries naming the person are deleted
     wait_seconds: float
+    erasers: list[Eraser] = field(default_factory=list)  # what feature packages hold
 
     def forget(self, profile_id: str) -> tuple[str, dict[str, int]]:
         """Erase the person once everything received before is processed; the erased id
@@ -100,5 +109,5 @@ class Erasure:
         if profile is None:
             raise NotFound(f"no profile {profile_id}")
         removed = erase(self.client, self.warehouse, self.store, profile, settled,
-                        self.dead_letters)  # fmt: skip
+                        self.scanned, self.erasers)  # fmt: skip
         return profile.id, removed

@@ -58,6 +58,13 @@ def _text(mapping: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in mapping.items()}
 
 
+@dataclass(frozen=True)
+class AudienceInputs:
+    history: list[tuple[int, str, str, dict[str, Any]]]  # (at, message id, event, properties)
+    traits: dict[str, Any]
+    granted: set[tuple[str, str]]  # (channel, purpose)
+
+
 class ProfileReader:
     """The live profiles under one key prefix, read."""
 
@@ -96,6 +103,34 @@ class ProfileReader:
         for part in CONSENT_PARTS:  # only what consent is made of, not the whole profile
             pipe.hgetall(self.key(pid, part))
         return _consent(dict(zip(CONSENT_PARTS, pipe.execute(), strict=True)))
+
+    def audience_inputs(self, profile_id: str, since: int) -> AudienceInputs | None:
+        """What audiences read of a live profile (`profile_id` must be live: see
+        `live_id`), in one round trip: its track events after `since` (epoch ms) in time
+        order, its traits (JSON values), the (channel, purpose) pairs granted now. None when
+        the profile does not exist."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(self.key(profile_id))
+        pipe.zrange(self.key(profile_id, "history"), f"({since}", "+inf", byscore=True,
+                    withscores=True)  # fmt: skip
+        pipe.hgetall(self.key(profile_id, "traits"))
+        pipe.hgetall(self.key(profile_id, "consent"))
+        exists, history, traits, consent = pipe.execute()
+        if not exists:
+            return None
+        return AudienceInputs(
+            history=[(int(at), *orjson.loads(member)) for member, at in history],
+            traits={text(k): orjson.loads(v) for k, v in traits.items()},
+            granted={_pair(text(pair)) for pair, status in consent.items() if status == b"granted"},
+        )
+
+    def granted(self, profile_ids: list[str], channel: str, purpose: str) -> set[str]:
+        """Those of these live profiles that have consent for the channel and purpose now."""
+        pipe = self.client.pipeline(transaction=False)
+        for pid in profile_ids:
+            pipe.hget(self.key(pid, "consent"), f"{channel}:{purpose}")
+        return {pid for pid, status in zip(profile_ids, pipe.execute(), strict=True)
+                if status == b"granted"}  # fmt: skip
 
     def profile_ids(self) -> set[str]:
         """Every live profile's id."""
@@ -205,6 +240,11 @@ def _last_viewed(parts: dict[str, Any]) -> list[dict[str, Any]]:
          "product_id": product.decode(), "viewed_at": iso(int(score))}
         for product, score in reversed(parts["viewed"])
     ]  # fmt: skip
+
+
+def _pair(channel_purpose: str) -> tuple[str, str]:
+    channel, _, purpose = channel_purpose.partition(":")
+    return channel, purpose
 
 
 def _consent(parts: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -71,12 +71,16 @@ class ProfileStore(ProfileReader):
         marker_seconds: int = 7 * 86400,
         identity_cap: int = 50,
         days: int = 90,
+        history_days: int = 400,
+        changes_stream: str = "",
     ) -> None:
         super().__init__(client, prefix)
         self.records_stream = records_stream
         self.marker_seconds = marker_seconds
         self.identity_cap = identity_cap
         self.days = days
+        self.history_days = history_days
+        self.changes_stream = changes_stream
         source = resources.files("cdp").joinpath("lua/profiles.lua").read_text()
         self._script = client.register_script(source)
         self._source = source
@@ -91,6 +95,8 @@ class ProfileStore(ProfileReader):
             marker_seconds=settings.dedup_window_hours * 3600,
             identity_cap=settings.identity_cap,
             days=settings.profile_days,
+            history_days=settings.history_days,
+            changes_stream=settings.profile_changes_stream,
         )
 
     def apply(self, changes: Iterable[Mapping[str, object]], *, replaying: bool = False) -> Applied:
@@ -187,7 +193,8 @@ class ProfileStore(ProfileReader):
     ) -> list[Any]:
         return [self.prefix, orjson.dumps(batch), self.marker_seconds, self.identity_cap,
                 self.days, int(time.time() * 1000), self.records_stream,
-                "1" if replaying else "0", orjson.dumps(markers)]  # fmt: skip
+                "1" if replaying else "0", orjson.dumps(markers), self.history_days,
+                self.changes_stream]  # fmt: skip
 
     def _run(
         self, batch: Sequence[Mapping[str, object]], replaying: bool, markers: list[str]

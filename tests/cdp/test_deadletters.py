@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from cdp.consumer import Entries, StreamConsumer
-from cdp.deadletters import dead_letter_stream, forget, listed, set_aside
+from cdp.deadletters import dead_letter_stream, listed, set_aside
 from cdp.settings import Settings
+from cdp.streams import forget
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 from tests.streams import append, rows
 

@@ -1,0 +1,393 @@
+"""What each condition of a definition reads on one profile at one moment: the value it
+measures (a count, an age, a sum, a flag), whether it holds, and the next moment at which
+it could change with no new event (a window sliding, an hour passing). These readings are
+the flat snapshot the engine matches, the reason recorded with a transition, and the
+answer to "why is this profile (not) in this audience".
+
+The subject is read from Redis: the profile's history of track events (the audience view,
+kept `CDP_HISTORY_DAYS`), its traits, consent, memberships, and the catalog's stock."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.definition import (
+    Aggregate,
+    AggregateNode,
+    And,
+    Bucket,
+    BucketNode,
+    Cart,
+    CartNode,
+    Consent,
+    ConsentNode,
+    EventRef,
+    LastPerformed,
+    LastPerformedNode,
+    Leaf,
+    MemberOf,
+    MemberOfNode,
+    Node,
+    Not,
+    NotFollowedBy,
+    NotFollowedByNode,
+    Or,
+    OutOfStock,
+    OutOfStockNode,
+    Performed,
+    PerformedNode,
+    Trait,
+    TraitNode,
+    Where,
+    kind_of,
+    leaves,
+    spec_of,
+)
+
+PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED = (
+    "Product Added",
+    "Product Removed",
+    "Order Completed",
+)
+NEVER = -1  # the age of what never happened
+
+
+@dataclass(frozen=True, slots=True)
+class Happened:
+    """One track event in a profile's history."""
+
+    message_id: str
+    event: str
+    at: int  # epoch ms, when it happened
+    properties: dict[str, Any]
+
+
+@dataclass
+class Subject:
+    """Everything a definition may read of one profile."""
+
+    profile_id: str
+    history: list[Happened] = field(default_factory=list)  # by time
+    traits: dict[str, Any] = field(default_factory=dict)
+    consent: set[tuple[str, str]] = field(default_factory=set)  # (channel, purpose) granted
+    memberships: set[str] = field(default_factory=set)
+    out_of_stock: frozenset[str] = frozenset()  # product ids with no stock now
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One condition at one moment. `value` is what the engine compares (a number);
+    `shown` is what a person reads."""
+
+    path: str
+    kind: str
+    value: float
+    present: bool  # False: nothing to compare (an average of no event, a trait not set)
+    holds: bool
+    threshold: str
+    shown: Any
+    next_at: int | None  # the next moment it may change with no new event
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "condition": self.kind, "value": self.shown,
+                "threshold": self.threshold, "holds": self.holds}  # fmt: skip
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}  # fmt: skip
+
+
+def same_value(actual: Any, expected: Any) -> bool:
+    """Equality as ClickHouse's typed JSON subcolumns see it: text with text, a bool with a
+    bool, a number with a number."""
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    if isinstance(expected, str) or isinstance(actual, str):
+        return isinstance(actual, str) and isinstance(expected, str) and actual == expected
+    a, b = number(actual), number(expected)
+    return a is not None and b is not None and a == b
+
+
+def matches(where: Where, properties: dict[str, Any]) -> bool:
+    actual = properties.get(where.property)
+    if actual is None:
+        return False
+    if where.op == "in":
+        assert isinstance(where.value, list)
+        return any(same_value(actual, v) for v in where.value)
+    if where.op == "==":
+        return same_value(actual, where.value)
+    if where.op == "!=":
+        # A property that is there with another value (of any type); absent never matches.
+        return not same_value(actual, where.value)
+    a = number(actual)
+    return a is not None and COMPARE[where.op](a, where.value)
+
+
+def of(ref: EventRef, history: Iterable[Happened]) -> list[Happened]:
+    return [
+        h
+        for h in history
+        if h.event == ref.event and all(matches(w, h.properties) for w in ref.where)
+    ]
+
+
+def _soonest(*moments: int | None) -> int | None:
+    found = [m for m in moments if m is not None]
+    return min(found) if found else None
+
+
+def _arrivals(events: list[Happened], now: int) -> int | None:
+    """The first event dated after now counts from its time."""
+    return _soonest(*(h.at for h in events if h.at > now))
+
+
+def _in_window(events: list[Happened], now: int, within: int) -> list[Happened]:
+    return [h for h in events if now - within < h.at <= now]
+
+
+def _leaves_window(inside: list[Happened], within: int) -> int | None:
+    return _soonest(*(h.at + within for h in inside))
+
+
+def group_of(happened: Happened, prop: str) -> str | None:
+    value = happened.properties.get(prop)
+    return value if isinstance(value, str) else None
+
+
+def performed(spec: Performed, s: Subject, now: int) -> tuple[float, bool, Any, int | None]:
+    events = of(spec, s.history)
+    inside = _in_window(events, now, spec.within)
+    if spec.same:
+        groups = Counter(g for h in inside if (g := group_of(h, spec.same)) is not None)
+        count = max(groups.values(), default=0)
+        shown: Any = {"count": count, "of": spec.same,
+                      "value": groups.most_common(1)[0][0] if groups else None}  # fmt: skip
+        inside = [h for h in inside if group_of(h, spec.same) is not None]
+        events = [h for h in events if group_of(h, spec.same) is not None]
+    else:
+        count = len(inside)
+        shown = count
+    holds = COMPARE[spec.op](count, spec.times)
+    return (
+        count,
+        holds,
+        shown,
+        _soonest(_leaves_window(inside, spec.within), _arrivals(events, now)),
+    )
+
+
+def _last(events: list[Happened], now: int) -> int | None:
+    return max((h.at for h in events if h.at <= now), default=None)
+
+
+def not_followed_by(
+    spec: NotFollowedBy, s: Subject, now: int
+) -> tuple[float, bool, Any, int | None]:
+    firsts = of(spec, s.history)
+    within = spec.within
+    candidates = [h for h in firsts if h.at <= now and (within is None or h.at > now - within)]
+    last = max((h.at for h in candidates), default=None)
+    thens = of(spec.then, s.history)
+    arrivals = _arrivals(firsts + thens, now)
+    if last is None:
+        return NEVER, False, None, arrivals
+    if any(last < h.at <= now for h in thens):
+        return (
+            NEVER,
+            False,
+            {"since": last, "followed": True},
+            _soonest(arrivals, last + within if within else None),
+        )
+    waited = now - last
+    holds = waited >= spec.wait
+    due = last + spec.wait if not holds else None
+    slides = last + within if within else None
+    return waited, holds, {"since": last, "waited_ms": waited}, _soonest(due, slides, arrivals)
+
+
+def last_performed(
+    spec: LastPerformed, s: Subject, now: int
+) -> tuple[float, bool, Any, int | None]:
+    events = of(spec, s.history)
+    last = _last(events, now)
+    arrivals = _arrivals(events, now)
+    if last is None:
+        return NEVER, False, None, arrivals
+    age = now - last
+    holds = age >= spec.ago if spec.op == ">=" else age < spec.ago
+    return (
+        age,
+        holds,
+        {"last": last, "ago_ms": age},
+        _soonest(last + spec.ago if last + spec.ago > now else None, arrivals),
+    )
+
+
+def aggregate(spec: Aggregate, s: Subject, now: int) -> tuple[float, bool, bool, Any, int | None]:
+    events = [h for h in of(spec, s.history) if number(h.properties.get(spec.property)) is not None]
+    inside = _in_window(events, now, spec.within)
+    values = [number(h.properties[spec.property]) or 0.0 for h in inside]
+    present = bool(values) or spec.fn in ("sum", "count")
+    result = {
+        "sum": lambda: math.fsum(values), "count": lambda: float(len(values)),
+        "avg": lambda: math.fsum(values) / len(values), "min": lambda: min(values),
+        "max": lambda: max(values),
+    }[spec.fn]() if present else 0.0  # fmt: skip
+    value = round(result, 6)
+    holds = present and COMPARE[spec.op](value, spec.value)
+    return (
+        value,
+        present,
+        holds,
+        value if present else None,
+        _soonest(_leaves_window(inside, spec.within), _arrivals(events, now)),
+    )
+
+
+def cart_units(history: list[Happened], now: int) -> int:
+    """Added less removed, per product (none below zero), since the last order."""
+    upto = [h for h in history if h.at <= now]
+    last_order = max((h.at for h in upto if h.event == ORDER_COMPLETED), default=None)
+    per_product: Counter[str] = Counter()
+    for h in upto:
+        if last_order is not None and h.at <= last_order:
+            continue
+        product = product_of(h.properties)
+        if not product or h.event not in (PRODUCT_ADDED, PRODUCT_REMOVED):
+            continue
+        quantity = quantity_of(h.properties)
+        per_product[product] += quantity if h.event == PRODUCT_ADDED else -quantity
+    return sum(max(0, units) for units in per_product.values())
+
+
+def product_of(properties: dict[str, Any]) -> str | None:
+    value = properties.get("product_id")
+    return value if isinstance(value, str) and value else None
+
+
+def quantity_of(properties: dict[str, Any]) -> int:
+    value = properties.get("quantity")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1000:
+        return value
+    return 1
+
+
+def bucket_of(profile_id: str, salt: str) -> int:
+    """0..99, stable for a profile and a salt (`rules/sql.py` computes the same)."""
+    return int(hashlib.sha256(f"{salt}:{profile_id}".encode()).hexdigest()[:8], 16) % 100
+
+
+def trait_holds(spec: Trait, traits: dict[str, Any]) -> tuple[bool, bool]:
+    """(present, holds): a trait of another type than the value never matches."""
+    actual = traits.get(spec.name)
+    if actual is None:
+        return False, False
+    if spec.op in ("==", "!="):
+        same = same_value(actual, spec.value)
+        comparable = (isinstance(actual, bool) == isinstance(spec.value, bool)) and (
+            isinstance(actual, str) == isinstance(spec.value, str)
+        )
+        return True, comparable and (same if spec.op == "==" else not same)
+    a = number(actual)
+    return True, a is not None and COMPARE[spec.op](a, spec.value)
+
+
+def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[str], int | None]:
+    inside = [h for h in s.history if h.event in spec.events and now - spec.within < h.at <= now]
+    products = sorted(
+        {p for h in inside if (p := product_of(h.properties)) and p in s.out_of_stock}
+    )
+    watched = [h for h in inside if product_of(h.properties) in s.out_of_stock]
+    later = [h for h in s.history if h.event in spec.events and h.at > now]
+    return products, _soonest(_leaves_window(watched, spec.within), _arrivals(later, now))
+
+
+def read_leaf(path: str, leaf: Leaf, s: Subject, now: int) -> Reading:  # noqa: C901, PLR0911
+    spec = spec_of(leaf)
+    kind = kind_of(leaf)
+    if isinstance(leaf, PerformedNode):
+        assert isinstance(spec, Performed)
+        value, holds, shown, next_at = performed(spec, s, now)
+        return Reading(path, kind, value, True, holds, f"{spec.op} {spec.times}", shown, next_at)
+    if isinstance(leaf, NotFollowedByNode):
+        assert isinstance(spec, NotFollowedBy)
+        value, holds, shown, next_at = not_followed_by(spec, s, now)
+        return Reading(path, kind, value, True, holds, f"waited >= {spec.wait} ms", shown, next_at)
+    if isinstance(leaf, LastPerformedNode):
+        assert isinstance(spec, LastPerformed)
+        value, holds, shown, next_at = last_performed(spec, s, now)
+        return Reading(
+            path, kind, value, True, holds, f"age {spec.op} {spec.ago} ms", shown, next_at
+        )
+    if isinstance(leaf, AggregateNode):
+        assert isinstance(spec, Aggregate)
+        value, present, holds, shown, next_at = aggregate(spec, s, now)
+        threshold = f"{spec.fn}({spec.property}) {spec.op} {spec.value}"
+        return Reading(path, kind, value, present, holds, threshold, shown, next_at)
+    if isinstance(leaf, TraitNode):
+        assert isinstance(spec, Trait)
+        present, holds = trait_holds(spec, s.traits)
+        shown = s.traits.get(spec.name)
+        return Reading(
+            path, kind, float(holds), present, holds, f"{spec.op} {spec.value!r}", shown, None
+        )
+    if isinstance(leaf, CartNode):
+        assert isinstance(spec, Cart)
+        units = cart_units(s.history, now)
+        holds = COMPARE[spec.op](units, spec.units)
+        return Reading(path, kind, units, True, holds, f"units {spec.op} {spec.units}", units,
+                       _arrivals(s.history, now))  # fmt: skip
+    if isinstance(leaf, ConsentNode):
+        assert isinstance(spec, Consent)
+        holds = (spec.channel, spec.purpose) in s.consent
+        shown = "granted" if holds else "not granted"
+        threshold = f"{spec.channel}/{spec.purpose} granted"
+        return Reading(path, kind, float(holds), True, holds, threshold, shown, None)
+    if isinstance(leaf, OutOfStockNode):
+        assert isinstance(spec, OutOfStock)
+        products, next_at = watched_out_of_stock(spec, s, now)
+        holds = bool(products)
+        return Reading(path, kind, float(holds), True, holds, "a watched product out of stock",
+                       products, next_at)  # fmt: skip
+    if isinstance(leaf, BucketNode):
+        assert isinstance(spec, Bucket)
+        b = bucket_of(s.profile_id, spec.salt)
+        return Reading(path, kind, b, True, b < spec.below, f"< {spec.below}", b, None)
+    assert isinstance(leaf, MemberOfNode) and isinstance(spec, MemberOf)
+    holds = spec.audience in s.memberships
+    return Reading(path, kind, float(holds), True, holds, f"member of {spec.audience}",
+                   "member" if holds else "not a member", None)  # fmt: skip
+
+
+def read(node: Node, s: Subject, now: int) -> list[Reading]:
+    """Every condition of the tree, left to right."""
+    return [read_leaf(path, leaf, s, now) for path, leaf in leaves(node)]
+
+
+def holds(node: Node, readings: dict[str, Reading], path: str = "root") -> bool:
+    """The tree's answer from its leaves' (the oracle the engine is tested against)."""
+    if isinstance(node, And):
+        return all(holds(c, readings, f"{path}.and[{i}]") for i, c in enumerate(node.and_))
+    if isinstance(node, Or):
+        return any(holds(c, readings, f"{path}.or[{i}]") for i, c in enumerate(node.or_))
+    if isinstance(node, Not):
+        return not holds(node.not_, readings, f"{path}.not")
+    return readings[path].holds
+
+
+def next_change(readings: Iterable[Reading], now: int) -> int | None:
+    return _soonest(*(r.next_at for r in readings if r.next_at is not None and r.next_at > now))

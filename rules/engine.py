@@ -1,0 +1,214 @@
+"""The durable_rules printer and matcher. Each audience becomes two rules over a flat
+numeric snapshot of its conditions' readings (`rules/conditions.py`): *enter* (not a member,
+the tree holds) and *exit* (a member, the tree does not hold, printed with the negation
+pushed down to the comparisons). Only transitions fire an action.
+
+What durable-rules 2.0.28 allows, and how this stays inside it (measured here): a fact
+carries at most about 125 properties (error 303 past that) and a ruleset's cost grows with
+its rules, so audiences are put in shards of `SHARD_SIZE`, a ruleset each, and a profile's
+snapshot is asserted and retracted once per shard; a ruleset cannot be redefined, so each
+generation of definitions gets new names; an OR fires once per satisfied branch (the
+actions are collected in a set); a fact that matches no rule raises
+MessageNotHandledException, which means "no transition"."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.conditions import Reading
+from rules.definition import (
+    AggregateNode,
+    And,
+    BucketNode,
+    CartNode,
+    LastPerformedNode,
+    Leaf,
+    Node,
+    Not,
+    NotFollowedByNode,
+    Or,
+    PerformedNode,
+    spec_of,
+)
+
+SHARD_SIZE = 8
+RULESETS = itertools.count()  # names are for the process's life: a ruleset cannot be redefined
+MAX_TERMS = 64  # the engine expands each rule to its disjunctive form
+INVERSE = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
+
+
+# A printed expression: ("cmp", field, op, value) | ("and", [...]) | ("or", [...]).
+Expr = tuple[Any, ...]
+
+
+def _cmp(name: str, op: str, value: float) -> Expr:
+    return ("cmp", name, op, value)
+
+
+# Leaves compared as one number with a threshold: (operator, threshold) of each.
+COMPARISONS: dict[type, Any] = {
+    PerformedNode: lambda spec: (spec.op, spec.times),
+    NotFollowedByNode: lambda spec: (">=", spec.wait),
+    LastPerformedNode: lambda spec: (">=", spec.ago),  # `<` is a range: below
+    CartNode: lambda spec: (spec.op, spec.units),
+    BucketNode: lambda spec: ("<", spec.below),
+}
+
+
+def leaf_expr(leaf: Leaf, value: str, present: str, negated: bool) -> Expr:
+    """The leaf's comparison over its snapshot fields, or its negation."""
+    spec = spec_of(leaf)
+    if isinstance(leaf, LastPerformedNode) and spec.op == "<":  # done, and recently
+        if negated:
+            return ("or", [_cmp(value, "<", 0), _cmp(value, ">=", spec.ago)])
+        return ("and", [_cmp(value, ">=", 0), _cmp(value, "<", spec.ago)])
+    if isinstance(leaf, AggregateNode):  # an average of nothing is not compared
+        if negated:
+            return ("or", [_cmp(present, "==", 0), _cmp(value, INVERSE[spec.op], spec.value)])
+        return ("and", [_cmp(present, "==", 1), _cmp(value, spec.op, spec.value)])
+    comparison = COMPARISONS.get(type(leaf))
+    # Traits (typed comparisons, made in Python), consent, stock and membership: flags.
+    op, threshold = comparison(spec) if comparison else ("==", 1)
+    return _cmp(value, INVERSE[op] if negated else op, threshold)
+
+
+def print_tree(node: Node, prefix: str, negated: bool = False, path: str = "root") -> Expr:
+    """The tree as one expression over fields `<prefix>v<i>` / `<prefix>p<i>` (leaf i in
+    left-to-right order), its negation pushed down to the leaves."""
+    counter = itertools.count()
+
+    def visit(n: Node, neg: bool) -> Expr:
+        if isinstance(n, And | Or):
+            parts = [visit(c, neg) for c in (n.and_ if isinstance(n, And) else n.or_)]
+            is_and = isinstance(n, And) != neg
+            return ("and" if is_and else "or", parts)
+        if isinstance(n, Not):
+            return visit(n.not_, not neg)
+        i = next(counter)
+        return leaf_expr(n, f"{prefix}v{i}", f"{prefix}p{i}", neg)
+
+    return visit(node, negated)
+
+
+def terms(expr: Expr) -> int:
+    """How many conjunctions the engine expands the expression to."""
+    if expr[0] == "cmp":
+        return 1
+    counts = [terms(e) for e in expr[1]]
+    if expr[0] == "or":
+        return sum(counts)
+    product = 1
+    for count in counts:
+        product *= count
+    return product
+
+
+def complexity(node: Node) -> int:
+    return max(terms(print_tree(node, "x")), terms(print_tree(node, "x", negated=True)))
+
+
+def durable(expr: Expr) -> Any:
+    """The expression in durable_rules' Python DSL."""
+    from durable.lang import m
+
+    if expr[0] == "cmp":
+        _, name, op, value = expr
+        left = getattr(m, name)
+        return {">=": left >= value, ">": left > value, "<=": left <= value,
+                "<": left < value, "==": left == value, "!=": left != value}[op]  # fmt: skip
+    parts = [durable(e) for e in expr[1]]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = (combined & part) if expr[0] == "and" else (combined | part)
+    return combined
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One audience as the engine sees it."""
+
+    audience: str
+    slot: int  # its index: fields are `a<slot>v<i>`, its member flag `a<slot>m`
+    root: Node
+
+    @property
+    def prefix(self) -> str:
+        return f"a{self.slot}"
+
+    def snapshot(self, readings: list[Reading], member: bool) -> dict[str, float]:
+        fact: dict[str, float] = {f"{self.prefix}m": int(member)}
+        for i, reading in enumerate(readings):
+            fact[f"{self.prefix}v{i}"] = reading.value
+            fact[f"{self.prefix}p{i}"] = int(reading.present)
+        return fact
+
+
+@dataclass
+class Matcher:
+    """The audiences of one generation, matched by durable_rules, in shards. Used by one
+    thread (the engine loses actions when threads share a session)."""
+
+    generation: int
+    audiences: list[Compiled]
+    _fired: set[tuple[str, str]] = field(default_factory=set)
+    _shard_of: dict[str, int] = field(default_factory=dict)
+    _names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from durable.lang import ruleset, when_all
+
+        for s, start in enumerate(range(0, len(self.audiences), SHARD_SIZE)):
+            name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
+            with ruleset(name):
+                for compiled in self.audiences[start : start + SHARD_SIZE]:
+                    self._shard_of[compiled.audience] = s
+                    member = f"{compiled.prefix}m"
+                    enter = (
+                        "and",
+                        [_cmp(member, "==", 0), print_tree(compiled.root, compiled.prefix)],
+                    )
+                    negation = print_tree(compiled.root, compiled.prefix, negated=True)
+                    leave = ("and", [_cmp(member, "==", 1), negation])
+                    when_all(durable(enter))(self._action(compiled.audience, "enter"))
+                    when_all(durable(leave))(self._action(compiled.audience, "exit"))
+            self._names.append(name)
+
+    def _action(self, audience: str, change: str) -> Any:
+        def action(c: Any) -> None:  # one parameter: durable_rules calls it synchronously
+            self._fired.add((audience, change))
+
+        return action
+
+    def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
+        """(audience, "enter" | "exit") for each audience whose snapshot shows a transition.
+        Snapshots of audiences in one shard are asserted as one fact."""
+        from durable.engine import MessageNotHandledException
+        from durable.lang import get_host
+
+        host = get_host()
+        by_shard: dict[int, dict[str, float]] = {}
+        for audience, fact in snapshots.items():
+            by_shard.setdefault(self._shard_of[audience], {}).update(fact)
+        self._fired.clear()
+        for shard, fact in by_shard.items():
+            name = self._names[shard]
+            try:
+                host.assert_fact(name, fact)
+            except MessageNotHandledException:
+                continue  # no rule matched: no transition
+            with contextlib.suppress(MessageNotHandledException):
+                host.retract_fact(name, fact)
+        return set(self._fired)
+
+    def shard_count(self) -> int:
+        return len(self._names)
+
+
+def compile_all(definitions: Iterable[tuple[str, Node]], start_slot: int = 0) -> list[Compiled]:
+    return [
+        Compiled(audience, start_slot + i, root) for i, (audience, root) in enumerate(definitions)
+    ]

@@ -1,0 +1,123 @@
+"""One profile's audiences at one moment: read its conditions, let the engine match the
+snapshots, and say which memberships change, why, and when to look again.
+
+A plan is one generation of definitions compiled for the engine, in layers (an audience
+that references another is matched after it, in the same pass, so a change ripples
+through at once)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from cdp.profiles.reader import ProfileReader
+from rules.audiences import DAY_MS, layers
+from rules.changes import AudienceChange, Cause, Change
+from rules.conditions import Happened, Reading, Subject, holds, next_change, read
+from rules.definition import Definition, OutOfStockNode, leaves
+from rules.engine import Compiled, Matcher
+
+log = logging.getLogger(__name__)
+
+DISAGREEMENTS = Counter(
+    "cdp_audience_engine_disagreements",
+    "Transitions where durable_rules and the tree's own reading disagreed (should stay 0)",
+)
+
+
+@dataclass
+class Plan:
+    generation: int
+    layers: list[list[Compiled]]
+    definitions: dict[str, Definition]
+    matcher: Matcher
+    reads_stock: bool  # some audience reads the catalog
+
+    @classmethod
+    def of(cls, generation: int, definitions: list[Definition]) -> Plan:
+        compiled_layers: list[list[Compiled]] = []
+        slot = 0
+        for layer in layers(definitions):
+            compiled_layers.append([Compiled(d.id, slot + i, d.root) for i, d in enumerate(layer)])
+            slot += len(layer)
+        flat = [c for layer in compiled_layers for c in layer]
+        reads_stock = any(
+            isinstance(leaf, OutOfStockNode) for d in definitions for _, leaf in leaves(d.root)
+        )
+        return cls(generation, compiled_layers, {d.id: d for d in definitions},
+                   Matcher(generation, flat), reads_stock)  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    changes: list[AudienceChange] = field(default_factory=list)
+    next_at: int | None = None
+    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    members: set[str] = field(default_factory=set)
+
+
+def evaluate(plan: Plan, subject: Subject, now: int, cause: Cause) -> Outcome:
+    """Match every audience of the plan on the subject at `now` (epoch ms). Memberships of
+    audiences the plan does not hold (deleted, disabled) are left as exits."""
+    outcome = Outcome()
+    members = set(subject.memberships) & set(plan.definitions)
+    for gone in sorted(set(subject.memberships) - set(plan.definitions)):
+        outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
+                                              plan.generation, []))  # fmt: skip
+    subject.memberships = members
+    for layer in plan.layers:
+        snapshots = {}
+        for compiled in layer:
+            readings = read(compiled.root, subject, now)
+            outcome.readings[compiled.audience] = readings
+            snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
+        fired = plan.matcher.match(snapshots)
+        for compiled in layer:
+            audience = compiled.audience
+            readings = outcome.readings[audience]
+            expected = holds(compiled.root, {r.path: r for r in readings})
+            was = audience in members
+            change: Change | None = (
+                "enter" if (audience, "enter") in fired
+                else "exit" if (audience, "exit") in fired else None
+            )  # fmt: skip
+            if (change == "enter") != (expected and not was) or (change == "exit") != (
+                was and not expected
+            ):
+                DISAGREEMENTS.inc()
+                log.error("engine and tree disagree on %s for %s", audience, subject.profile_id)
+            if change == "enter":
+                members.add(audience)
+            elif change == "exit":
+                members.discard(audience)
+            if change:
+                reason = [r.as_dict() for r in readings]
+                outcome.changes.append(AudienceChange(audience, subject.profile_id, change, now,
+                                                      cause, plan.generation, reason))  # fmt: skip
+        subject.memberships = members
+    outcome.members = members
+    outcome.next_at = next_change(
+        (r for readings in outcome.readings.values() for r in readings), now
+    )
+    return outcome
+
+
+def subject_of(
+    reader: ProfileReader,
+    profile_id: str,
+    memberships: set[str],
+    now: int,
+    history_days: int,
+    out_of_stock: set[str] | None = None,
+) -> Subject | None:
+    """The subject of a live profile at `now`, its history limited to the kept days."""
+    inputs = reader.audience_inputs(profile_id, now - history_days * DAY_MS)
+    if inputs is None:
+        return None
+    history = [
+        Happened(mid, event, at, properties) for at, mid, event, properties in inputs.history
+    ]
+    return Subject(profile_id, history, inputs.traits, inputs.granted, memberships,
+                   frozenset(out_of_stock or ()))  # fmt: skip

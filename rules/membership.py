@@ -1,0 +1,65 @@
+"""Membership from the warehouse: who a definition holds for at a moment, by its SQL
+(`rules/sql.py`), with what the events cannot say read from live state: the members of
+referenced audiences, the catalog's stock, and consent (asked of Redis only for the
+profiles the events already let through). Preview shows it; backfill hands its superset
+to the real-time path, which decides each profile and records the transitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cdp.catalog import Catalog
+from cdp.profiles.reader import ProfileReader
+from cdp.storage import Warehouse, text
+from rules.audiences import DAY_MS
+from rules.definition import Node
+from rules.keyspace import AudienceKeys
+from rules.sql import Query, members_query
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where live sets come from."""
+
+    warehouse: Warehouse
+    redis: redis.Redis
+    reader: ProfileReader
+    catalog: Catalog
+    keys: AudienceKeys
+    history_days: int
+
+    def live_set(self, name: str, among: list[str] | None) -> list[str]:
+        kind, _, rest = name.partition(":")
+        if kind == "member":
+            return [text(m) for m in self.redis.zrange(self.keys.members(rest), 0, -1)]
+        if kind == "out_of_stock":
+            return self.catalog.all_out_of_stock()
+        assert kind == "consent" and among is not None
+        channel, _, purpose = rest.partition(":")
+        return sorted(self.reader.granted(among, channel, purpose))
+
+    def run(self, query: Query, among: list[str] | None = None) -> list[str]:
+        parameters: dict[str, Any] = dict(query.parameters)
+        for parameter, name in query.needs.items():
+            parameters[parameter] = self.live_set(name, among)
+        return [row[0] for row in self.warehouse.query_rows(query.sql, parameters)]
+
+
+def members_at(sources: Sources, root: Node, now: int) -> list[str]:
+    """The profiles the tree holds for at `now` (epoch ms), sorted."""
+    history = sources.history_days * DAY_MS
+    candidates = sources.run(members_query(root, history, now, relaxed=frozenset({"consent"})))
+    exact = members_query(root, history, now)
+    if not any(name.startswith("consent:") for name in exact.needs.values()):
+        return sorted(candidates)
+    return sorted(sources.run(exact, among=candidates)) if candidates else []
+
+
+def candidates_at(sources: Sources, root: Node, now: int) -> list[str]:
+    """A superset of the members at `now`, with nothing read from live state."""
+    query = members_query(root, sources.history_days * DAY_MS, now,
+                          relaxed=frozenset({"consent", "member"}))  # fmt: skip
+    return sorted(sources.run(query))

@@ -1,0 +1,270 @@
+"""The ClickHouse printer: one definition as a query over `profile_events` (every event
+with the profile it belongs to today) at a moment `now` given as a parameter. Preview
+(size and sample), backfill and audit use it; the agreement tests hold it to the same
+answers as the real-time path (`rules/conditions.py` and `rules/engine.py`).
+
+Each condition is an aggregate per profile in an inner query; the tree is the outer WHERE.
+What is not in the events (consent given through the API, membership of other audiences,
+the catalog's stock now) comes in as array parameters the caller reads from live state.
+Values from a definition are always parameters, never spliced into the text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rules.definition import (
+    Aggregate,
+    AggregateNode,
+    And,
+    Bucket,
+    BucketNode,
+    Cart,
+    CartNode,
+    ConsentNode,
+    EventRef,
+    LastPerformed,
+    LastPerformedNode,
+    Leaf,
+    MemberOf,
+    Node,
+    Not,
+    NotFollowedBy,
+    NotFollowedByNode,
+    Or,
+    OutOfStock,
+    OutOfStockNode,
+    Performed,
+    PerformedNode,
+    Trait,
+    TraitNode,
+    Where,
+    spec_of,
+)
+
+T = "toUnixTimestamp64Milli(timestamp)"
+NUMERIC_TYPES = "('Int64', 'UInt64', 'Float64')"
+PRODUCT = "ifNull(properties.product_id.:String, '')"
+QUANTITY = (
+    "if(ifNull(properties.quantity.:Int64 BETWEEN 1 AND 1000, 0), "
+    "assumeNotNull(properties.quantity.:Int64), 1)"
+)
+
+
+@dataclass
+class Query:
+    """The printed query and its parameters; `needs` names the live sets the caller fills
+    (`consent:email:marketing`, `member:vip`, `out_of_stock`)."""
+
+    sql: str
+    parameters: dict[str, Any]
+    needs: dict[str, str] = field(default_factory=dict)  # parameter name -> live set
+
+
+class Printer:
+    def __init__(self, history_ms: int, relaxed: frozenset[str] = frozenset()) -> None:
+        self.relaxed = relaxed  # kinds of live sets printed as "could be" (see `live`)
+        self.negated = False
+        self.parameters: dict[str, Any] = {}
+        self.needs: dict[str, str] = {}
+        self.inner: list[str] = []
+        self.history_ms = history_ms
+
+    def param(self, value: Any, type_: str) -> str:
+        name = f"p{len(self.parameters)}"
+        self.parameters[name] = value
+        return f"{{{name}:{type_}}}"
+
+    def column(self, expression: str) -> str:
+        name = f"c{len(self.inner)}"
+        self.inner.append(f"{expression} AS {name}")
+        return name
+
+    # Values of properties, typed as the evaluator reads them.
+
+    @staticmethod
+    def prop(name: str, root: str = "properties") -> str:
+        return f"{root}.`{name}`"
+
+    def number(self, name: str, root: str = "properties") -> str:
+        p = self.prop(name, root)
+        return f"coalesce(toFloat64({p}.:Int64), {p}.:Float64, toFloat64({p}.:UInt64))"
+
+    def equal(self, name: str, value: Any, root: str = "properties") -> str:
+        p = self.prop(name, root)
+        if isinstance(value, bool):
+            return f"ifNull({p}.:Bool = {self.param(value, 'Bool')}, 0)"
+        if isinstance(value, str):
+            return f"ifNull({p}.:String = {self.param(value, 'String')}, 0)"
+        return f"ifNull({self.number(name, root)} = {self.param(float(value), 'Float64')}, 0)"
+
+    def where(self, w: Where) -> str:
+        p = self.prop(w.property)
+        present = f"dynamicType({p}) != 'None'"
+        if w.op == "==":
+            return self.equal(w.property, w.value)
+        if w.op == "!=":
+            return f"({present} AND NOT {self.equal(w.property, w.value)})"
+        if w.op == "in":
+            assert isinstance(w.value, list)
+            return "(" + " OR ".join(self.equal(w.property, v) for v in w.value) + ")"
+        return (
+            f"ifNull({self.number(w.property)} {w.op} {self.param(float(w.value), 'Float64')}, 0)"  # type: ignore[arg-type]
+        )
+
+    def event(self, ref: EventRef) -> str:
+        """The event named, with its filters, inside the kept history, not after now."""
+        parts = ["type = 'track'", f"event = {self.param(ref.event, 'String')}", self.kept()]
+        parts += [self.where(w) for w in ref.where]
+        return " AND ".join(parts)
+
+    def kept(self) -> str:
+        return f"{T} > {{now:Int64}} - {self.history_ms} AND {T} <= {{now:Int64}}"
+
+    def window(self, within: int) -> str:
+        return f"{T} > {{now:Int64}} - {within}"
+
+    # The conditions.
+
+    def leaf(self, leaf: Leaf) -> str:  # noqa: PLR0911
+        spec = spec_of(leaf)
+        if isinstance(leaf, PerformedNode):
+            return self.performed(spec)
+        if isinstance(leaf, NotFollowedByNode):
+            return self.not_followed_by(spec)
+        if isinstance(leaf, LastPerformedNode):
+            return self.last_performed(spec)
+        if isinstance(leaf, AggregateNode):
+            return self.aggregate(spec)
+        if isinstance(leaf, TraitNode):
+            return self.trait(spec)
+        if isinstance(leaf, CartNode):
+            return self.cart(spec)
+        if isinstance(leaf, ConsentNode):
+            return self.live(f"consent:{spec.channel}:{spec.purpose}")
+        if isinstance(leaf, OutOfStockNode):
+            return self.out_of_stock(spec)
+        if isinstance(leaf, BucketNode):
+            return self.bucket(spec)
+        assert isinstance(spec, MemberOf)
+        return self.live(f"member:{spec.audience}")
+
+    def performed(self, spec: Performed) -> str:
+        condition = f"{self.event(spec)} AND {self.window(spec.within)}"
+        if spec.same:
+            value = f"{self.prop(spec.same)}.:String"
+            groups = self.column(f"groupArrayIf({value}, {condition} AND {value} IS NOT NULL)")
+            counts = f"arrayMap(v -> toUInt64(countEqual({groups}, v)), arrayDistinct({groups}))"
+            count = f"arrayMax(arrayConcat([toUInt64(0)], {counts}))"
+        else:
+            count = self.column(f"countIf({condition})")
+        return f"({count} {spec.op} {spec.times})"
+
+    def last(self, ref: EventRef, extra: str = "") -> str:
+        return self.column(f"maxIfOrNull({T}, {self.event(ref)}{extra})")
+
+    def not_followed_by(self, spec: NotFollowedBy) -> str:
+        first = self.last(spec, f" AND {self.window(spec.within)}" if spec.within else "")
+        then = self.last(spec.then)
+        return (f"({first} IS NOT NULL AND NOT ifNull({then} > {first}, 0) "
+                f"AND {{now:Int64}} - {first} >= {spec.wait})")  # fmt: skip
+
+    def last_performed(self, spec: LastPerformed) -> str:
+        last = self.last(spec)
+        return f"({last} IS NOT NULL AND {{now:Int64}} - {last} {spec.op} {spec.ago})"
+
+    def aggregate(self, spec: Aggregate) -> str:
+        value = self.number(spec.property)
+        condition = f"{self.event(spec)} AND {self.window(spec.within)} AND {value} IS NOT NULL"
+        count = self.column(f"countIf({condition})")
+        result = count if spec.fn == "count" else self.column(f"{spec.fn}If({value}, {condition})")
+        present = "1" if spec.fn in ("sum", "count") else f"{count} > 0"
+        threshold = self.param(spec.value, "Float64")
+        return f"({present} AND round(toFloat64({result}), 6) {spec.op} {threshold})"
+
+    def trait(self, spec: Trait) -> str:
+        p = self.prop(spec.name, "traits")
+        condition = f"type = 'identify' AND dynamicType({p}) != 'None'"
+        latest_type = self.column(f"argMaxIf(dynamicType({p}), {T}, {condition})")
+        if isinstance(spec.value, bool):
+            typed, kind = f"{p}.:Bool", "('Bool')"
+            literal = self.param(spec.value, "Bool")
+        elif isinstance(spec.value, str):
+            typed, kind = f"{p}.:String", "('String')"
+            literal = self.param(spec.value, "String")
+        else:
+            typed, kind = self.number(spec.name, "traits"), NUMERIC_TYPES
+            literal = self.param(float(spec.value), "Float64")
+        latest = self.column(f"argMaxIf({typed}, {T}, {condition} AND {typed} IS NOT NULL)")
+        return f"({latest_type} IN {kind} AND ifNull({latest} {spec.op} {literal}, 0))"
+
+    def cart(self, spec: Cart) -> str:
+        kept = self.kept()
+        last_order = self.column(
+            f"maxIfOrNull({T}, type = 'track' AND event = 'Order Completed' AND {kept})"
+        )
+        moves = self.column(
+            f"groupArrayIf(({PRODUCT}, if(event = 'Product Added', 1, -1) * {QUANTITY}, {T}), "
+            f"type = 'track' AND event IN ('Product Added', 'Product Removed') AND {kept} "
+            f"AND {PRODUCT} != '')"
+        )
+        after = f"arrayFilter(x -> x.3 > ifNull({last_order}, -1), {moves})"
+        units = (f"arraySum(arrayMap(p -> greatest(0, arraySum(arrayMap(x -> if(x.1 = p, x.2, 0), "
+                 f"{after}))), arrayDistinct(arrayMap(x -> x.1, {after}))))")  # fmt: skip
+        return f"({units} {spec.op} {spec.units})"
+
+    def out_of_stock(self, spec: OutOfStock) -> str:
+        products = self.live("out_of_stock", as_array=True)
+        events = self.param(list(spec.events), "Array(String)")
+        watched = self.column(
+            f"countIf(type = 'track' AND event IN {events} AND {self.kept()} AND "
+            f"{self.window(spec.within)} AND has({products}, {PRODUCT}))"
+        )
+        return f"({watched} > 0)"
+
+    def bucket(self, spec: Bucket) -> str:
+        salt = self.param(spec.salt + ":", "String")
+        hashed = f"SHA256(concat({salt}, profile_id))"
+        return (f"(reinterpretAsUInt32(reverse(unhex(substring(hex({hashed}), 1, 8)))) % 100 "
+                f"< {spec.below})")  # fmt: skip
+
+    def live(self, live_set: str, as_array: bool = False) -> str:
+        if not as_array and live_set.split(":")[0] in self.relaxed:
+            # Unknown here: true where it helps the tree hold, so the answer is a superset.
+            return "0" if self.negated else "1"
+        name = f"live{len(self.needs)}"
+        self.needs[name] = live_set
+        reference = f"{{{name}:Array(String)}}"
+        return reference if as_array else f"has({reference}, profile_id)"
+
+    def tree(self, node: Node) -> str:
+        if isinstance(node, And):
+            return "(" + " AND ".join(self.tree(c) for c in node.and_) + ")"
+        if isinstance(node, Or):
+            return "(" + " OR ".join(self.tree(c) for c in node.or_) + ")"
+        if isinstance(node, Not):
+            self.negated = not self.negated
+            inner = self.tree(node.not_)
+            self.negated = not self.negated
+            return f"(NOT {inner})"
+        return self.leaf(node)
+
+
+def members_query(
+    node: Node,
+    history_ms: int,
+    now: int,
+    select: str = "profile_id",
+    relaxed: frozenset[str] = frozenset(),
+) -> Query:
+    """The profiles the definition holds for at `now` (epoch ms): `select` over them. With
+    `relaxed` kinds of live sets (`consent`, `member`) left open: a superset of them."""
+    printer = Printer(history_ms, relaxed)
+    condition = printer.tree(node)
+    columns = ", ".join(["profile_id", *printer.inner])
+    sql = (
+        f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
+        f"WHERE profile_id != '' AND {T} <= {{now:Int64}} GROUP BY profile_id) "
+        f"WHERE {condition}"
+    )
+    return Query(sql, {**printer.parameters, "now": now}, dict(printer.needs))

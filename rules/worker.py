@@ -1,0 +1,233 @@
+"""The audience worker: keeps every profile's memberships true, in real time.
+
+It consumes the profile-changes stream (the profile script says which profiles each call
+changed, which merged, and the catalog which products crossed in or out of stock) and
+evaluates each profile named at the moment it reads it. It also runs the schedule: each
+profile's next moment of change with no event (a window sliding, an hour passing) is kept
+in a sorted set, and the profile is evaluated then, with `now` set to that moment. No
+profile is polled.
+
+A profile's transitions, its new memberships, its next moment and the audit rows are
+written in one transaction (WATCHing its memberships), before the stream entry is
+acknowledged: after a crash the entry is handled again and finds nothing left to change,
+so a transition is recorded once. One thread per process owns the engine (durable_rules
+loses actions when threads share it); more processes share the consumer group."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+from prometheus_client import Counter, Histogram
+
+from cdp.catalog import Catalog
+from cdp.consumer import Entries, StreamConsumer
+from cdp.profiles.reader import ProfileReader
+from cdp.storage import text
+from cdp.streams import AUDIENCES_GROUP
+from rules.audiences import DAY_MS, Audiences
+from rules.changes import AudienceChange, Cause
+from rules.conditions import PRODUCT_ADDED, product_of
+from rules.evaluation import Outcome, Plan, evaluate, subject_of
+from rules.keyspace import AudienceKeys
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS = Counter("cdp_audience_transitions", "Audience enters and exits", ["change", "cause"])
+EVALUATIONS = Counter("cdp_audience_evaluations", "Profiles evaluated", ["cause"])
+DUE_LAG = Histogram(
+    "cdp_audience_due_lag_seconds", "How late time-based evaluations ran behind their moment",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
+)  # fmt: skip
+DUE_BATCH = 500
+WATCH_RECENT = 20  # the latest events of a history checked for watched products
+WATCHED = ("Product Viewed", "Product Added to Wishlist", PRODUCT_ADDED)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AudienceWorker(StreamConsumer):
+    group = AUDIENCES_GROUP
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        reader: ProfileReader,
+        audiences: Audiences,
+        catalog: Catalog,
+        records_stream: str,
+        history_days: int,
+        clock: Any = now_ms,
+        **options: Any,
+    ) -> None:
+        super().__init__(client, stream, **options)
+        self.reader = reader
+        self.audiences = audiences
+        self.catalog = catalog
+        self.records_stream = records_stream
+        self.history_days = history_days
+        self.keys = AudienceKeys(audiences.keys.prefix)
+        self.clock = clock
+        self._plan: Plan | None = None
+
+    # The definitions: rebuilt when their generation moves on.
+
+    def plan(self) -> Plan:
+        generation = self.audiences.generation()
+        if self._plan is None or self._plan.generation != generation:
+            self._plan = Plan.of(generation, self.audiences.enabled())
+            log.info("audiences: generation %s, %s audiences, %s engine shards", generation,
+                     len(self._plan.definitions), self._plan.matcher.shard_count())  # fmt: skip
+        return self._plan
+
+    # The stream.
+
+    def handle(self, entries: Entries, *, recovered: bool) -> int:
+        now = self.clock()
+        profiles: dict[str, None] = {}
+        for _, fields in entries:
+            if not fields:
+                continue
+            for merged, survivor in _list(fields.get(b"m")):
+                self.retire(merged, survivor, now)
+                profiles[survivor] = None
+            for product in _list(fields.get(b"products")):
+                self.schedule(self.watchers(product), now)
+            for pid in _list(fields.get(b"p")):
+                profiles[pid] = None
+        for pid in profiles:
+            self.evaluate(pid, now, "event")
+        self.ack(entries)
+        return len(profiles)
+
+    def drain_once(self, block_ms: int | None = None) -> int:
+        handled = self.run_due()
+        if handled >= DUE_BATCH:  # more are due: no waiting for new entries
+            return handled + super().drain_once(0)
+        wait = self.block_ms if block_ms is None else block_ms
+        next_due = self.next_due()
+        if next_due is not None:
+            wait = max(1, min(wait, next_due - self.clock()))
+        return handled + super().drain_once(wait)
+
+    # The schedule.
+
+    def next_due(self) -> int | None:
+        first = self.client.zrange(self.keys.due, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+    def run_due(self) -> int:
+        """Evaluate the profiles whose moment has come, each at its moment."""
+        now = self.clock()
+        due: Any = self.client.zrange(self.keys.due, "-inf", now, byscore=True, withscores=True,
+                                      offset=0, num=DUE_BATCH)  # fmt: skip
+        for member, at in due:
+            DUE_LAG.observe(max(0.0, (now - at) / 1000))
+            self.evaluate(text(member), int(at), "time", due_at=int(at))
+        return len(due)
+
+    def schedule(self, profile_ids: Iterable[str], at: int) -> int:
+        """Evaluate these profiles at `at` (or sooner, if they are due sooner)."""
+        mapping = {pid: at for pid in profile_ids}
+        return int(self.client.zadd(self.keys.due, mapping, lt=True)) if mapping else 0  # type: ignore[arg-type]
+
+    def watchers(self, product: str) -> list[str]:
+        """Who viewed, wishlisted or carted the product within the kept history."""
+        key = self.keys.watchers(product)
+        self.client.zremrangebyscore(key, "-inf", self.clock() - self.history_days * DAY_MS)
+        return [text(m) for m in self.client.zrange(key, 0, -1)]
+
+    # One profile.
+
+    def evaluate(
+        self, profile_id: str, now: int, cause: Cause, due_at: int | None = None
+    ) -> Outcome | None:
+        """Bring the profile's memberships to what they are at `now`."""
+        live = self.reader.live_id(profile_id)
+        if live != profile_id:
+            self.retire(profile_id, live, now)
+            if live is None:
+                return None
+            profile_id = live
+        plan = self.plan()
+        for _ in range(10):
+            try:
+                return self._evaluate_once(plan, profile_id, now, cause, due_at)
+            except redis.WatchError:
+                continue  # another worker changed its memberships: read again
+        raise RuntimeError(f"memberships of {profile_id} kept changing under us")
+
+    def _evaluate_once(
+        self, plan: Plan, pid: str, now: int, cause: Cause, due_at: int | None
+    ) -> Outcome | None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.of(pid))  # type: ignore[no-untyped-call]
+            memberships = {text(k) for k in pipe.hgetall(self.keys.of(pid))}
+            subject = subject_of(self.reader, pid, memberships, now, self.history_days)
+            if subject is None:
+                pipe.unwatch()
+                return None
+            if plan.reads_stock:
+                products = [p for h in subject.history if (p := product_of(h.properties))]
+                subject.out_of_stock = frozenset(self.catalog.out_of_stock(sorted(set(products))))
+            current_due = pipe.zscore(self.keys.due, pid)
+            outcome = evaluate(plan, subject, now, cause)
+            pipe.multi()
+            watched = subject.history[-WATCH_RECENT:] if plan.reads_stock else []
+            self._write(pipe, pid, outcome, watched)
+            if outcome.next_at is not None:
+                pipe.zadd(self.keys.due, {pid: outcome.next_at})
+            elif due_at is not None or current_due is not None:
+                pipe.zrem(self.keys.due, pid)
+            pipe.execute()
+        EVALUATIONS.labels(cause).inc()
+        return outcome
+
+    def _write(self, pipe: Any, pid: str, outcome: Outcome, history: list[Any]) -> None:
+        rows = []
+        for change in outcome.changes:
+            if change.change == "enter":
+                pipe.hset(self.keys.of(pid), change.audience, change.at)
+                pipe.zadd(self.keys.members(change.audience), {pid: change.at})
+            else:
+                pipe.hdel(self.keys.of(pid), change.audience)
+                pipe.zrem(self.keys.members(change.audience), pid)
+            pipe.xadd(self.keys.changes, change.fields())
+            rows.append(change.row())
+            TRANSITIONS.labels(change.change, change.cause).inc()
+        if rows:
+            pipe.xadd(self.records_stream, {"table": "audience_log", "rows": orjson.dumps(rows)})
+        for h in history:  # who watches which product, for back in stock
+            product = product_of(h.properties)
+            if product and h.event in WATCHED:
+                pipe.zadd(self.keys.watchers(product), {pid: h.at}, gt=True)
+
+    def retire(self, merged: str, survivor: str | None, now: int) -> None:
+        """A profile merged into another (or erased): it leaves its audiences."""
+        memberships = sorted(text(k) for k in self.client.hgetall(self.keys.of(merged)))
+        plan = self.plan()
+        reason = [{"path": "root", "condition": "merge", "value": survivor,
+                   "threshold": "", "holds": False}] if survivor else []  # fmt: skip
+        outcome = Outcome(changes=[
+            AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
+            for a in memberships
+        ])  # fmt: skip
+        pipe = self.client.pipeline(transaction=True)
+        self._write(pipe, merged, outcome, [])
+        pipe.delete(self.keys.of(merged))
+        pipe.zrem(self.keys.due, merged)
+        pipe.execute()
+
+
+def _list(raw: bytes | None) -> list[Any]:
+    if not raw:
+        return []
+    value = orjson.loads(raw)
+    return value if isinstance(value, list) else []  # Lua's cjson writes an empty list as {}

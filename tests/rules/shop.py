@@ -1,0 +1,138 @@
+"""The real pipeline, driven step by step on an injected clock: events go through the
+events stream to the warehouse writer and the profile worker, the records writer moves
+identities to ClickHouse, and the audience worker evaluates; time moves only when a test
+says so. Both membership paths read what this built: the real-time one (Redis, the
+engine) and the SQL one (ClickHouse)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from cdp.catalog import Catalog
+from cdp.profiles.store import ProfileStore
+from cdp.profiles.worker import ProfileWorker
+from cdp.records import RecordsWriter
+from cdp.schema import migrate
+from cdp.settings import Settings
+from cdp.storage import Warehouse, text
+from ingestion.normalize import to_row
+from ingestion.segment import SegmentEvent
+from ingestion.writer import WarehouseWriter
+from rules.audiences import DAY_MS, Audiences
+from rules.definition import Definition
+from rules.keyspace import AudienceKeys
+from rules.membership import Sources, members_at
+from rules.worker import AudienceWorker
+from cdp.consumer import StreamConsumer
+from tests.streams import append
+
+HOUR_MS = 3_600_000
+START = (1_790_000_000_000 // HOUR_MS) * HOUR_MS  # a fixed hour in 2026
+
+
+class Shop:
+    def __init__(self, settings: Settings, client: redis.Redis, warehouse: Warehouse) -> None:
+        migrate(warehouse)
+        self.settings = settings
+        self.client = client
+        self.warehouse = warehouse
+        self.now = START
+        self.pending: list[Any] = []
+        self.store = ProfileStore.from_settings(client, settings)
+        self.catalog = Catalog(client, settings.redis_prefix, settings.profile_changes_stream,
+                               warehouse)  # fmt: skip
+        self.audiences = Audiences(client, settings.redis_prefix, settings.history_days,
+                                   settings.vip_revenue)  # fmt: skip
+        self.keys = AudienceKeys(settings.redis_prefix)
+        self.writer = WarehouseWriter(client, warehouse, settings.events_stream, block_ms=10)
+        self.profiles = ProfileWorker(client, self.store, settings.events_stream, block_ms=10)
+        self.records = RecordsWriter(client, warehouse, settings.records_stream, block_ms=10)
+        self.worker = self.audience_worker()
+        for consumer in (self.writer, self.profiles, self.records, self.worker):
+            consumer.ensure_group()
+        self.sources = Sources(warehouse, client, self.store, self.catalog, self.keys,
+                               settings.history_days)  # fmt: skip
+
+    def audience_worker(self, **options: Any) -> AudienceWorker:
+        return AudienceWorker(
+            self.client, self.settings.profile_changes_stream, self.store, self.audiences,
+            self.catalog, self.settings.records_stream, self.settings.history_days,
+            clock=lambda: self.now, block_ms=10, **options,
+        )  # fmt: skip
+
+    def define(self, audience_id: str, root: dict[str, Any]) -> Definition:
+        definition = Definition.model_validate({"id": audience_id, "name": audience_id,
+                                                "root": root})  # fmt: skip
+        self.audiences.save(definition, create=True)
+        return definition
+
+    def track(self, who: str, event: str, at: int | None = None, user: str = "",
+              **properties: Any) -> dict[str, Any]:  # fmt: skip
+        return self.send({"type": "track", "event": event, "anonymousId": who,
+                          **({"userId": user} if user else {}),
+                          "properties": properties}, at)  # fmt: skip
+
+    def identify(self, who: str, user: str, at: int | None = None, **traits: Any) -> dict[str, Any]:
+        return self.send({"type": "identify", "anonymousId": who, "userId": user,
+                          "traits": traits}, at)  # fmt: skip
+
+    def send(self, payload: dict[str, Any], at: int | None = None) -> dict[str, Any]:
+        happened = at if at is not None else self.now
+        event = {**payload, "messageId": uuid.uuid4().hex,
+                 "timestamp": datetime.fromtimestamp(happened / 1000, UTC).isoformat()}  # fmt: skip
+        row = to_row(SegmentEvent.model_validate(event), received_at=datetime.now(UTC),
+                     source_id="src", ip="127.0.0.1")  # fmt: skip
+        self.pending.append(row)
+        return event
+
+    def settle(self) -> None:
+        """Everything sent is stored, applied, recorded and evaluated (at `now`)."""
+        if self.pending:
+            append(self.settings, self.pending)
+            self.pending = []
+        for _ in range(50):
+            moved = step(self.writer) + step(self.profiles)
+            self.profiles.wait()
+            moved += step(self.records) + self.worker.run_due() + step(self.worker)
+            moved += step(self.records)
+            if not moved:
+                return
+        raise AssertionError("the pipeline did not settle")
+
+    def advance(self, ms: int) -> None:
+        """Time passes with no event: the schedule runs, each profile at its moment."""
+        self.now += ms
+        while self.worker.run_due():
+            pass
+        step(self.records)
+
+    def profile_of(self, who: str) -> str:
+        found = self.store.find("a", who)
+        assert found, who
+        return found
+
+    def members(self, audience: str) -> set[str]:
+        """Real time: the members the worker keeps."""
+        return {text(m) for m in self.client.zrange(self.keys.members(audience), 0, -1)}
+
+    def sql_members(self, audience: str, at: int | None = None) -> set[str]:
+        definition = self.audiences.get(audience).definition
+        return set(members_at(self.sources, definition.root, self.now if at is None else at))
+
+    def changes(self) -> list[dict[str, str]]:
+        return [{k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in self.client.xrange(self.keys.changes)]  # fmt: skip
+
+
+def step(consumer: StreamConsumer) -> int:
+    """Handle what the consumer's stream holds now, without waiting."""
+    entries = consumer.read_new(None)
+    return consumer.handle(entries, recovered=False) if entries else 0
+
+
+def days(n: float) -> int:
+    return int(n * DAY_MS)

@@ -1,0 +1,65 @@
+"""Time passes with no event, on an injected clock: transitions happen at their moment."""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from cdp.settings import Settings
+from cdp.storage import Warehouse
+from tests.rules.shop import HOUR_MS, Shop, days
+
+
+def test_abandoned_cart_enters_when_the_hour_passes_and_exits_on_an_order(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    shop = Shop(settings, redis_client, warehouse)
+    shop.track("sam", "Product Added", product_id="p1", quantity=1, price=20)
+    shop.settle()
+    sam = shop.profile_of("sam")
+    assert sam not in shop.members("abandoned-cart")
+
+    shop.advance(HOUR_MS - 1)
+    assert sam not in shop.members("abandoned-cart")
+    shop.advance(1)  # the hour has passed, to the millisecond
+    assert sam in shop.members("abandoned-cart")
+    [entered] = [c for c in shop.changes() if c["audience"] == "abandoned-cart"]
+    assert entered["change"] == "enter" and entered["cause"] == "time"
+    assert int(entered["at"]) == shop.now  # at its moment, not when noticed
+    reasons = orjson.loads(entered["reason"])
+    assert [r["holds"] for r in reasons] == [True, True]
+    assert reasons[1]["value"] == 1  # one unit in the cart
+
+    shop.now += 5 * 60_000
+    shop.track("sam", "Order Completed", revenue=20)
+    shop.settle()
+    assert sam not in shop.members("abandoned-cart")
+    assert shop.sql_members("abandoned-cart") == set()
+    assert [c["change"] for c in shop.changes() if c["audience"] == "abandoned-cart"] == [
+        "enter", "exit"
+    ]
+
+
+def test_category_viewed_3x_exits_when_the_third_view_slides_out_of_the_window(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    shop = Shop(settings, redis_client, warehouse)
+    first = shop.now
+    for hours in (0, 5, 30):
+        shop.track("kim", "Product Viewed", at=first + hours * HOUR_MS, category="Shoes")
+    shop.track("kim", "Product Viewed", at=first + 2 * HOUR_MS, category="Hats")
+    shop.now = first + 31 * HOUR_MS
+    shop.settle()
+    kim = shop.profile_of("kim")
+    assert kim in shop.members("category-viewed-3x-7d")
+    assert kim in shop.sql_members("category-viewed-3x-7d")
+
+    shop.advance(first + days(7) - 1 - shop.now)
+    assert kim in shop.members("category-viewed-3x-7d")
+    shop.advance(1)  # the first view leaves the window (now - 7d, now]
+    assert kim not in shop.members("category-viewed-3x-7d")
+    assert kim not in shop.sql_members("category-viewed-3x-7d")
+    exited = [c for c in shop.changes() if c["audience"] == "category-viewed-3x-7d"][-1]
+    assert exited["change"] == "exit" and int(exited["at"]) == first + days(7)
+    assert orjson.loads(exited["reason"])[0]["value"] == {"count": 2, "of": "category",
+                                                          "value": "Shoes"}  # fmt: skip
