@@ -35,14 +35,18 @@ class ScriptPipe:
         future: Future[Any] = Future()
         with self._lock:
             if self._connection is None:
-                self._connection = self._pool.make_connection()
-                self._connection.client_name = self.name  # CLIENT LIST tells it from others
+                # Taken from the pool and given back on close or failure, so a pool's
+                # limit counts it once however often it is made again.
+                self._connection = self._pool.get_connection()
+                self._connection.send_command("CLIENT", "SETNAME", self.name)
+                self._connection.read_response()  # CLIENT LIST tells it from others
             connection = self._connection
             try:
                 connection.send_command("EVAL", self._source, 0, *args, check_health=False)
             except BaseException as error:
                 self._connection = None
                 connection.disconnect()
+                self._pool.release(connection)
                 future.set_exception(error)
                 return future
             self._waiting.put((connection, future))
@@ -54,6 +58,7 @@ class ScriptPipe:
         with self._lock:
             if self._connection is not None:
                 self._connection.disconnect()
+                self._pool.release(self._connection)
                 self._connection = None
 
     def _read(self) -> None:
@@ -72,5 +77,7 @@ class ScriptPipe:
                 with self._lock:
                     if self._connection is connection:
                         self._connection = None
+                        connection.disconnect()
+                        self._pool.release(connection)
                 connection.disconnect()
                 future.set_exception(error)

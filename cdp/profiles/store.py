@@ -172,6 +172,12 @@ class ProfileStore(ProfileReader):
             self._pipe = ScriptPipe(self.client, self._source, "cdp-profiles")
         return self._pipe.submit(*self._arguments(changes, False, markers))
 
+    def close(self) -> None:
+        """Let go of the submitting connection (a worker's, made by its first submit)."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
     def settle(self, submitted: Submitted) -> Applied:
         applied = Applied(seen_before=submitted.seen_before)
         for call, future in submitted.calls:

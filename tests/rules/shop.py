@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from cdp.catalog import Catalog
+from cdp.consumer import StreamConsumer
 from cdp.profiles.store import ProfileStore
 from cdp.profiles.worker import ProfileWorker
 from cdp.records import RecordsWriter
@@ -27,7 +28,6 @@ from rules.definition import Definition
 from rules.keyspace import AudienceKeys
 from rules.membership import Sources, members_at
 from rules.worker import AudienceWorker
-from cdp.consumer import StreamConsumer
 from tests.streams import append
 
 HOUR_MS = 3_600_000
@@ -56,6 +56,13 @@ class Shop:
             consumer.ensure_group()
         self.sources = Sources(warehouse, client, self.store, self.catalog, self.keys,
                                settings.history_days)  # fmt: skip
+
+    def __enter__(self) -> Shop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+        self.profiles._settler.shutdown()
 
     def audience_worker(self, **options: Any) -> AudienceWorker:
         return AudienceWorker(

@@ -36,7 +36,8 @@ def test_abandoned_cart_enters_when_the_hour_passes_and_exits_on_an_order(
     assert sam not in shop.members("abandoned-cart")
     assert shop.sql_members("abandoned-cart") == set()
     assert [c["change"] for c in shop.changes() if c["audience"] == "abandoned-cart"] == [
-        "enter", "exit"
+        "enter",
+        "exit",
     ]
 
 

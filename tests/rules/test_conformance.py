@@ -1,0 +1,102 @@
+"""The conformance table: events, clock moves, the members expected after each; run against
+both paths (the real-time worker and the SQL compiler), which must both say the expected."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from cdp.settings import Settings
+from cdp.storage import Warehouse
+from tests.rules.shop import HOUR_MS, Shop, days
+
+MIN = 60_000
+V, A, R, O = "Product Viewed", "Product Added", "Product Removed", "Order Completed"
+
+# (name, definition, events as (who, event, ms before now, properties), steps as
+# (ms the clock moves, who is a member then)).
+CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]],
+                  list[tuple[int, set[str]]]]] = [
+    ("3 views in a day, the oldest slides out",
+     {"performed": {"event": V, "within": "P1D", "times": 3}},
+     [("ann", V, 23 * HOUR_MS, {}), ("ann", V, HOUR_MS, {}), ("ann", V, 0, {}),
+      ("bob", V, 0, {})],
+     [(0, {"ann"}), (HOUR_MS - 1, {"ann"}), (1, set())]),
+    ("the same category twice; another category does not add up",
+     {"performed": {"event": V, "within": "P7D", "times": 2, "same": "category"}},
+     [("ann", V, 0, {"category": "Shoes"}), ("ann", V, MIN, {"category": "Shoes"}),
+      ("bob", V, 0, {"category": "Shoes"}), ("bob", V, MIN, {"category": "Hats"})],
+     [(0, {"ann"})]),
+    ("a late event counts from when it happened",
+     {"performed": {"event": V, "within": "PT1H", "times": 2}},
+     [("ann", V, 0, {}), ("ann", V, 2 * HOUR_MS, {}), ("bob", V, 0, {}), ("bob", V, 10 * MIN, {})],
+     [(0, {"bob"}), (50 * MIN - 1, {"bob"}), (1, set())]),
+    ("at most once: nobody who never did it is left out",
+     {"performed": {"event": O, "within": "P30D", "op": "<=", "times": 1}},
+     [("ann", O, 0, {"revenue": 5}), ("ann", O, MIN, {"revenue": 5}), ("bob", V, 0, {})],
+     [(0, {"bob"})]),
+    ("a filter on a number",
+     {"performed": {"event": A, "within": "P1D", "times": 1,
+                    "where": [{"property": "price", "op": ">=", "value": 100}]}},
+     [("ann", A, 0, {"price": 120}), ("bob", A, 0, {"price": 80}), ("cy", A, 0, {"price": "120"})],
+     [(0, {"ann"})]),
+    ("browse abandonment: an hour after the last view, until an add",
+     {"not_followed_by": {"event": V, "then": {"event": A}, "wait": "PT1H", "within": "P7D"}},
+     [("ann", V, 30 * MIN, {}), ("bob", V, 30 * MIN, {}), ("bob", A, 10 * MIN, {})],
+     [(0, set()), (30 * MIN - 1, set()), (1, {"ann"}), (days(7) - 30 * MIN, set())]),
+    ("lapsed: ordered, not within the window",
+     {"last_performed": {"event": O, "op": ">=", "ago": "P1D"}},
+     [("ann", O, 23 * HOUR_MS, {}), ("bob", V, days(2), {})],
+     [(0, set()), (HOUR_MS, {"ann"})]),
+    ("recent: ordered within the window",
+     {"last_performed": {"event": O, "op": "<", "ago": "PT1H"}},
+     [("ann", O, 30 * MIN, {}), ("bob", V, 0, {})],
+     [(0, {"ann"}), (30 * MIN, set())]),
+    ("revenue over a window",
+     {"aggregate": {"event": O, "property": "revenue", "within": "P1D", "op": ">=",
+                    "value": 100}},
+     [("ann", O, HOUR_MS, {"revenue": 60}), ("ann", O, 0, {"revenue": 40.5}),
+      ("bob", O, 0, {"revenue": 99.99})],
+     [(0, {"ann"}), (23 * HOUR_MS, set())]),
+    ("average of nothing holds for nobody, even negated",
+     {"not": {"aggregate": {"event": O, "property": "revenue", "fn": "avg", "within": "P1D",
+                            "op": "<", "value": 10}}},
+     [("ann", O, 0, {"revenue": 5}), ("bob", V, 0, {})],
+     [(0, {"bob"})]),
+    ("the cart: added, removed, emptied by an order",
+     {"cart": {"op": ">", "units": 0}},
+     [("ann", A, 3 * MIN, {"product_id": "p1", "quantity": 2}),
+      ("ann", R, 2 * MIN, {"product_id": "p1"}),
+      ("bob", A, 3 * MIN, {"product_id": "p1"}), ("bob", R, 2 * MIN, {"product_id": "p1"}),
+      ("cy", A, 3 * MIN, {"product_id": "p1"}), ("cy", O, 2 * MIN, {})],
+     [(0, {"ann"})]),
+    ("and, or, not together",
+     {"and": [{"performed": {"event": V, "within": "P1D", "times": 1}},
+              {"or": [{"not": {"performed": {"event": A, "within": "P1D", "times": 1}}},
+                      {"trait": {"name": "plan", "value": "pro"}}]}]},
+     [("ann", V, 0, {}), ("bob", V, 0, {}), ("bob", A, 0, {}), ("cy", A, 0, {})],
+     [(0, {"ann"})]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "root", "events", "steps"), CASES, ids=[c[0] for c in CASES])
+def test_both_paths_give_the_expected_members(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse,
+    name: str, root: dict[str, Any], events: list[tuple[str, str, int, dict[str, Any]]],
+    steps: list[tuple[int, set[str]]],
+) -> None:  # fmt: skip
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("case", root)
+        tag = uuid.uuid4().hex[:6]
+        for who, event, before, properties in events:
+            shop.track(f"{who}-{tag}", event, at=shop.now - before, **properties)
+        shop.settle()
+        names = {shop.profile_of(f"{who}-{tag}"): who for who, *_ in events}
+        for moved, expected in steps:
+            shop.advance(moved)
+            real_time = {names[p] for p in shop.members("case")}
+            in_sql = {names[p] for p in shop.sql_members("case") if p in names}
+            assert (real_time, in_sql) == (expected, expected), f"{name}, after {moved} ms"
