@@ -23,6 +23,7 @@ from cdp.api.consent import ConsentApi
 from cdp.api.operations import OperationsApi
 from cdp.api.profiles import ProfilesApi
 from cdp.api.reports import ReportsApi
+from cdp.catalog import Catalog
 from cdp.consumer import StreamConsumer
 from cdp.credentials import ApiKeys, Authenticator, Credentials, load_credentials
 from cdp.health import Health
@@ -33,7 +34,7 @@ from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis, redis_for
 from cdp.schema import migrate
 from cdp.settings import Settings
-from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
+from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse, text
 from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
 from ingestion.routes import PATHS as TRACKING_PATHS
@@ -41,6 +42,12 @@ from ingestion.routes import Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import router as snippet_router
 from ingestion.stream import EventStream
 from ingestion.writer import WarehouseWriter
+from rules import privacy as audience_privacy
+from rules.api import AudiencesApi
+from rules.api import router as audiences_router
+from rules.audiences import Audiences
+from rules.keyspace import AudienceKeys
+from rules.membership import Sources
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +63,13 @@ class Runtime:
     redis: redis.Redis
     profiles: ProfileStore
     api_keys: ApiKeys
+    catalog: Catalog
+    audiences: Audiences
     embedded_redis: EmbeddedRedis | None = None
     writer: WarehouseWriter | None = None
     workers: list[StreamConsumer] = field(default_factory=list)
     profile_process: WorkerProcess | None = None
+    audience_process: WorkerProcess | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -79,12 +89,20 @@ class Runtime:
             redis=client,
             profiles=ProfileStore.from_settings(client, settings),
             api_keys=ApiKeys(client, settings.redis_prefix, credentials.admin_key),
+            catalog=Catalog(
+                client, settings.redis_prefix, settings.profile_changes_stream, warehouse
+            ),
+            audiences=Audiences(
+                client, settings.redis_prefix, settings.history_days, settings.vip_revenue
+            ),
             embedded_redis=embedded,
         )
         if settings.run_writer:
             runtime.start_writer()
         if settings.run_profile_worker:
-            runtime.start_profile_worker()
+            runtime.profile_process = runtime.start_process("profile worker", "profile-worker")
+        if settings.run_audience_worker:
+            runtime.audience_process = runtime.start_process("audience worker", "audience-worker")
         return runtime
 
     def start_writer(self) -> None:
@@ -108,15 +126,13 @@ class Runtime:
         )
         self._run(records, "records-writer")
 
-    def start_profile_worker(self) -> None:
-        """In a process of its own: it needs only Redis, and the edge keeps its interpreter."""
-        self.profile_process = WorkerProcess(
-            "profile worker",
-            ["profile-worker", "--log-level", "warning"],
-            self.settings,
-            self.redis_url,
-        )
-        self.profile_process.start()
+    def start_process(self, name: str, command: str) -> WorkerProcess:
+        """A worker in a process of its own: it needs only Redis, the edge keeps its
+        interpreter, and a crash of the engine inside (durable_rules is C) takes only it."""
+        process = WorkerProcess(name, [command, "--log-level", "warning"], self.settings,
+                                self.redis_url)  # fmt: skip
+        process.start()
+        return process
 
     def _run(self, worker: StreamConsumer, name: str) -> None:
         thread = threading.Thread(target=worker.run, args=(self._stop,), name=name, daemon=True)
@@ -132,11 +148,16 @@ class Runtime:
         return {
             Authenticator: Authenticator(self.api_keys, self.credentials.write_keys),
             ApiKeys: self.api_keys,
-            ProfilesApi: ProfilesApi(self.profiles, self.warehouse),
+            ProfilesApi: ProfilesApi(self.profiles, self.warehouse, self.memberships),
             ConsentApi: ConsentApi(self.profiles),
             Erasure: Erasure(self.redis, self.warehouse, self.profiles, streams,
                              [settings.dead_letter_stream, settings.profile_changes_stream],
-                             settings.erase_wait_seconds),
+                             settings.erase_wait_seconds, [self.erase_audiences]),
+            Catalog: self.catalog,
+            AudiencesApi: AudiencesApi(self.audiences, self.profiles, self.redis, self.warehouse,
+                                       Sources(self.warehouse, self.redis, self.profiles,
+                                               self.catalog, self.audiences.keys,
+                                               settings.history_days)),
             ReportsApi: ReportsApi(self.warehouse, self.redis, streams),
             OperationsApi: OperationsApi(
                 self.redis,
@@ -147,15 +168,27 @@ class Runtime:
             ),
         }  # fmt: skip
 
+    def memberships(self, profile_id: str) -> list[str]:
+        keys = AudienceKeys(self.settings.redis_prefix)
+        return sorted(text(m) for m in self.redis.hkeys(keys.of(profile_id)))
+
+    def erase_audiences(self, profile_ids: list[str]) -> dict[str, int]:
+        return audience_privacy.erase(self.redis, self.warehouse, self.audiences, profile_ids)
+
     def health(self) -> Health:
         settings = self.settings
         running = {thread.name: thread.is_alive() for thread in self._threads}
-        if self.profile_process is not None:
-            running["profile worker"] = bool(self.profile_process.state()["running"])
+        for process in (self.profile_process, self.audience_process):
+            if process is not None:
+                running[process.name] = bool(process.state()["running"])
         return check_health(
             self.redis,
             self.warehouse,
-            {"events": settings.events_stream, "records": settings.records_stream},
+            {
+                "events": settings.events_stream,
+                "records": settings.records_stream,
+                "profile changes": settings.profile_changes_stream,
+            },
             settings.dead_letter_stream,
             running,
             settings.health_max_lag_seconds,
@@ -177,8 +210,9 @@ class Runtime:
         self._threads, self.workers = [], []
 
     def close(self) -> None:
-        if self.profile_process is not None:
-            self.profile_process.stop()
+        for process in (self.audience_process, self.profile_process):
+            if process is not None:
+                process.stop()
         self.stop_workers()
         self.redis.close()
         self.warehouse.close()
@@ -256,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    for router in api.routers():
+    for router in [*api.routers(), audiences_router]:
         app.include_router(router)
 
     return app

@@ -81,7 +81,10 @@ return back
 class Catalog:
     """The catalog under one key prefix; `changes` is the profile-changes stream."""
 
-    def __init__(self, client: redis.Redis, prefix: str, changes: str, warehouse: Warehouse):
+    def __init__(
+        self, client: redis.Redis, prefix: str, changes: str, warehouse: Warehouse | None = None
+    ) -> None:
+        """Without a warehouse it reads and stores, but cannot record `Back In Stock`."""
         self.client = client
         self.keys = CatalogKeys(prefix)
         self.changes = changes
@@ -97,7 +100,7 @@ class Catalog:
             keys=[self.keys.products, self.keys.out_of_stock, self.changes],
             args=[orjson.dumps(items), now],
         )]  # fmt: skip
-        if back:
+        if back and self.warehouse is not None:
             latest = {p.id: p for p in products}
             self._record_back_in_stock([latest[i] for i in back], now)
         return back
@@ -123,6 +126,7 @@ class Catalog:
              "source_id": "catalog", "properties": _properties(p)}
             for p in products
         ]  # fmt: skip
+        assert self.warehouse is not None
         self.warehouse.command(
             "INSERT INTO events (message_id, type, event, timestamp, received_at, source_id, "
             "properties) SELECT message_id, type, event, fromUnixTimestamp64Milli(timestamp), "

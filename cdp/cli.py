@@ -1,4 +1,5 @@
-"""The `cdp` command: serve, demo, migrate, writer, profile-worker, replay, keys."""
+"""The `cdp` command: serve, demo, migrate, writer, profile-worker, audience-worker, replay,
+keys."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -149,12 +151,53 @@ def profile_worker(
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
 ) -> None:
     """Run a profile worker alone: it needs Redis only; more of them share the stream."""
+    from cdp.profiles.store import ProfileStore
+    from cdp.profiles.worker import ProfileWorker
+
+    def build(client: redis.Redis, settings: Settings) -> ProfileWorker:
+        return ProfileWorker(
+            client,
+            ProfileStore.from_settings(client, settings),
+            settings.events_stream,
+            batch_size=settings.profile_batch_size,
+            block_ms=settings.writer_block_ms,
+        )
+
+    _run_worker(log_level, parent, build)
+
+
+@app.command("audience-worker")
+def audience_worker(
+    log_level: str = typer.Option("info"),
+    parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
+) -> None:
+    """Run an audience worker alone (the rules engine): it needs Redis only."""
+    from cdp.catalog import Catalog
+    from cdp.profiles.reader import ProfileReader
+    from rules.audiences import Audiences
+    from rules.worker import AudienceWorker
+
+    def build(client: redis.Redis, settings: Settings) -> AudienceWorker:
+        prefix = settings.redis_prefix
+        return AudienceWorker(
+            client,
+            settings.profile_changes_stream,
+            ProfileReader(client, prefix),
+            Audiences(client, prefix, settings.history_days, settings.vip_revenue),
+            Catalog(client, prefix, settings.profile_changes_stream),
+            settings.records_stream,
+            settings.history_days,
+            block_ms=settings.writer_block_ms,
+        )
+
+    _run_worker(log_level, parent, build)
+
+
+def _run_worker(log_level: str, parent: int, build: Any) -> None:
+    """Run a stream worker until SIGTERM, or until the serving process `parent` is gone."""
     import os
     import signal
     import threading as threads
-
-    from cdp.profiles.store import ProfileStore
-    from cdp.profiles.worker import ProfileWorker
 
     _logging(log_level)
     settings = _settings()
@@ -169,15 +212,8 @@ def profile_worker(
 
         threads.Thread(target=orphaned, daemon=True).start()
     with _redis(settings) as client:
-        worker = ProfileWorker(
-            client,
-            ProfileStore.from_settings(client, settings),
-            settings.events_stream,
-            batch_size=settings.profile_batch_size,
-            block_ms=settings.writer_block_ms,
-        )
         try:
-            worker.run(stop)
+            build(client, settings).run(stop)
         except KeyboardInterrupt:
             stop.set()
 

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     run_writer: bool = True
     run_profile_worker: bool = True
+    run_audience_worker: bool = True
     profile_batch_size: int = Field(default=100, ge=1)  # stream entries a read
     # Identifiers one profile may hold; at least the five one event can name.
     identity_cap: int = Field(default=50, ge=5)

@@ -35,6 +35,7 @@ ERROR_TEXT = {
     401: "No API key, or an unknown one",
     403: "A write key, or a key whose scope is too low",
     404: "No such resource",
+    409: "In conflict with what exists: an id taken, a predefined or referenced audience",
     422: "An invalid body or parameter, each problem named",
     503: "Storage unavailable, or earlier events still being processed: retry",
 }
@@ -194,6 +195,17 @@ def answer_errors(app: FastAPI) -> None:
 
 
 def _problem(item: Any) -> str:
-    """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what."""
-    where = ".".join(str(part) for part in item.get("loc", ()))
-    return f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg"))
+    """`body.scope: Input should be 'read', 'write' or 'admin'`: where, then what. A list
+    index reads `[2]`; a union's tag (a part followed by the field of the same name) is
+    left out: `body.root.and[1].performed.within`."""
+    location = list(item.get("loc", ()))
+    where = ""
+    for i, part in enumerate(location):
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif i + 1 < len(location) and location[i + 1] == part:
+            continue
+        else:
+            where += f".{part}" if where else str(part)
+    message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

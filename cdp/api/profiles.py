@@ -3,6 +3,7 @@ one person."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -23,9 +24,13 @@ from cdp.storage import Warehouse
 class ProfilesApi:
     reader: ProfileReader
     warehouse: Warehouse
+    # The audiences a profile is in (the rules engine keeps them; the root hands this in).
+    memberships: Callable[[str], list[str]] = lambda _: []
 
     def profile(self, profile_id: str) -> Profile:
-        return self.reader.existing(profile_id)
+        profile = self.reader.existing(profile_id)
+        profile.audiences = self.memberships(profile.id)
+        return profile
 
 
 # The answers' shapes, for the OpenAPI document (profiles are sent as they are read).

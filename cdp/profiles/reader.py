@@ -21,6 +21,7 @@ from cdp.storage import text
 
 WINDOWS = (1, 7, 30, 90)
 CONSENT_PARTS = ("consent", "consent_at", "consent_src")
+SHOWN_PARTS = tuple(part for part in PARTS if part != "history")  # audiences read that
 
 
 @dataclass
@@ -191,7 +192,7 @@ class ProfileReader:
         """The profile's fields and each of its parts, read in one transaction."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(self.key(pid))
-        for part in PARTS:
+        for part in SHOWN_PARTS:
             kind = NOT_HASHES.get(part)
             if kind == "zset":
                 pipe.zrange(self.key(pid, part), 0, -1, withscores=True)
@@ -204,7 +205,7 @@ class ProfileReader:
         meta_raw, *parts_raw = pipe.execute()
         if not meta_raw:
             return None
-        return _text(meta_raw), dict(zip(PARTS, parts_raw, strict=True))
+        return _text(meta_raw), dict(zip(SHOWN_PARTS, parts_raw, strict=True))
 
     def _day_counts(self, pid: str, parts: dict[str, Any]) -> dict[int, dict[str, str]]:
         days = [int(float(score)) for _, score in parts["days"]]

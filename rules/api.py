@@ -1,0 +1,359 @@
+"""Audiences over HTTP, under `/api/v1`: define, list, show, change, delete; preview a
+definition before saving it; page through members; size over time; a profile's
+memberships, and why a profile is or is not in an audience now, condition by condition.
+Write keys change audiences, read keys read them."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cdp.api.common import READ, WRITE, errors, provided, resource_router
+from cdp.errors import BadRequest, NotFound, Unprocessable
+from cdp.profiles.reader import ProfileReader, iso
+from cdp.storage import Warehouse, text
+from rules.audiences import Audiences, Saved, problems_of
+from rules.conditions import holds, read
+from rules.definition import Definition, InvalidDefinition, Node, check_shape
+from rules.evaluation import subject_of
+from rules.keyspace import AudienceKeys
+from rules.membership import Sources, candidates_at, members_at
+
+SAMPLE = 10
+
+
+class AudienceIn(BaseModel):
+    """An audience as a marketer writes it. `root` is the definition's tree (see the README:
+    `and`, `or`, `not`, `performed`, `not_followed_by`, `last_performed`, `aggregate`,
+    `trait`, `cart`, `consent`, `out_of_stock`, `bucket`, `member_of`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    description: str = Field(default="", max_length=2000)
+    enabled: bool = True
+    root: Node
+
+
+class AudienceNew(AudienceIn):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+                             description="Lower case, digits and dashes")]  # fmt: skip
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: Node
+    at: datetime | None = Field(default=None, description="The moment (default: now)")
+
+
+class AudienceOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    enabled: bool
+    root: dict[str, Any]
+    predefined: bool
+    size: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class AudiencesOut(BaseModel):
+    audiences: list[AudienceOut]
+
+
+class PreviewOut(BaseModel):
+    size: int
+    sample: list[str] = Field(description=f"Up to {SAMPLE} profile ids")
+    at: str
+
+
+class MemberOut(BaseModel):
+    profile_id: str
+    since: str
+
+
+class MembersOut(BaseModel):
+    members: list[MemberOut]
+    next_cursor: str | None
+
+
+class SizeOut(BaseModel):
+    at: str = Field(description="The start of the interval")
+    entered: int
+    exited: int
+    size: int = Field(description="Members at the end of the interval")
+
+
+class SizesOut(BaseModel):
+    audience: str
+    interval: str
+    sizes: list[SizeOut]
+
+
+class MembershipOut(BaseModel):
+    audience: str
+    since: str
+
+
+class MembershipsOut(BaseModel):
+    profile_id: str
+    audiences: list[MembershipOut]
+
+
+class ConditionOut(BaseModel):
+    path: str
+    condition: str
+    value: Any
+    threshold: str
+    holds: bool
+
+
+class WhyOut(BaseModel):
+    profile_id: str
+    audience: str
+    member: bool = Field(description="Kept as a member now")
+    since: str | None
+    holds: bool = Field(description="The definition holds now, read afresh")
+    conditions: list[ConditionOut]
+
+
+@dataclass(frozen=True)
+class AudiencesApi:
+    audiences: Audiences
+    reader: ProfileReader
+    redis: redis.Redis
+    warehouse: Warehouse
+    sources: Sources
+
+    @property
+    def keys(self) -> AudienceKeys:
+        return self.audiences.keys
+
+    def out(self, saved: Saved) -> dict[str, Any]:
+        document = saved.as_dict()
+        document["size"] = int(self.redis.zcard(self.keys.members(saved.id)))
+        document["created_at"] = iso(saved.created_at)
+        document["updated_at"] = iso(saved.updated_at)
+        return document
+
+    def save(self, definition: Definition, create: bool) -> dict[str, Any]:
+        try:
+            saved = self.audiences.save(definition, create=create)
+        except InvalidDefinition as error:
+            raise Unprocessable(
+                "invalid definition", ["body." + p for p in error.problems]
+            ) from None
+        self.backfill(definition)
+        return self.out(saved)
+
+    def backfill(self, definition: Definition) -> int:
+        """Have the real-time path decide now for everyone the definition may hold for, and
+        for everyone in the audience now."""
+        now = int(time.time() * 1000)
+        candidates = candidates_at(self.sources, definition.root, now) if definition.enabled else []
+        current = [text(m) for m in self.redis.zrange(self.keys.members(definition.id), 0, -1)]
+        return schedule(self.redis, self.keys, [*candidates, *current], now)
+
+    def delete(self, audience_id: str) -> None:
+        self.audiences.delete(audience_id)
+        current = [text(m) for m in self.redis.zrange(self.keys.members(audience_id), 0, -1)]
+        schedule(self.redis, self.keys, current, int(time.time() * 1000))
+
+    def preview(self, root: Node, at: int) -> dict[str, Any]:
+        try:
+            problems = problems_for_preview(self.audiences, root)
+        except InvalidDefinition as error:
+            problems = error.problems
+        if problems:
+            raise Unprocessable("invalid definition", ["body." + p for p in problems])
+        members = members_at(self.sources, root, at)
+        return {"size": len(members), "sample": members[:SAMPLE], "at": iso(at)}
+
+    def members(self, audience_id: str, cursor: str | None, limit: int) -> dict[str, Any]:
+        self.audiences.get(audience_id)
+        low: Any = "-inf"
+        after: tuple[int, str] | None = None
+        if cursor:
+            after = decode(cursor)
+            low = after[0]
+        rows: Any = self.redis.zrange(self.keys.members(audience_id), low, "+inf", byscore=True,
+                                      withscores=True, offset=0, num=limit + 200)  # fmt: skip
+        page = [(text(m), int(s)) for m, s in rows]
+        if after:
+            page = [(m, s) for m, s in page if (s, m) > (after[0], after[1])]
+        page = page[:limit]
+        next_cursor = encode(page[-1][1], page[-1][0]) if len(page) == limit else None
+        return {"members": [{"profile_id": m, "since": iso(s)} for m, s in page],
+                "next_cursor": next_cursor}  # fmt: skip
+
+    def sizes(self, audience_id: str, interval: Literal["hour", "day"]) -> dict[str, Any]:
+        self.audiences.get(audience_id)
+        start = "toStartOfHour" if interval == "hour" else "toStartOfDay"
+        rows = self.warehouse.query_rows(
+            f"SELECT toUnixTimestamp64Milli(toDateTime64({start}(at), 3, 'UTC')) AS bucket, "
+            "countIf(change = 'enter'), countIf(change = 'exit') FROM audience_log "
+            "WHERE audience_id = {audience:String} GROUP BY bucket ORDER BY bucket",
+            {"audience": audience_id},
+        )
+        size, sizes = 0, []
+        for bucket, entered, exited in rows:
+            size += int(entered) - int(exited)
+            sizes.append({"at": iso(bucket), "entered": int(entered), "exited": int(exited),
+                          "size": size})  # fmt: skip
+        return {"audience": audience_id, "interval": interval, "sizes": sizes}
+
+    def memberships(self, profile_id: str) -> dict[str, Any]:
+        profile = self.reader.existing(profile_id)
+        found = sorted(self.stored(profile.id).items())
+        return {"profile_id": profile.id,
+                "audiences": [{"audience": a, "since": iso(s)} for a, s in found]}  # fmt: skip
+
+    def stored(self, profile_id: str) -> dict[str, int]:
+        """The profile's memberships as the worker keeps them: audience → since (ms)."""
+        return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.of(profile_id)).items()}
+
+    def why(self, profile_id: str, audience_id: str) -> dict[str, Any]:
+        profile = self.reader.existing(profile_id)
+        definition = self.audiences.get(audience_id).definition
+        now = int(time.time() * 1000)
+        stored = self.stored(profile.id)
+        subject = subject_of(self.reader, profile.id, set(stored), now,
+                             self.audiences.history_days)  # fmt: skip
+        if subject is None:
+            raise NotFound(f"no profile {profile_id}")
+        products = sorted({p for h in subject.history if (p := h.properties.get("product_id"))
+                           and isinstance(p, str)})  # fmt: skip
+        subject.out_of_stock = frozenset(self.sources.catalog.out_of_stock(products))
+        readings = read(definition.root, subject, now)
+        return {
+            "profile_id": profile.id, "audience": audience_id,
+            "member": audience_id in stored, "since": iso(stored.get(audience_id)),
+            "holds": definition.enabled and holds(definition.root, {r.path: r for r in readings}),
+            "conditions": [r.as_dict() for r in readings],
+        }  # fmt: skip
+
+
+def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:
+    check_shape(root)
+    others = {s.id: s.definition for s in audiences.all()}
+    return problems_of(root, others, "(preview)", audiences.history_days)
+
+
+def schedule(client: redis.Redis, keys: AudienceKeys, profile_ids: list[str], at: int) -> int:
+    """Ask the audience worker to evaluate these profiles at `at` (sooner if already due)."""
+    scheduled = 0
+    for start in range(0, len(profile_ids), 1000):
+        chunk = {pid: at for pid in profile_ids[start : start + 1000]}
+        scheduled += int(client.zadd(keys.due, chunk, lt=True))  # type: ignore[arg-type]
+    return scheduled
+
+
+def encode(since: int, profile_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{since}:{profile_id}".encode()).decode().rstrip("=")
+
+
+def decode(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        since, _, profile_id = raw.partition(":")
+        return int(since), profile_id
+    except ValueError:
+        raise BadRequest(f"cursor {cursor!r} was not given by this API") from None
+
+
+API = provided(AudiencesApi)
+router = resource_router()
+AUDIENCE_ERRORS = errors(404)
+
+
+def _definition(audience_id: str, body: AudienceIn) -> Definition:
+    return Definition.model_validate({"id": audience_id, **body.model_dump(by_alias=True)})
+
+
+@router.get("/audiences", tags=["audiences"], summary="Every audience, predefined ones first",
+            response_model=AudiencesOut)  # fmt: skip
+def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    saved = api.audiences.all()
+    ordered = sorted(saved, key=lambda s: (not s.predefined, s.id))
+    return {"audiences": [api.out(s) for s in ordered]}
+
+
+@router.post("/audiences", tags=["audiences"], summary="Define an audience (kept live at once)",
+             status_code=201, response_model=AudienceOut, responses=errors(409))  # fmt: skip
+def create_audience(body: AudienceNew, _: WRITE, api: AudiencesApi = API) -> dict[str, Any]:
+    fields = body.model_dump(by_alias=True, exclude={"id"})
+    return api.save(_definition(body.id, AudienceIn.model_validate(fields)), create=True)
+
+
+@router.post("/audiences/preview", tags=["audiences"],
+             summary="How many a definition holds for now, and some of them, before saving",
+             response_model=PreviewOut)  # fmt: skip
+def preview_audience(body: PreviewIn, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    at = int(body.at.timestamp() * 1000) if body.at else int(time.time() * 1000)
+    return api.preview(body.root, at)
+
+
+@router.get("/audiences/{audience_id}", tags=["audiences"], summary="One audience",
+            response_model=AudienceOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def show_audience(audience_id: str, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    return api.out(api.audiences.get(audience_id))
+
+
+@router.put("/audiences/{audience_id}", tags=["audiences"],
+            summary="Change an audience (members are decided again at once)",
+            response_model=AudienceOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def update_audience(audience_id: str, body: AudienceIn, _: WRITE,
+                    api: AudiencesApi = API) -> dict[str, Any]:  # fmt: skip
+    return api.save(_definition(audience_id, body), create=False)
+
+
+@router.delete("/audiences/{audience_id}", tags=["audiences"], status_code=204,
+               summary="Delete an audience (a predefined one can only be disabled)",
+               responses=errors(404, 409))  # fmt: skip
+def delete_audience(audience_id: str, _: WRITE, api: AudiencesApi = API) -> Response:
+    api.delete(audience_id)
+    return Response(status_code=204)
+
+
+@router.get("/audiences/{audience_id}/members", tags=["audiences"],
+            summary="Members, longest first, a page at a time", response_model=MembersOut,
+            responses=errors(400, 404))  # fmt: skip
+def audience_members(
+    audience_id: str, _: READ, api: AudiencesApi = API,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:  # fmt: skip
+    return api.members(audience_id, cursor, limit)
+
+
+@router.get("/audiences/{audience_id}/sizes", tags=["audiences"],
+            summary="Size over time, from the recorded enters and exits",
+            response_model=SizesOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def audience_sizes(
+    audience_id: str, _: READ, api: AudiencesApi = API,
+    interval: Literal["hour", "day"] = "day",
+) -> dict[str, Any]:  # fmt: skip
+    return api.sizes(audience_id, interval)
+
+
+@router.get("/profiles/{profile_id}/audiences", tags=["audiences"],
+            summary="The audiences a profile is in, and since when",
+            response_model=MembershipsOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def profile_audiences(profile_id: str, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    return api.memberships(profile_id)
+
+
+@router.get("/profiles/{profile_id}/audiences/{audience_id}", tags=["audiences"],
+            summary="Why a profile is or is not in an audience now, condition by condition",
+            response_model=WhyOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def profile_audience_why(profile_id: str, audience_id: str, _: READ,
+                         api: AudiencesApi = API) -> dict[str, Any]:  # fmt: skip
+    return api.why(profile_id, audience_id)

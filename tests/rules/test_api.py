@@ -1,0 +1,174 @@
+"""Audiences over HTTP, on the running server (its audience worker in a process of its own):
+define, validate, list, preview, members, why, sizes, and what cannot be done."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from rules.predefined import predefined_ids
+from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
+
+pytestmark = pytest.mark.e2e
+
+VIEWS_2 = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
+
+
+@pytest.fixture
+def clients(live_server: LiveServer) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    with (
+        httpx.Client(base_url=live_server.url, auth=(WRITE_KEY, ""), timeout=10) as tracking,
+        httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {API_KEY}"},
+                     timeout=60) as api,
+    ):  # fmt: skip
+        yield tracking, api
+
+
+def views(
+    who: str, count: int, category: str = "Shoes", hours_ago: float = 0
+) -> list[dict[str, Any]]:
+    at = (datetime.now(UTC) - timedelta(hours=hours_ago)).isoformat()
+    return [{"type": "track", "event": "Product Viewed", "anonymousId": who, "timestamp": at,
+             "properties": {"product_id": f"p{i}", "category": category}}
+            for i in range(count)]  # fmt: skip
+
+
+def profile_id(api: httpx.Client, who: str) -> str:
+    def found() -> str | None:
+        answer = api.get("/api/v1/profiles", params={"anonymous_id": who})
+        return str(answer.json()["id"]) if answer.status_code == 200 else None
+
+    return str(wait_for(found))
+
+
+def members(api: httpx.Client, audience: str) -> set[str]:
+    page = api.get(f"/api/v1/audiences/{audience}/members").json()
+    return {m["profile_id"] for m in page["members"]}
+
+
+def test_predefined_audiences_are_listed_and_cannot_be_deleted(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    _, api = clients
+    listed = api.get("/api/v1/audiences").json()["audiences"]
+    assert {a["id"] for a in listed} == set(predefined_ids())
+    assert all(a["predefined"] and a["enabled"] for a in listed)
+    refused = api.delete("/api/v1/audiences/abandoned-cart")
+    assert refused.status_code == 409 and "disable it" in refused.json()["error"]
+    vip = api.get("/api/v1/audiences/vip").json()
+    vip["enabled"] = False
+    changed = api.put("/api/v1/audiences/vip", json={k: vip[k] for k in
+                                                       ("name", "description", "enabled", "root")})  # fmt: skip
+    assert changed.status_code == 200 and changed.json()["enabled"] is False
+    assert api.get("/api/v1/audiences/nope").status_code == 404
+
+
+@pytest.mark.parametrize(("root", "problem"), [
+    ({"and": [VIEWS_2, {"performed": {"event": "X", "within": "P1M", "times": 1}}]},
+     "body.root.and[1].performed.within: 'P1M' is not an ISO 8601 duration"),
+    ({"performed": {"event": "X", "within": "P999D", "times": 1}},
+     "body.root.performed.within: reaches back further than the kept history"),
+    ({"performed": {"event": "X", "within": "P1D", "times": 1,
+                    "where": [{"property": "category", "op": ">", "value": 3}]}},
+     "body.root.performed.where[0]: `category` is text"),
+    ({"member_of": {"audience": "nobody"}}, "body.root: member_of names an unknown audience"),
+    ({"performed": {"event": "X"}}, "body.root.performed.within: Field required"),
+    ({"and": [VIEWS_2], "or": [VIEWS_2]}, "body.root: a node is an object with one key"),
+])  # fmt: skip
+def test_an_invalid_definition_is_refused_naming_the_path(
+    clients: tuple[httpx.Client, httpx.Client], root: dict[str, Any], problem: str
+) -> None:
+    _, api = clients
+    answer = api.post("/api/v1/audiences", json={"id": "bad", "name": "Bad", "root": root})
+    assert answer.status_code == 422, answer.text
+    assert any(e.startswith(problem) for e in answer.json()["errors"]), answer.json()
+    assert api.get("/api/v1/audiences/bad").status_code == 404
+
+
+def test_a_reference_cycle_is_refused(clients: tuple[httpx.Client, httpx.Client]) -> None:
+    _, api = clients
+    assert api.post("/api/v1/audiences", json={"id": "a", "name": "A", "root": VIEWS_2}).is_success
+    b = {"id": "b", "name": "B", "root": {"member_of": {"audience": "a"}}}
+    assert api.post("/api/v1/audiences", json=b).status_code == 201
+    cycle = api.put(
+        "/api/v1/audiences/a", json={"name": "A", "root": {"member_of": {"audience": "b"}}}
+    )
+    assert cycle.status_code == 422
+    assert "cycle: a -> b -> a" in cycle.json()["errors"][0]
+    assert api.delete("/api/v1/audiences/a").status_code == 409  # b needs it
+    assert api.delete("/api/v1/audiences/b").status_code == 204
+    assert api.delete("/api/v1/audiences/a").status_code == 204
+    assert api.post("/api/v1/audiences", json=b).status_code == 422  # a is gone
+
+
+def test_reading_needs_a_key_and_changing_a_write_key(live_server: LiveServer) -> None:
+    url = f"{live_server.url}/api/v1/audiences"
+    assert httpx.get(url).status_code == 401
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    secret = httpx.post(f"{live_server.url}/api/v1/keys", json={"scope": "read"},
+                        headers=admin).json()["secret"]  # fmt: skip
+    reader = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(url, headers=reader).status_code == 200
+    created = httpx.post(url, headers=reader, json={"id": "x", "name": "X", "root": VIEWS_2})
+    assert created.status_code == 403
+
+
+def test_members_follow_events_and_say_why(clients: tuple[httpx.Client, httpx.Client]) -> None:
+    tracking, api = clients
+    created = api.post("/api/v1/audiences", json={"id": "twice", "name": "Twice", "root": VIEWS_2})
+    assert created.status_code == 201 and created.json()["size"] == 0
+    assert tracking.post("/v1/batch", json={"batch": views("ann", 2) + views("bob", 1)}).is_success
+    ann, bob = profile_id(api, "ann"), profile_id(api, "bob")
+    wait_for(lambda: members(api, "twice") == {ann})
+
+    memberships = api.get(f"/api/v1/profiles/{ann}/audiences").json()["audiences"]
+    assert "twice" in {m["audience"] for m in memberships}
+    assert "twice" in api.get(f"/api/v1/profiles/{ann}").json()["audiences"]
+    why = api.get(f"/api/v1/profiles/{bob}/audiences/twice").json()
+    assert why["member"] is False and why["holds"] is False
+    assert why["conditions"] == [{"path": "root", "condition": "performed", "value": 1,
+                                  "threshold": ">= 2", "holds": False}]  # fmt: skip
+    assert api.get(f"/api/v1/profiles/{ann}/audiences/twice").json()["member"] is True
+    assert api.get(f"/api/v1/profiles/p_nobody/audiences/twice").status_code == 404
+    assert api.get(f"/api/v1/profiles/{ann}/audiences/nope").status_code == 404
+
+    preview = api.post("/api/v1/audiences/preview", json={"root": VIEWS_2}).json()
+    assert preview["size"] >= 1 and ann in preview["sample"]
+    sizes = wait_for(lambda: api.get("/api/v1/audiences/twice/sizes").json()["sizes"])
+    assert sizes[-1]["size"] == 1 and sizes[-1]["entered"] == 1
+
+
+def test_a_new_audience_takes_in_who_already_qualifies(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    tracking, api = clients
+    batch = views("cy", 3, hours_ago=2) + views("dee", 1, hours_ago=2)
+    assert tracking.post("/v1/batch", json={"batch": batch}).is_success
+    cy = profile_id(api, "cy")
+    wait_for(lambda: cy in members(api, "category-viewed-3x-7d"))
+    root = {"performed": {"event": "Product Viewed", "within": "PT3H", "times": 3}}
+    assert api.post("/api/v1/audiences", json={"id": "late", "name": "L", "root": root}).is_success
+    wait_for(lambda: members(api, "late") == {cy})  # backfilled from ClickHouse, decided live
+
+
+def test_member_pages_follow_the_cursor(clients: tuple[httpx.Client, httpx.Client]) -> None:
+    tracking, api = clients
+    batch = [e for i in range(5) for e in views(f"page-{i}", 2)]
+    assert tracking.post("/v1/batch", json={"batch": batch}).is_success
+    root = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
+    assert api.post("/api/v1/audiences", json={"id": "pages", "name": "P", "root": root}).is_success
+    wait_for(lambda: len(members(api, "pages")) == 5)
+    seen, cursor = [], None
+    while True:
+        page = api.get("/api/v1/audiences/pages/members",
+                       params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()  # fmt: skip
+        seen += [m["profile_id"] for m in page["members"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 5
+    assert api.get("/api/v1/audiences/pages/members", params={"cursor": "%%"}).status_code == 400
