@@ -61,8 +61,8 @@ def test_predefined_audiences_are_listed_and_cannot_be_deleted(
     assert refused.status_code == 409 and "disable it" in refused.json()["error"]
     vip = api.get("/api/v1/audiences/vip").json()
     vip["enabled"] = False
-    changed = api.put("/api/v1/audiences/vip", json={k: vip[k] for k in
-                                                       ("name", "description", "enabled", "root")})  # fmt: skip
+    fields = ("name", "description", "enabled", "root")
+    changed = api.put("/api/v1/audiences/vip", json={k: vip[k] for k in fields})
     assert changed.status_code == 200 and changed.json()["enabled"] is False
     assert api.get("/api/v1/audiences/nope").status_code == 404
 
@@ -133,7 +133,7 @@ def test_members_follow_events_and_say_why(clients: tuple[httpx.Client, httpx.Cl
     assert why["conditions"] == [{"path": "root", "condition": "performed", "value": 1,
                                   "threshold": ">= 2", "holds": False}]  # fmt: skip
     assert api.get(f"/api/v1/profiles/{ann}/audiences/twice").json()["member"] is True
-    assert api.get(f"/api/v1/profiles/p_nobody/audiences/twice").status_code == 404
+    assert api.get("/api/v1/profiles/p_nobody/audiences/twice").status_code == 404
     assert api.get(f"/api/v1/profiles/{ann}/audiences/nope").status_code == 404
 
     preview = api.post("/api/v1/audiences/preview", json={"root": VIEWS_2}).json()
@@ -164,8 +164,8 @@ def test_member_pages_follow_the_cursor(clients: tuple[httpx.Client, httpx.Clien
     wait_for(lambda: len(members(api, "pages")) == 5)
     seen, cursor = [], None
     while True:
-        page = api.get("/api/v1/audiences/pages/members",
-                       params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()  # fmt: skip
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/v1/audiences/pages/members", params=params).json()
         seen += [m["profile_id"] for m in page["members"]]
         cursor = page["next_cursor"]
         if not cursor:
