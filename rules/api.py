@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cdp.api.common import READ, WRITE, errors, provided, resource_router
 from cdp.errors import BadRequest, NotFound, Unprocessable
@@ -275,7 +275,10 @@ AUDIENCE_ERRORS = errors(404)
 
 
 def _definition(audience_id: str, body: AudienceIn) -> Definition:
-    return Definition.model_validate({"id": audience_id, **body.model_dump(by_alias=True)})
+    try:
+        return Definition.model_validate({"id": audience_id, **body.model_dump(by_alias=True)})
+    except ValidationError:  # the body was valid: the id in the path cannot be an audience's
+        raise NotFound(f"no audience {audience_id}") from None
 
 
 @router.get("/audiences", tags=["audiences"], summary="Every audience, predefined ones first",
@@ -287,7 +290,7 @@ def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
 
 
 @router.post("/audiences", tags=["audiences"], summary="Define an audience (kept live at once)",
-             status_code=201, response_model=AudienceOut, responses=errors(409))  # fmt: skip
+             status_code=201, response_model=AudienceOut, responses=errors(400, 409))  # fmt: skip
 def create_audience(body: AudienceNew, _: WRITE, api: AudiencesApi = API) -> dict[str, Any]:
     fields = body.model_dump(by_alias=True, exclude={"id"})
     return api.save(_definition(body.id, AudienceIn.model_validate(fields)), create=True)
@@ -295,7 +298,7 @@ def create_audience(body: AudienceNew, _: WRITE, api: AudiencesApi = API) -> dic
 
 @router.post("/audiences/preview", tags=["audiences"],
              summary="How many a definition holds for now, and some of them, before saving",
-             response_model=PreviewOut)  # fmt: skip
+             response_model=PreviewOut, responses=errors(400))  # fmt: skip
 def preview_audience(body: PreviewIn, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
     at = int(body.at.timestamp() * 1000) if body.at else int(time.time() * 1000)
     return api.preview(body.root, at)
@@ -309,18 +312,23 @@ def show_audience(audience_id: str, _: READ, api: AudiencesApi = API) -> dict[st
 
 @router.put("/audiences/{audience_id}", tags=["audiences"],
             summary="Change an audience (members are decided again at once)",
-            response_model=AudienceOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+            response_model=AudienceOut, responses=errors(400, 404))  # fmt: skip
 def update_audience(audience_id: str, body: AudienceIn, _: WRITE,
                     api: AudiencesApi = API) -> dict[str, Any]:  # fmt: skip
     return api.save(_definition(audience_id, body), create=False)
 
 
-@router.delete("/audiences/{audience_id}", tags=["audiences"], status_code=204,
-               summary="Delete an audience (a predefined one can only be disabled)",
-               responses=errors(404, 409))  # fmt: skip
-def delete_audience(audience_id: str, _: WRITE, api: AudiencesApi = API) -> Response:
+class DeletedOut(BaseModel):
+    id: str
+    deleted: bool
+
+
+@router.delete("/audiences/{audience_id}", tags=["audiences"], response_model=DeletedOut,
+               summary="Delete an audience (a predefined one can only be disabled); its "
+                       "members leave it", responses=errors(404, 409))  # fmt: skip
+def delete_audience(audience_id: str, _: WRITE, api: AudiencesApi = API) -> dict[str, Any]:
     api.delete(audience_id)
-    return Response(status_code=204)
+    return {"id": audience_id, "deleted": True}
 
 
 @router.get("/audiences/{audience_id}/members", tags=["audiences"],

@@ -27,6 +27,7 @@ from pydantic import (
 
 MAX_NODES = 200
 MAX_DEPTH = 12
+MAX_DURATION_MS = 3660 * 86_400_000
 
 _DURATION = re.compile(
     r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
@@ -48,7 +49,13 @@ def parse_duration(value: Any) -> int:
             "seconds (such as PT1H or P7D; months and years vary in length: use days)"
         )
     parts = {name: int(number) for name, number in found.groupdict(default="0").items()}
-    return int(timedelta(**parts).total_seconds() * 1000)
+    try:
+        ms = int(timedelta(**parts).total_seconds() * 1000)
+    except OverflowError:
+        ms = MAX_DURATION_MS + 1
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"{value!r} is longer than ten years")
+    return ms
 
 
 def format_duration(ms: int) -> str:

@@ -180,7 +180,8 @@ class Printer:
         result = count if spec.fn == "count" else self.column(f"{spec.fn}If({value}, {condition})")
         present = "1" if spec.fn in ("sum", "count") else f"{count} > 0"
         threshold = self.param(spec.value, "Float64")
-        return f"({present} AND round(toFloat64({result}), 6) {spec.op} {threshold})"
+        # An aggregate of a Nullable over no row is NULL: a sum of nothing is 0 here.
+        return f"({present} AND round(ifNull(toFloat64({result}), 0), 6) {spec.op} {threshold})"
 
     def trait(self, spec: Trait) -> str:
         p = self.prop(spec.name, "traits")

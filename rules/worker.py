@@ -98,8 +98,8 @@ class AudienceWorker(StreamConsumer):
             for merged, survivor in _list(fields.get(b"m")):
                 self.retire(merged, survivor, now)
                 profiles[survivor] = None
-            for product in _list(fields.get(b"products")):
-                self.schedule(self.watchers(product), now)
+            for product in _list(fields.get(b"products")):  # in or out of stock now
+                profiles.update(dict.fromkeys(self.watchers(product)))
             for pid in _list(fields.get(b"p")):
                 profiles[pid] = None
         for pid in profiles:

@@ -24,8 +24,13 @@ class UpsertedOut(BaseModel):
     back_in_stock: list[str] = Field(description="Products whose stock went from 0 to more")
 
 
-@router.put("/catalog/products", tags=["catalog"], response_model=UpsertedOut,
-            summary=f"Add or replace up to {MAX_PRODUCTS} products")  # fmt: skip
+@router.put(
+    "/catalog/products",
+    tags=["catalog"],
+    response_model=UpsertedOut,
+    responses=errors(400),
+    summary=f"Add or replace up to {MAX_PRODUCTS} products",
+)
 def upsert_products(
     body: Annotated[ProductsIn, Body()], _: WRITE, catalog: Catalog = API
 ) -> dict[str, Any]:

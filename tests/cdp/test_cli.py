@@ -34,7 +34,7 @@ def test_a_bad_setting_is_named(tmp_path: Path) -> None:
 
 def test_migrate_applies_then_reports_up_to_date(tmp_path: Path) -> None:
     first = cdp("migrate", CDP_DATA_DIR=str(tmp_path))
-    assert first.returncode == 0 and "applied migrations: [1, 2, 3]" in first.stdout
+    assert first.returncode == 0 and "applied migrations: [1, 2, 3, 4]" in first.stdout
     again = cdp("migrate", CDP_DATA_DIR=str(tmp_path))
     assert again.returncode == 0 and "schema is up to date" in again.stdout
 

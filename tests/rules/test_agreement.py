@@ -134,4 +134,4 @@ def check(shop: Shop, namespace: str, root: dict[str, Any], events: list[dict[st
         shop.advance(step)
         real_time = shop.members("generated") & profiles
         in_sql = shop.sql_members("generated") & profiles
-        assert real_time == in_sql, (root, step, shop.changes())
+        assert real_time == in_sql, repr((root, step, events, identifies, shop.changes()))

@@ -1,0 +1,103 @@
+"""The durable_rules matcher against the tree's own answer: for generated trees and
+snapshots, the engine fires exactly the transitions the tree implies, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.conditions import Reading, holds
+from rules.definition import leaves, parse_node
+from rules.engine import Compiled, Matcher, complexity
+
+LEAVES = [
+    {"performed": {"event": "V", "within": "P1D", "op": ">=", "times": 2}},
+    {"performed": {"event": "A", "within": "P1D", "op": "==", "times": 0}},
+    {"not_followed_by": {"event": "A", "then": {"event": "O"}, "wait": "PT1H"}},
+    {"last_performed": {"event": "O", "op": "<", "ago": "P1D"}},
+    {"last_performed": {"event": "O", "op": ">=", "ago": "PT1H"}},
+    {"aggregate": {"event": "O", "property": "revenue", "fn": "avg", "within": "P1D",
+                   "op": "<", "value": 50}},
+    {"cart": {"op": ">", "units": 0}},
+    {"bucket": {"salt": "s", "below": 30}},
+    {"trait": {"name": "plan", "value": "pro"}},
+]  # fmt: skip
+tree = st.recursive(
+    st.sampled_from(LEAVES),
+    lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=3).map(lambda c: {"and": c}),
+        st.lists(children, min_size=1, max_size=3).map(lambda c: {"or": c}),
+        children.map(lambda c: {"not": c}),
+    ),
+    max_leaves=5,
+)
+VALUES = {  # values around each leaf's threshold, and "never" (-1)
+    "performed": [0, 1, 2, 3], "not_followed_by": [-1, 0, 3_599_999, 3_600_000],
+    "last_performed": [-1, 0, 3_599_999, 3_600_000, 86_400_000],
+    "aggregate": [0, 49.5, 50, 120], "cart": [0, 1, 2], "bucket": [0, 29, 30, 99],
+    "trait": [0, 1],
+}  # fmt: skip
+
+
+def reading(path: str, kind: str, value: float, present: bool, spec: Any) -> Reading:
+    """What the conditions module would read, with its own verdict for the value."""
+    if kind == "performed":
+        ok = {">=": value >= spec.times, "==": value == spec.times}[spec.op]
+    elif kind == "not_followed_by":
+        ok = value >= spec.wait
+    elif kind == "last_performed":
+        ok = value >= 0 and (value >= spec.ago if spec.op == ">=" else value < spec.ago)
+    elif kind == "aggregate":
+        ok = present and value < spec.value
+    elif kind == "cart":
+        ok = value > spec.units
+    elif kind == "bucket":
+        ok = value < spec.below
+    else:
+        ok = value == 1
+    return Reading(path, kind, value, present, ok, "", value, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=tree, data=st.data(), member=st.booleans())
+def test_the_engine_fires_what_the_tree_implies(document: dict[str, Any], data: st.DataObject,
+                                                member: bool) -> None:  # fmt: skip
+    root = parse_node(document)
+    matcher = Matcher(0, [Compiled("x", 0, root)])
+    readings = []
+    for path, leaf in leaves(root):
+        kind = next(iter(type(leaf).model_fields))
+        value = data.draw(st.sampled_from(VALUES[kind]))
+        present = kind != "aggregate" or data.draw(st.booleans())
+        readings.append(reading(path, kind, value, present, getattr(leaf, kind)))
+    expected = holds(root, {r.path: r for r in readings})
+    fired = matcher.match({"x": Compiled("x", 0, root).snapshot(readings, member)})
+    if expected and not member:
+        assert fired == {("x", "enter")}
+    elif member and not expected:
+        assert fired == {("x", "exit")}
+    else:
+        assert fired == set()
+
+
+def test_many_audiences_are_sharded_and_each_answers_alone() -> None:
+    roots = [parse_node({"performed": {"event": "V", "within": "P1D", "times": i}})
+             for i in range(20)]  # fmt: skip
+    compiled = [Compiled(f"a{i}", i, root) for i, root in enumerate(roots)]
+    matcher = Matcher(0, compiled)
+    assert matcher.shard_count() == 3
+    seen = Reading("root", "performed", 5, True, True, "", 5, None)  # 5 views
+    snapshots = {c.audience: c.snapshot([seen], member=c.slot % 2 == 0) for c in compiled}
+    fired = matcher.match(snapshots)
+    # Audience i asks for i views: odd ones (not members) up to 5 enter, even ones past 5 exit.
+    assert fired == {(f"a{i}", "enter") for i in (1, 3, 5)} | {
+        (f"a{i}", "exit") for i in range(6, 20, 2)
+    }
+
+
+def test_complexity_counts_the_alternatives_the_engine_expands() -> None:
+    a, b = LEAVES[0], LEAVES[1]
+    assert complexity(parse_node({"and": [{"or": [a, b]}, {"or": [a, b]}]})) == 4
+    assert complexity(parse_node({"not": {"and": [a, b]}})) == 2

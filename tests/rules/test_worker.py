@@ -1,0 +1,126 @@
+"""The audience worker: merges move memberships, entries handled again change nothing twice,
+definitions change while events flow, a product back in stock brings its watchers up."""
+
+from __future__ import annotations
+
+import contextlib
+
+import redis
+
+from cdp.catalog import Product
+from cdp.consumer import Entries
+from cdp.settings import Settings
+from cdp.storage import Warehouse
+from rules.definition import Definition
+from rules.worker import AudienceWorker
+from tests.rules.shop import Shop, step
+
+TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
+
+
+def test_a_merge_moves_memberships_to_the_survivor(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.track("phone", "Product Viewed", at=shop.now - 2000)
+        shop.track("phone", "Product Viewed", at=shop.now - 1000)
+        shop.track("laptop", "Product Viewed")
+        shop.settle()
+        phone, laptop = shop.profile_of("phone"), shop.profile_of("laptop")
+        assert shop.members("twice") == {phone}
+
+        shop.identify("laptop", "sam")
+        shop.identify("phone", "sam")
+        shop.settle()
+        survivor = shop.profile_of("phone")
+        assert survivor == shop.profile_of("laptop")
+        merged = ({phone, laptop} - {survivor}).pop()
+        assert shop.members("twice") == {survivor} == shop.sql_members("twice")
+        changes = [(c["profile"], c["change"], c["cause"]) for c in shop.changes()
+                   if c["audience"] == "twice"]  # fmt: skip
+        if merged == phone:  # the member's profile went; the survivor came in
+            assert changes[1:] == [(phone, "exit", "merge"), (survivor, "enter", "event")]
+        assert not redis_client.exists(shop.keys.of(merged))
+
+
+class CrashBeforeAck(AudienceWorker):
+    def ack(self, entries: Entries) -> None:
+        raise RuntimeError("killed before acknowledging")
+
+
+def test_entries_handled_again_after_a_crash_record_each_transition_once(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        for who in ("a", "b", "c"):
+            shop.track(who, "Product Viewed", at=shop.now - 1)
+            shop.track(who, "Product Viewed")
+        crashing = CrashBeforeAck(
+            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
+            shop.catalog, settings.records_stream, settings.history_days,
+            clock=lambda: shop.now, consumer="crashing",
+        )  # fmt: skip
+        shop.worker = crashing
+        with contextlib.suppress(RuntimeError):
+            shop.settle()
+        enters = [c for c in shop.changes() if c["change"] == "enter" and c["audience"] == "twice"]
+        assert len(enters) == 3  # the effect is stored, the entries not acknowledged
+        restarted = shop.audience_worker(consumer="crashing")
+        assert restarted.recover() > 0
+        shop.worker = restarted
+        shop.settle()
+        enters = [c for c in shop.changes() if c["change"] == "enter" and c["audience"] == "twice"]
+        assert len(enters) == 3
+        pending = redis_client.xpending(settings.profile_changes_stream, "audiences")
+        assert pending["pending"] == 0
+        step(shop.records)
+        logged = "SELECT count() FROM audience_log WHERE audience_id = 'twice'"
+        assert warehouse.query_rows(logged)[0][0] == 3
+
+
+def test_definitions_change_while_events_flow(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        for round_ in range(6):
+            for who in range(5):
+                shop.track(f"v{who}", "Product Viewed", at=shop.now - round_ * 1000 - who)
+            times = 2 + round_ % 3
+            root = {"performed": {"event": "Product Viewed", "within": "P1D", "times": times}}
+            changed = Definition.model_validate({"id": "twice", "name": "Twice", "root": root})
+            shop.audiences.save(changed, create=False)
+            shop.settle()
+        # The last definition (3 views) holds for everyone; every profile was decided by it
+        # once its events arrived.
+        everyone = {shop.profile_of(f"v{who}") for who in range(5)}
+        assert shop.members("twice") == everyone == shop.sql_members("twice") & everyone
+        enters = [c for c in shop.changes() if c["change"] == "enter"]
+        exits = [c for c in shop.changes() if c["change"] == "exit"]
+        assert len(enters) - len(exits) == 5
+
+
+def test_a_product_back_in_stock_moves_its_watchers(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.catalog.upsert([Product(id="boot", name="Boot", stock=0)])
+        shop.track("ann", "Product Viewed", product_id="boot")
+        shop.track("bob", "Product Viewed", product_id="hat")
+        shop.settle()
+        ann = shop.profile_of("ann")
+        assert shop.members("back-in-stock-watchers") == {ann}
+        assert shop.sql_members("back-in-stock-watchers") & {ann} == {ann}
+
+        shop.now += 1000
+        assert shop.catalog.upsert([Product(id="boot", name="Boot", stock=4)], now=shop.now) == [
+            "boot"
+        ]
+        shop.settle()
+        assert shop.members("back-in-stock-watchers") == set()
+        stored = warehouse.query_rows(
+            "SELECT properties.product_id.:String FROM events WHERE event = 'Back In Stock'"
+        )
+        assert stored == [("boot",)]
