@@ -4,6 +4,9 @@ its own Redis key prefix."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -126,3 +129,13 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, sleep=tim
 
 def count_events(warehouse: Warehouse, where: str = "1", parameters: dict | None = None) -> int:
     return int(warehouse.query_rows(f"SELECT count() FROM events WHERE {where}", parameters)[0][0])
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory for a server process; its Valkey is killed if a test left it."""
+    yield tmp_path / "data"
+    pid_file = tmp_path / "data" / "valkey" / "valkey.pid"
+    if pid_file.exists():  # a server a failed test left behind
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -53,3 +53,21 @@ class ServerProcess:
             timeout=10,
         )
         return int(response.json()["events"])
+
+
+def children_of(pid: int, command: bytes = b"") -> list[int]:
+    """Workers started by the server with that pid (they name it with `--parent`), those
+    whose command line holds `command` if given."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        named = b"--parent" in words and words[words.index(b"--parent") + 1]
+        if named == str(pid).encode() and state != "Z" and (not command or command in words):
+            found.append(int(entry.name))
+    return found

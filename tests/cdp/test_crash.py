@@ -2,47 +2,19 @@
 restarted: every acknowledged event is in ClickHouse exactly once. Graceful stop: Ctrl+C
 (SIGINT to the whole process group) stores every acknowledged event before Valkey stops."""
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import WRITE_KEY, wait_for
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, children_of
 
 pytestmark = pytest.mark.e2e
-
-
-def children_of(pid: int) -> list[int]:
-    """Workers started by the server with that pid (they name it with `--parent`)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        named = b"--parent" in command and command[command.index(b"--parent") + 1]
-        if named == str(pid).encode() and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "data"
-    pid_file = tmp_path / "data" / "valkey" / "valkey.pid"
-    if pid_file.exists():  # a server a failed test left behind
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def count_in_chdb(data_dir: Path) -> tuple[int, int]:
