@@ -158,7 +158,7 @@ class Runtime:
                                        Sources(self.warehouse, self.redis, self.profiles,
                                                self.catalog, self.audiences.keys,
                                                settings.history_days)),
-            ReportsApi: ReportsApi(self.warehouse, self.redis, streams),
+            ReportsApi: ReportsApi(self.warehouse, self.redis, settings.streams),
             OperationsApi: OperationsApi(
                 self.redis,
                 settings.dead_letter_stream,

@@ -342,7 +342,7 @@ def demo(
             response.raise_for_status()
             return Overview(**response.json())
 
-        ok = demo_module.run(url, write_key, read_remote, visitors, seed, console)
+        ok = demo_module.run(url, write_key, api_key, read_remote, visitors, seed, console)
         raise typer.Exit(0 if ok else 1)
 
     from cdp.app import create_app
@@ -372,12 +372,8 @@ def demo(
         ok = demo_module.run(
             f"http://127.0.0.1:{port}",
             sorted(runtime.credentials.write_keys)[0],
-            lambda since: overview(
-                runtime.warehouse,
-                since,
-                runtime.redis,
-                [settings.events_stream, settings.records_stream],
-            ),
+            runtime.credentials.admin_key,
+            lambda since: overview(runtime.warehouse, since, runtime.redis, settings.streams),
             visitors,
             seed,
             console,

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         return f"{self.redis_prefix}:stream:dead_letters"
 
     @property
+    def streams(self) -> list[str]:
+        """The streams whose backlog says what is still under way, each fed by the workers
+        of the ones before it: events, then profile changes, then records."""
+        return [self.events_stream, self.profile_changes_stream, self.records_stream]
+
+    @property
     def profile_changes_stream(self) -> str:
         """The profiles each script call changed, for the audience worker (`rules/`)."""
         return f"{self.redis_prefix}:stream:profile_changes"

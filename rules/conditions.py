@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdp.profiles.reader import iso
 from rules.definition import (
     Aggregate,
     AggregateNode,
@@ -44,6 +45,7 @@ from rules.definition import (
     Trait,
     TraitNode,
     Where,
+    format_duration,
     kind_of,
     leaves,
     spec_of,
@@ -209,14 +211,19 @@ def not_followed_by(
         return (
             NEVER,
             False,
-            {"since": last, "followed": True},
+            {"last": iso(last), "followed": True},
             _soonest(arrivals, last + within if within else None),
         )
     waited = now - last
     holds = waited >= spec.wait
     due = last + spec.wait if not holds else None
     slides = last + within if within else None
-    return waited, holds, {"since": last, "waited_ms": waited}, _soonest(due, slides, arrivals)
+    return (
+        waited,
+        holds,
+        {"last": iso(last), "waited": format_duration(waited)},
+        _soonest(due, slides, arrivals),
+    )
 
 
 def last_performed(
@@ -232,7 +239,7 @@ def last_performed(
     return (
         age,
         holds,
-        {"last": last, "ago_ms": age},
+        {"last": iso(last), "ago": format_duration(age)},
         _soonest(last + spec.ago if last + spec.ago > now else None, arrivals),
     )
 
@@ -326,12 +333,28 @@ def read_leaf(path: str, leaf: Leaf, s: Subject, now: int) -> Reading:  # noqa: 
     if isinstance(leaf, NotFollowedByNode):
         assert isinstance(spec, NotFollowedBy)
         value, holds, shown, next_at = not_followed_by(spec, s, now)
-        return Reading(path, kind, value, True, holds, f"waited >= {spec.wait} ms", shown, next_at)
+        return Reading(
+            path,
+            kind,
+            value,
+            True,
+            holds,
+            f"waited >= {format_duration(spec.wait)}",
+            shown,
+            next_at,
+        )
     if isinstance(leaf, LastPerformedNode):
         assert isinstance(spec, LastPerformed)
         value, holds, shown, next_at = last_performed(spec, s, now)
         return Reading(
-            path, kind, value, True, holds, f"age {spec.op} {spec.ago} ms", shown, next_at
+            path,
+            kind,
+            value,
+            True,
+            holds,
+            f"ago {spec.op} {format_duration(spec.ago)}",
+            shown,
+            next_at,
         )
     if isinstance(leaf, AggregateNode):
         assert isinstance(spec, Aggregate)

@@ -16,7 +16,7 @@ from cdp.profiles.reader import ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause, Change
 from rules.conditions import Happened, Reading, Subject, holds, next_change, read
-from rules.definition import Definition, OutOfStockNode, leaves
+from rules.definition import Definition, OutOfStockNode, leaves, spec_of
 from rules.engine import Compiled, Matcher
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,12 @@ class Plan:
     layers: list[list[Compiled]]
     definitions: dict[str, Definition]
     matcher: Matcher
-    reads_stock: bool  # some audience reads the catalog
+    watch_events: frozenset[str]  # events that watch a product (for stock conditions)
+    watch_ms: int  # how far back they count
+
+    @property
+    def reads_stock(self) -> bool:
+        return bool(self.watch_events)
 
     @classmethod
     def of(cls, generation: int, definitions: list[Definition]) -> Plan:
@@ -43,11 +48,12 @@ class Plan:
             compiled_layers.append([Compiled(d.id, slot + i, d.root) for i, d in enumerate(layer)])
             slot += len(layer)
         flat = [c for layer in compiled_layers for c in layer]
-        reads_stock = any(
-            isinstance(leaf, OutOfStockNode) for d in definitions for _, leaf in leaves(d.root)
-        )
+        stock = [spec_of(leaf) for d in definitions for _, leaf in leaves(d.root)
+                 if isinstance(leaf, OutOfStockNode)]  # fmt: skip
         return cls(generation, compiled_layers, {d.id: d for d in definitions},
-                   Matcher(generation, flat), reads_stock)  # fmt: skip
+                   Matcher(generation, flat),
+                   frozenset(e for spec in stock for e in spec.events),
+                   max((spec.within for spec in stock), default=0))  # fmt: skip
 
 
 @dataclass

@@ -31,7 +31,7 @@ from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
-from rules.conditions import PRODUCT_ADDED, product_of
+from rules.conditions import Happened, product_of
 from rules.evaluation import Outcome, Plan, evaluate, subject_of
 from rules.keyspace import AudienceKeys
 
@@ -44,8 +44,6 @@ DUE_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
 )  # fmt: skip
 DUE_BATCH = 500
-WATCH_RECENT = 20  # the latest events of a history checked for watched products
-WATCHED = ("Product Viewed", "Product Added to Wishlist", PRODUCT_ADDED)
 
 
 def now_ms() -> int:
@@ -180,8 +178,7 @@ class AudienceWorker(StreamConsumer):
             current_due = pipe.zscore(self.keys.due, pid)
             outcome = evaluate(plan, subject, now, cause)
             pipe.multi()
-            watched = subject.history[-WATCH_RECENT:] if plan.reads_stock else []
-            self._write(pipe, pid, outcome, watched)
+            self._write(pipe, pid, outcome, watched(plan, subject.history, now))
             if outcome.next_at is not None:
                 pipe.zadd(self.keys.due, {pid: outcome.next_at})
             elif due_at is not None or current_due is not None:
@@ -190,7 +187,7 @@ class AudienceWorker(StreamConsumer):
         EVALUATIONS.labels(cause).inc()
         return outcome
 
-    def _write(self, pipe: Any, pid: str, outcome: Outcome, history: list[Any]) -> None:
+    def _write(self, pipe: Any, pid: str, outcome: Outcome, watching: dict[str, int]) -> None:
         rows = []
         for change in outcome.changes:
             if change.change == "enter":
@@ -204,10 +201,8 @@ class AudienceWorker(StreamConsumer):
             TRANSITIONS.labels(change.change, change.cause).inc()
         if rows:
             pipe.xadd(self.records_stream, {"table": "audience_log", "rows": orjson.dumps(rows)})
-        for h in history:  # who watches which product, for back in stock
-            product = product_of(h.properties)
-            if product and h.event in WATCHED:
-                pipe.zadd(self.keys.watchers(product), {pid: h.at}, gt=True)
+        for product, at in watching.items():  # who watches which product, for back in stock
+            pipe.zadd(self.keys.watchers(product), {pid: at}, gt=True)
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
         """A profile merged into another (or erased): it leaves its audiences."""
@@ -220,10 +215,23 @@ class AudienceWorker(StreamConsumer):
             for a in memberships
         ])  # fmt: skip
         pipe = self.client.pipeline(transaction=True)
-        self._write(pipe, merged, outcome, [])
+        self._write(pipe, merged, outcome, {})
         pipe.delete(self.keys.of(merged))
         pipe.zrem(self.keys.due, merged)
         pipe.execute()
+
+
+def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
+    """The products the profile viewed or wishlisted within the stock conditions' windows,
+    each with the last time: one entry per product, however often it was seen."""
+    found: dict[str, int] = {}
+    if not plan.watch_events:
+        return found
+    for h in history:
+        product = product_of(h.properties)
+        if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
+            found[product] = max(found.get(product, h.at), h.at)
+    return found
 
 
 def _list(raw: bytes | None) -> list[Any]:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cdp.demo.audiences import print_audiences, restock, stock_catalog
 from cdp.demo.shop import Visitor, simulate_shop
 from cdp.report import Overview
 
@@ -88,7 +89,7 @@ def wait_until_stored(
     read: Callable[[], Overview], expected: int, console: Console, timeout: float = 120
 ) -> Overview:
     deadline = time.monotonic() + timeout
-    with console.status("waiting for the warehouse writer and the profile worker..."):
+    with console.status("waiting for the writers, the profile worker and the rules engine..."):
         while True:
             report = read()
             settled = report.events >= expected and report.backlog == 0
@@ -151,6 +152,7 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
 def run(
     base_url: str,
     write_key: str,
+    api_key: str,
     read_report: Callable[[datetime], Overview],
     visitors: int,
     seed: int | None,
@@ -162,9 +164,12 @@ def run(
         f"[bold]{visitors}[/] visitors, [bold]{sum(len(v.events) for v in shop):,}[/] events "
         f"→ {base_url}"
     )
+    stock_catalog(base_url, api_key)
     sent = send_traffic(base_url, write_key, shop, console)
     report = wait_until_stored(lambda: read_report(started), sent.accepted, console)
     print_report(console, report, sent, started)
+    print_audiences(console, base_url, api_key)
+    restock(console, base_url, api_key)
     return report.events == sent.accepted
 
 

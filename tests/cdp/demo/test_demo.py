@@ -28,6 +28,9 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "Events by type" in result.stdout and "Order Completed" in result.stdout
     assert "logged-in people is one profile" in result.stdout
     assert "merges" in result.stdout and "identified" in result.stdout
+    assert "Audiences, kept live by the rules engine" in result.stdout
+    assert "abandoned-cart" in result.stdout and "Why is p_" in result.stdout
+    assert "watchers left back-in-stock-watchers" in result.stdout
 
     # Again on the same data: the report is of this run, not of everything kept.
     again = subprocess.run(
