@@ -260,6 +260,8 @@ def grouped(changes: Iterable[Change]) -> list[Change]:
     out: list[Change] = []
     groups: dict[tuple[Any, ...], Change] = {}
     for change in changes:
+        if change["kind"] == "event" and not change["ids"]:  # nobody's: a catalog's Back In Stock
+            continue
         if not change.keys().isdisjoint(ALONE):
             out.append(change)
             continue

@@ -98,3 +98,10 @@ def test_browsing_of_the_same_identifiers_on_a_day_is_one_change() -> None:
     assert browsing["tz"] == "Europe/Paris" and browsing["tzt"] == BASE_MS + 9000
     assert [v[0] for v in browsing["views"]] == ["p"]
     assert out[1]["ids"] == ["u:u", "a:a"] and out[2]["cart"][0] == "add"
+
+
+def test_an_event_of_nobody_changes_no_profile() -> None:
+    from cdp.profiles.change import change_of, grouped
+
+    event = stored("track", "Back In Stock", properties={"product_id": "boot"})
+    assert grouped([change_of(event)]) == []
