@@ -34,7 +34,7 @@ from cdp.records import RecordsWriter
 from cdp.redis_server import EmbeddedRedis, redis_for
 from cdp.schema import migrate
 from cdp.settings import Settings
-from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse, text
+from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
 from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
 from ingestion.routes import PATHS as TRACKING_PATHS
@@ -46,7 +46,7 @@ from rules import privacy as audience_privacy
 from rules.api import AudiencesApi
 from rules.api import router as audiences_router
 from rules.audiences import Audiences
-from rules.keyspace import AudienceKeys
+from rules.keyspace import AudienceKeys, memberships
 from rules.membership import Sources
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Runtime:
 
     def memberships(self, profile_id: str) -> list[str]:
         keys = AudienceKeys(self.settings.redis_prefix)
-        return sorted(text(m) for m in self.redis.hkeys(keys.of(profile_id)))
+        return sorted(memberships(self.redis.hgetall(keys.of(profile_id))))
 
     def erase_audiences(self, profile_ids: list[str]) -> dict[str, int]:
         return audience_privacy.erase(self.redis, self.warehouse, self.audiences, profile_ids)

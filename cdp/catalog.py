@@ -53,11 +53,16 @@ class CatalogKeys:
     def out_of_stock(self) -> str:
         return f"{self.prefix}:catalog:out_of_stock"
 
+    @property
+    def stock_version(self) -> str:
+        """Incremented whenever a product goes in or out of stock."""
+        return f"{self.prefix}:catalog:stock_version"
+
 
 # One atomic step per request: store each product, keep the out-of-stock set, say which
 # came back in stock and which crossed either way, and tell the audience worker.
 UPSERT = """
-local products, out, changes = KEYS[1], KEYS[2], KEYS[3]
+local products, out, changes, version = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local items = cjson.decode(ARGV[1])
 local back, crossed = {}, {}
 for _, item in ipairs(items) do
@@ -70,6 +75,7 @@ for _, item in ipairs(items) do
     redis.call('SREM', out, id); crossed[#crossed + 1] = id; back[#back + 1] = id
   end
 end
+if #crossed > 0 then redis.call('INCR', version) end
 if #crossed > 0 and changes ~= '' then
   redis.call('XADD', changes, 'MAXLEN', '~', 1000000, '*', 'p', '[]', 'm', '[]',
              'products', cjson.encode(crossed), 'at', ARGV[2])
@@ -97,7 +103,8 @@ class Catalog:
         now = now if now is not None else int(time.time() * 1000)
         items = [[p.id, p.stock, p.model_dump_json()] for p in products]
         back = [text(i) for i in self._upsert(
-            keys=[self.keys.products, self.keys.out_of_stock, self.changes],
+            keys=[self.keys.products, self.keys.out_of_stock, self.changes,
+                  self.keys.stock_version],
             args=[orjson.dumps(items), now],
         )]  # fmt: skip
         if back and self.warehouse is not None:

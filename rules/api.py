@@ -23,7 +23,7 @@ from rules.audiences import Audiences, Saved, problems_of
 from rules.conditions import holds, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
-from rules.keyspace import AudienceKeys
+from rules.keyspace import AudienceKeys, memberships
 from rules.membership import Sources, candidates_at, members_at
 
 SAMPLE = 10
@@ -218,7 +218,7 @@ class AudiencesApi:
 
     def stored(self, profile_id: str) -> dict[str, int]:
         """The profile's memberships as the worker keeps them: audience → since (ms)."""
-        return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.of(profile_id)).items()}
+        return memberships(self.redis.hgetall(self.keys.of(profile_id)))
 
     def why(self, profile_id: str, audience_id: str) -> dict[str, Any]:
         profile = self.reader.existing(profile_id)

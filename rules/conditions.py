@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cdp.profiles.reader import iso
@@ -80,6 +81,14 @@ class Subject:
     memberships: set[str] = field(default_factory=set)
     out_of_stock: frozenset[str] = frozenset()  # product ids with no stock now
 
+    @cached_property
+    def by_event(self) -> dict[str, list[Happened]]:
+        """The history by event name (each list in time order), made once per subject."""
+        index: dict[str, list[Happened]] = {}
+        for h in self.history:
+            index.setdefault(h.event, []).append(h)
+        return index
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -139,12 +148,12 @@ def matches(where: Where, properties: dict[str, Any]) -> bool:
     return a is not None and COMPARE[where.op](a, where.value)
 
 
-def of(ref: EventRef, history: Iterable[Happened]) -> list[Happened]:
-    return [
-        h
-        for h in history
-        if h.event == ref.event and all(matches(w, h.properties) for w in ref.where)
-    ]
+def of(ref: EventRef, s: Subject) -> list[Happened]:
+    """The subject's events of that name that pass the filters, in time order."""
+    named = s.by_event.get(ref.event, [])
+    if not ref.where:
+        return named
+    return [h for h in named if all(matches(w, h.properties) for w in ref.where)]
 
 
 def _soonest(*moments: int | None) -> int | None:
@@ -171,7 +180,7 @@ def group_of(happened: Happened, prop: str) -> str | None:
 
 
 def performed(spec: Performed, s: Subject, now: int) -> tuple[float, bool, Any, int | None]:
-    events = of(spec, s.history)
+    events = of(spec, s)
     inside = _in_window(events, now, spec.within)
     if spec.same:
         groups = Counter(g for h in inside if (g := group_of(h, spec.same)) is not None)
@@ -199,11 +208,11 @@ def _last(events: list[Happened], now: int) -> int | None:
 def not_followed_by(
     spec: NotFollowedBy, s: Subject, now: int
 ) -> tuple[float, bool, Any, int | None]:
-    firsts = of(spec, s.history)
+    firsts = of(spec, s)
     within = spec.within
     candidates = [h for h in firsts if h.at <= now and (within is None or h.at > now - within)]
     last = max((h.at for h in candidates), default=None)
-    thens = of(spec.then, s.history)
+    thens = of(spec.then, s)
     arrivals = _arrivals(firsts + thens, now)
     if last is None:
         return NEVER, False, None, arrivals
@@ -229,7 +238,7 @@ def not_followed_by(
 def last_performed(
     spec: LastPerformed, s: Subject, now: int
 ) -> tuple[float, bool, Any, int | None]:
-    events = of(spec, s.history)
+    events = of(spec, s)
     last = _last(events, now)
     arrivals = _arrivals(events, now)
     if last is None:
@@ -245,7 +254,7 @@ def last_performed(
 
 
 def aggregate(spec: Aggregate, s: Subject, now: int) -> tuple[float, bool, bool, Any, int | None]:
-    events = [h for h in of(spec, s.history) if number(h.properties.get(spec.property)) is not None]
+    events = [h for h in of(spec, s) if number(h.properties.get(spec.property)) is not None]
     inside = _in_window(events, now, spec.within)
     values = [number(h.properties[spec.property]) or 0.0 for h in inside]
     present = bool(values) or spec.fn in ("sum", "count")
@@ -314,12 +323,13 @@ def trait_holds(spec: Trait, traits: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[str], int | None]:
-    inside = [h for h in s.history if h.event in spec.events and now - spec.within < h.at <= now]
+    seen = [h for event in spec.events for h in s.by_event.get(event, [])]
+    inside = [h for h in seen if now - spec.within < h.at <= now]
     products = sorted(
         {p for h in inside if (p := product_of(h.properties)) and p in s.out_of_stock}
     )
     watched = [h for h in inside if product_of(h.properties) in s.out_of_stock]
-    later = [h for h in s.history if h.event in spec.events and h.at > now]
+    later = [h for h in seen if h.at > now]
     return products, _soonest(_leaves_window(watched, spec.within), _arrivals(later, now))
 
 

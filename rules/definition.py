@@ -275,6 +275,9 @@ Leaf = (PerformedNode | NotFollowedByNode | LastPerformedNode | AggregateNode | 
         | CartNode | ConsentNode | OutOfStockNode | BucketNode | MemberOfNode)  # fmt: skip
 
 
+_KIND_OF: dict[type, str] = {model: kind for kind, model in KINDS.items()}
+
+
 def _kind(value: Any) -> str | None:
     if isinstance(value, dict):
         keys = [key for key in value if key in KINDS]
@@ -389,7 +392,7 @@ def check_shape(node: Node, where: str = "root") -> None:
 
 
 def kind_of(leaf: Leaf) -> str:
-    return next(iter(type(leaf).model_fields))
+    return _KIND_OF[type(leaf)]
 
 
 def spec_of(leaf: Leaf) -> Any:

@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from cdp.profiles.reader import ProfileReader
+from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause, Change
 from rules.conditions import Happened, Reading, Subject, holds, next_change, read
-from rules.definition import Definition, OutOfStockNode, leaves, spec_of
+from rules.definition import (
+    CartNode,
+    ConsentNode,
+    Definition,
+    NotFollowedByNode,
+    OutOfStockNode,
+    TraitNode,
+    leaves,
+    references,
+    spec_of,
+)
 from rules.engine import Compiled, Matcher
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,7 @@ class Plan:
     matcher: Matcher
     watch_events: frozenset[str]  # events that watch a product (for stock conditions)
     watch_ms: int  # how far back they count
+    inputs: dict[str, frozenset[str]] = field(default_factory=dict)  # what each audience reads
 
     @property
     def reads_stock(self) -> bool:
@@ -53,27 +64,63 @@ class Plan:
         return cls(generation, compiled_layers, {d.id: d for d in definitions},
                    Matcher(generation, flat),
                    frozenset(e for spec in stock for e in spec.events),
-                   max((spec.within for spec in stock), default=0))  # fmt: skip
+                   max((spec.within for spec in stock), default=0),
+                   {d.id: inputs_of(d) for d in definitions})  # fmt: skip
 
 
 @dataclass
 class Outcome:
+    partial: bool = False  # only the audiences that read what changed were matched
     changes: list[AudienceChange] = field(default_factory=list)
     next_at: int | None = None
     readings: dict[str, list[Reading]] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
 
 
-def evaluate(plan: Plan, subject: Subject, now: int, cause: Cause) -> Outcome:
-    """Match every audience of the plan on the subject at `now` (epoch ms). Memberships of
-    audiences the plan does not hold (deleted, disabled) are left as exits."""
-    outcome = Outcome()
+CART_EVENTS = frozenset({"Product Added", "Product Removed", "Order Completed"})
+
+
+def inputs_of(definition: Definition) -> frozenset[str]:
+    """What changes can change the audience with no time passing: the events it names,
+    `identify` for traits, `consent`, `stock` for the catalog. Membership of another audience
+    is followed through the layers; a bucket never changes."""
+    found: set[str] = set()
+    for _, leaf in leaves(definition.root):
+        spec = spec_of(leaf)
+        if isinstance(leaf, NotFollowedByNode):
+            found |= {spec.event, spec.then.event}
+        elif isinstance(leaf, CartNode):
+            found |= CART_EVENTS
+        elif isinstance(leaf, TraitNode):
+            found.add("identify")
+        elif isinstance(leaf, ConsentNode):
+            found.add("consent")
+        elif isinstance(leaf, OutOfStockNode):
+            found |= {*spec.events, "stock"}
+        elif hasattr(spec, "event"):
+            found.add(spec.event)
+    return frozenset(found)
+
+
+def evaluate(
+    plan: Plan, subject: Subject, now: int, cause: Cause, changed: frozenset[str] | None = None
+) -> Outcome:
+    """Match the audiences of the plan on the subject at `now` (epoch ms): all of them, or
+    with `changed` (what changed since the last evaluation, no time having passed) only
+    those that read it and those that reference an audience the profile entered or left.
+    Memberships of audiences the plan does not hold (deleted, disabled) are left as exits."""
+    outcome = Outcome(partial=changed is not None)
+    moved: set[str] = set()
     members = set(subject.memberships) & set(plan.definitions)
     for gone in sorted(set(subject.memberships) - set(plan.definitions)):
         outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
                                               plan.generation, []))  # fmt: skip
     subject.memberships = members
-    for layer in plan.layers:
+    for whole_layer in plan.layers:
+        layer = [c for c in whole_layer if changed is None or plan.inputs[c.audience] & changed
+                 or references(plan.definitions[c.audience].root) & moved]  # fmt: skip
+        if not layer:
+            continue
         snapshots = {}
         for compiled in layer:
             readings = read(compiled.root, subject, now)
@@ -99,6 +146,7 @@ def evaluate(plan: Plan, subject: Subject, now: int, cause: Cause) -> Outcome:
             elif change == "exit":
                 members.discard(audience)
             if change:
+                moved.add(audience)
                 reason = [r.as_dict() for r in readings]
                 outcome.changes.append(AudienceChange(audience, subject.profile_id, change, now,
                                                       cause, plan.generation, reason))  # fmt: skip
@@ -122,8 +170,13 @@ def subject_of(
     inputs = reader.audience_inputs(profile_id, now - history_days * DAY_MS)
     if inputs is None:
         return None
+    return subject_from(profile_id, inputs, memberships, frozenset(out_of_stock or ()))
+
+
+def subject_from(
+    profile_id: str, inputs: AudienceInputs, memberships: set[str], out_of_stock: frozenset[str]
+) -> Subject:
     history = [
         Happened(mid, event, at, properties) for at, mid, event, properties in inputs.history
     ]
-    return Subject(profile_id, history, inputs.traits, inputs.granted, memberships,
-                   frozenset(out_of_stock or ()))  # fmt: skip
+    return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock)

@@ -2,7 +2,7 @@
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
 (incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms), `audience:<id>:members` (a sorted set: profile → since),
+member since, epoch ms, and `~generation`), `audience:<id>:members` (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
 no event), `audiences:watchers:<product>` (a sorted set: profiles that viewed or wishlisted
 the product → when), and the stream `stream:audience_changes` (`rules/changes.py`)."""
@@ -10,6 +10,21 @@ the product → when), and the stream `stream:audience_changes` (`rules/changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+# In a profile's memberships hash, beside audience → since: the definitions' generation of its
+# last full evaluation (a profile not evaluated under the current one is evaluated in full).
+GENERATION = "~generation"
+
+
+def memberships(stored: dict[Any, Any]) -> dict[str, int]:
+    """Audience → member since (ms), from the hash as Redis returns it."""
+    found = {}
+    for key, value in stored.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name != GENERATION:
+            found[name] = int(value)
+    return found
 
 
 @dataclass(frozen=True)

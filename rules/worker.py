@@ -26,14 +26,14 @@ from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
 from cdp.consumer import Entries, StreamConsumer
-from cdp.profiles.reader import ProfileReader
+from cdp.profiles.reader import ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, product_of
-from rules.evaluation import Outcome, Plan, evaluate, subject_of
-from rules.keyspace import AudienceKeys
+from rules.evaluation import Outcome, Plan, evaluate, subject_from
+from rules.keyspace import GENERATION, AudienceKeys, memberships
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +74,59 @@ class AudienceWorker(StreamConsumer):
         self.keys = AudienceKeys(audiences.keys.prefix)
         self.clock = clock
         self._plan: Plan | None = None
+        self._stock_version: bytes | None = None
+        self._out_of_stock: frozenset[str] = frozenset()
 
-    # The definitions: rebuilt when their generation moves on.
+    # What the evaluations of a batch share, read once a batch.
 
-    def plan(self) -> Plan:
-        generation = self.audiences.generation()
+    def refresh(self) -> Plan:
+        """The definitions, rebuilt when their generation moved on, and the catalog's
+        products out of stock, read again when its stock version moved on."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.generation)
+        pipe.get(self.catalog.keys.stock_version)
+        generation_raw, stock_version = pipe.execute()
+        generation = int(generation_raw or 0)
         if self._plan is None or self._plan.generation != generation:
             self._plan = Plan.of(generation, self.audiences.enabled())
             log.info("audiences: generation %s, %s audiences, %s engine shards", generation,
                      len(self._plan.definitions), self._plan.matcher.shard_count())  # fmt: skip
+        if self._plan.reads_stock and stock_version != self._stock_version:
+            self._out_of_stock = frozenset(self.catalog.all_out_of_stock())
+            self._stock_version = stock_version
         return self._plan
+
+    def plan(self) -> Plan:
+        return self._plan or self.refresh()
 
     # The stream.
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
+        self.refresh()
         now = self.clock()
-        profiles: dict[str, None] = {}
+        # Profile → what changed in it (None: anything may have, evaluate it in full).
+        profiles: dict[str, set[str] | None] = {}
+
+        def changed(pid: str, names: Iterable[str] | None) -> None:
+            if names is None or pid in profiles and profiles[pid] is None:
+                profiles[pid] = None
+            else:
+                profiles.setdefault(pid, set()).update(names)  # type: ignore[union-attr]
+
         for _, fields in entries:
             if not fields:
                 continue
             for merged, survivor in _list(fields.get(b"m")):
                 self.retire(merged, survivor, now)
-                profiles[survivor] = None
+                changed(survivor, None)
             for product in _list(fields.get(b"products")):  # in or out of stock now
-                profiles.update(dict.fromkeys(self.watchers(product)))
+                for pid in self.watchers(product):
+                    changed(pid, ["stock"])
+            named = _dict(fields.get(b"e"))
             for pid in _list(fields.get(b"p")):
-                profiles[pid] = None
-        for pid in profiles:
-            self.evaluate(pid, now, "event")
+                changed(pid, named.get(pid))
+        for pid, names in profiles.items():
+            self.evaluate(pid, now, "event", changed=None if names is None else frozenset(names))
         self.ack(entries)
         return len(profiles)
 
@@ -126,6 +151,8 @@ class AudienceWorker(StreamConsumer):
         now = self.clock()
         due: Any = self.client.zrange(self.keys.due, "-inf", now, byscore=True, withscores=True,
                                       offset=0, num=DUE_BATCH)  # fmt: skip
+        if due:
+            self.refresh()
         for member, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
             self.evaluate(text(member), int(at), "time", due_at=int(at))
@@ -145,42 +172,66 @@ class AudienceWorker(StreamConsumer):
     # One profile.
 
     def evaluate(
-        self, profile_id: str, now: int, cause: Cause, due_at: int | None = None
+        self,
+        profile_id: str,
+        now: int,
+        cause: Cause,
+        due_at: int | None = None,
+        changed: frozenset[str] | None = None,
     ) -> Outcome | None:
-        """Bring the profile's memberships to what they are at `now`."""
-        live = self.reader.live_id(profile_id)
-        if live != profile_id:
-            self.retire(profile_id, live, now)
-            if live is None:
-                return None
-            profile_id = live
+        """Bring the profile's memberships to what they are at `now` (only the audiences
+        that read what `changed`, when given); None when the profile is gone (merged away:
+        the survivor is evaluated instead; or erased)."""
         plan = self.plan()
         for _ in range(10):
             try:
-                return self._evaluate_once(plan, profile_id, now, cause, due_at)
+                outcome = self._evaluate_once(plan, profile_id, now, cause, due_at, changed)
             except redis.WatchError:
                 continue  # another worker changed its memberships: read again
+            if outcome is not None:
+                return outcome
+            live = self.reader.live_id(profile_id)
+            self.retire(profile_id, live, now)
+            if live is None or live == profile_id:
+                return None
+            profile_id, changed = live, None
         raise RuntimeError(f"memberships of {profile_id} kept changing under us")
 
     def _evaluate_once(
-        self, plan: Plan, pid: str, now: int, cause: Cause, due_at: int | None
+        self,
+        plan: Plan,
+        pid: str,
+        now: int,
+        cause: Cause,
+        due_at: int | None,
+        changed: frozenset[str] | None,
     ) -> Outcome | None:
+        """Three round trips: WATCH the memberships, read everything, write in MULTI."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(self.keys.of(pid))  # type: ignore[no-untyped-call]
-            memberships = {text(k) for k in pipe.hgetall(self.keys.of(pid))}
-            subject = subject_of(self.reader, pid, memberships, now, self.history_days)
-            if subject is None:
+            reads = self.client.pipeline(transaction=False)
+            reads.hgetall(self.keys.of(pid))
+            reads.zscore(self.keys.due, pid)
+            self.reader.queue_audience_inputs(reads, pid, now - self.history_days * DAY_MS)
+            stored, current_due, *replies = reads.execute()
+            inputs = audience_inputs_of(replies)
+            if inputs is None:
                 pipe.unwatch()
                 return None
-            if plan.reads_stock:
-                products = [p for h in subject.history if (p := product_of(h.properties))]
-                subject.out_of_stock = frozenset(self.catalog.out_of_stock(sorted(set(products))))
-            current_due = pipe.zscore(self.keys.due, pid)
-            outcome = evaluate(plan, subject, now, cause)
+            if stored.get(GENERATION.encode()) != str(plan.generation).encode():
+                changed = None  # first seen under these definitions: everything is decided
+            subject = subject_from(pid, inputs, set(memberships(stored)), self._out_of_stock)
+            outcome = evaluate(plan, subject, now, cause, changed)
             pipe.multi()
             self._write(pipe, pid, outcome, watched(plan, subject.history, now))
-            if outcome.next_at is not None:
-                pipe.zadd(self.keys.due, {pid: outcome.next_at})
+            if not outcome.partial:
+                pipe.hset(self.keys.of(pid), GENERATION, plan.generation)
+            next_at = outcome.next_at
+            if outcome.partial and current_due is not None and current_due > now:
+                # The audiences not matched keep their own next moment.
+                next_at = int(min(next_at or current_due, current_due))
+            if next_at is not None:
+                pipe.zadd(self.keys.due, {pid: next_at})
             elif due_at is not None or current_due is not None:
                 pipe.zrem(self.keys.due, pid)
             pipe.execute()
@@ -206,13 +257,13 @@ class AudienceWorker(StreamConsumer):
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
         """A profile merged into another (or erased): it leaves its audiences."""
-        memberships = sorted(text(k) for k in self.client.hgetall(self.keys.of(merged)))
+        current = sorted(memberships(self.client.hgetall(self.keys.of(merged))))
         plan = self.plan()
         reason = [{"path": "root", "condition": "merge", "value": survivor,
                    "threshold": "", "holds": False}] if survivor else []  # fmt: skip
         outcome = Outcome(changes=[
             AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
-            for a in memberships
+            for a in current
         ])  # fmt: skip
         pipe = self.client.pipeline(transaction=True)
         self._write(pipe, merged, outcome, {})
@@ -232,6 +283,11 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
         if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
             found[product] = max(found.get(product, h.at), h.at)
     return found
+
+
+def _dict(raw: bytes | None) -> dict[str, Any]:
+    value = orjson.loads(raw) if raw else {}
+    return value if isinstance(value, dict) else {}  # Lua's cjson writes an empty table as []?
 
 
 def _list(raw: bytes | None) -> list[Any]:

@@ -38,7 +38,7 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
 
 local applied, merges, refused = 0, 0, 0
 local days_added = {}  -- profile and day pairs this call has put in a profile's days
-local changed = {}  -- profiles this call changed, for the audience worker
+local changed = {}  -- profiles this call changed, for the audience worker: pid -> {name=true}
 local merged_pairs = {}  -- {from, to} of each merge, in order
 
 -- Key names are made once per call: in a script, joining strings costs about what a
@@ -395,8 +395,10 @@ local function move(from, to, cause, message_id, at)
   retire(from)
   moved[from] = to
   moved[to] = nil
+  local names = changed[to] or {}
+  for name in pairs(changed[from] or {}) do names[name] = true end
   changed[from] = nil
-  changed[to] = true
+  changed[to] = names
   merged_pairs[#merged_pairs + 1] = {from, to}
   record('identity_merges', {survivor = to, merged = from, cause = cause,
                              message_id = message_id, event_at = at, at = now})
@@ -574,7 +576,9 @@ local function apply_event(e)
       redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
     end
   end
-  changed[pid] = true
+  local names = changed[pid] or {}
+  for _, name in ipairs(e.evs or {}) do names[name] = true end
+  changed[pid] = names
   if e.cart then
     local op, product = e.cart[1], e.cart[2]
     local cleared = tonumber(m[4]) or 0
@@ -654,19 +658,23 @@ for _, c in ipairs(changes) do
                                    suppressed = false, at = c.t, source = c.source})
       end
       applied = applied + 1
-      changed[pid] = true
+      changed[pid] = changed[pid] or {}
+      changed[pid]['consent'] = true
     end
   end
 end
 send_records()
 if changes_stream ~= '' and next(changed) then
-  local live_ids = {}
-  for pid in pairs(changed) do
+  local live_ids, names_of = {}, {}
+  for pid, names in pairs(changed) do
     local id = live(pid)
-    if redis.call('EXISTS', key(id)) == 1 then live_ids[#live_ids + 1] = id end
+    if redis.call('EXISTS', key(id)) == 1 then
+      if not names_of[id] then live_ids[#live_ids + 1] = id; names_of[id] = {} end
+      for name in pairs(names) do names_of[id][#names_of[id] + 1] = name end
+    end
   end
   -- Capped: with no audience worker running, it does not grow without end.
   redis.call('XADD', changes_stream, 'MAXLEN', '~', 1000000, '*', 'p', cjson.encode(live_ids),
-             'm', cjson.encode(merged_pairs), 'at', now)
+             'e', cjson.encode(names_of), 'm', cjson.encode(merged_pairs), 'at', now)
 end
 return {applied, merges, refused}

@@ -119,6 +119,7 @@ class Change(TypedDict, total=False):
     t0: int  # grouped: the earliest of their times
     tzt: int  # grouped: the time of the time zone kept
     h: list[list[Any]]  # track events for the audience history: [time, JSON member]
+    evs: list[str]  # what changed, for the audience worker: event names, `identify`, `consent`
 
 
 def _scalar(value: Any) -> bool:
@@ -161,14 +162,20 @@ def change_of(event: StoredEvent) -> Change:
     time_zone = event.context.get("timezone")
     if time_zone and isinstance(time_zone, str) and time_zone in TIME_ZONES:
         change["tz"] = time_zone
-    if kind == "track":
-        change["h"] = [[event.timestamp, history_member(event)]]
     if name in SHOPPING:
         _shopping(change, name, product, event, warnings)
     _consent(change, name, traits, properties, warnings)
+    _for_audiences(change, event, name)
     if warnings:
         change["warn"] = warnings
     return change
+
+
+def _for_audiences(change: Change, event: StoredEvent, name: str) -> None:
+    """What the audience worker reads: the track event for the history, and what changed."""
+    change["evs"] = [name, "consent"] if "consent" in change else [name]
+    if event.type == "track":
+        change["h"] = [[event.timestamp, history_member(event)]]
 
 
 def _identifiers(event: StoredEvent, traits: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -274,16 +281,23 @@ def grouped(changes: Iterable[Change]) -> list[Change]:
                 group["tzt"] = t
             out.append(group)
             continue
-        group["n"] += 1
-        group["t"] = max(group["t"], t)
-        group["t0"] = min(group["t0"], t)
-        counts = group["f"]
-        for name in change["f"]:
-            counts[name] = counts.get(name, 0) + 1
-        if "tz" in change and t >= group.get("tzt", -1):
-            group["tz"], group["tzt"] = change["tz"], t
-        if "views" in change:
-            group["views"] = group.get("views", []) + change["views"]
-        if "h" in change:
-            group["h"] = group.get("h", []) + change["h"]
+        _join(group, change)
     return out
+
+
+def _join(group: Change, change: Change) -> None:
+    """Add one more browsing change to its group."""
+    t = change["t"]
+    group["n"] += 1
+    group["t"] = max(group["t"], t)
+    group["t0"] = min(group["t0"], t)
+    counts = group["f"]
+    for name in change["f"]:
+        counts[name] = counts.get(name, 0) + 1
+    if "tz" in change and t >= group.get("tzt", -1):
+        group["tz"], group["tzt"] = change["tz"], t
+    for part in ("views", "h"):  # lists that add up
+        if part in change:
+            group[part] = group.get(part, []) + change[part]
+    if change["evs"][0] not in group["evs"]:
+        group["evs"] = [*group["evs"], *change["evs"]]

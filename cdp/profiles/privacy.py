@@ -77,7 +77,8 @@ def erase(
             )
         report[table] = int(count)
     for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
-        report[f"stream_entries:{stream}"] = int(client.xtrim(stream, minid=f"{ms}-{seq + 1}"))
+        trimmed = client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False)  # exactly
+        report[f"stream_entries:{stream}"] = int(trimmed)
     for stream in scanned:  # dead letters, profile changes: whatever names the person
         report[f"stream_entries:{stream}"] = streams.forget(client, stream, values + pids)
     for eraser in erasers:

@@ -111,19 +111,17 @@ class ProfileReader:
         order, its traits (JSON values), the (channel, purpose) pairs granted now. None when
         the profile does not exist."""
         pipe = self.client.pipeline(transaction=False)
+        self.queue_audience_inputs(pipe, profile_id, since)
+        return audience_inputs_of(pipe.execute())
+
+    def queue_audience_inputs(self, pipe: Any, profile_id: str, since: int) -> None:
+        """`audience_inputs`' reads, queued on a caller's pipeline (their replies, in
+        order, go to `audience_inputs_of`), so a caller reads more in the same round trip."""
         pipe.exists(self.key(profile_id))
         pipe.zrange(self.key(profile_id, "history"), f"({since}", "+inf", byscore=True,
                     withscores=True)  # fmt: skip
         pipe.hgetall(self.key(profile_id, "traits"))
         pipe.hgetall(self.key(profile_id, "consent"))
-        exists, history, traits, consent = pipe.execute()
-        if not exists:
-            return None
-        return AudienceInputs(
-            history=[(int(at), *orjson.loads(member)) for member, at in history],
-            traits={text(k): orjson.loads(v) for k, v in traits.items()},
-            granted={_pair(text(pair)) for pair, status in consent.items() if status == b"granted"},
-        )
 
     def granted(self, profile_ids: list[str], channel: str, purpose: str) -> set[str]:
         """Those of these live profiles that have consent for the channel and purpose now."""
@@ -241,6 +239,21 @@ def _last_viewed(parts: dict[str, Any]) -> list[dict[str, Any]]:
          "product_id": product.decode(), "viewed_at": iso(int(score))}
         for product, score in reversed(parts["viewed"])
     ]  # fmt: skip
+
+
+AUDIENCE_INPUTS = 4  # replies `queue_audience_inputs` adds to a pipeline
+
+
+def audience_inputs_of(replies: list[Any]) -> AudienceInputs | None:
+    """The inputs from the replies of `queue_audience_inputs`' reads."""
+    exists, history, traits, consent = replies
+    if not exists:
+        return None
+    return AudienceInputs(
+        history=[(int(at), *orjson.loads(member)) for member, at in history],
+        traits={text(k): orjson.loads(v) for k, v in traits.items()},
+        granted={_pair(text(pair)) for pair, status in consent.items() if status == b"granted"},
+    )
 
 
 def _pair(channel_purpose: str) -> tuple[str, str]:
