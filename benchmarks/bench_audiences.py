@@ -5,9 +5,10 @@
    (the profile's history, traits, consent and memberships, one round trip), measured in
    the same run; with the time split between reading conditions, the engine and writing.
 2. Latency from the HTTP 200 of an event to its `audience_changes` record, at 1,000 events/s
-   (100 requests/s of 10 events), on `cdp serve` with its own worker processes: p50/p99.
-3. Lag of time-based transitions behind their due moment: each visitor is in "viewed in
-   the last 5 s" until 5 s after the view; the exit's record time minus its moment.
+   (100 requests/s of 10 events) from returning visitors, on `cdp serve` with its own
+   worker processes: p50/p99.
+3. Lag of time-based transitions behind their due moment: each visitor is in "seen in the
+   last 5 s" until 5 s after their last event; the exit's record time minus its moment.
 4. Memory: Redis bytes per profile for 100,000 profiles with their history, and the part the
    audiences add (memberships, members, schedule, watchers).
 """
@@ -181,59 +182,61 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
 
 
-def latency(rate: int, seconds: int, port: int) -> None:
+def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
+    """Returning visitors: each sends `Seen` every `visitors / rate` seconds; the third one
+    makes them enter "seen 3 times" (measured from its HTTP 200), and 5 s after their last
+    they leave "seen in the last 5 s" (a time-based exit, measured behind its moment)."""
     process, url, data_dir = serve(port)
-    socket = data_dir / "valkey" / "valkey.sock"
-    client = redis.Redis(unix_socket_path=str(socket))
+    client = redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock"))
     admin = {"Authorization": f"Bearer {API_KEY}"}
     try:
-        root = {"performed": {"event": "Seen", "within": "P1D", "times": 1}}
-        httpx.post(f"{url}/api/v1/audiences", json={"id": "seen", "name": "Seen", "root": root},
-                   headers=admin, timeout=30).raise_for_status()  # fmt: skip
-        recent = {"last_performed": {"event": "Seen", "op": "<", "ago": "PT5S"}}
-        httpx.post(f"{url}/api/v1/audiences", json={"id": "recent", "name": "R", "root": recent},
-                   headers=admin, timeout=30).raise_for_status()  # fmt: skip
+        for audience, root in (
+            ("seen-3x", {"performed": {"event": "Seen", "within": "P1D", "times": 3}}),
+            ("recent", {"last_performed": {"event": "Seen", "op": "<", "ago": "PT5S"}}),
+        ):
+            body = {"id": audience, "name": audience, "root": root}
+            httpx.post(f"{url}/api/v1/audiences", headers=admin, json=body).raise_for_status()
         time.sleep(2)  # the worker takes the new generation
-        answered: dict[str, float] = {}
+        answered: dict[tuple[int, int], float] = {}  # (visitor, nth event) -> HTTP 200 time
 
-        async def send() -> None:
-            per_request = 10
-            interval = per_request / rate
-            async with httpx.AsyncClient(base_url=url, auth=(WRITE_KEY, ""), timeout=30) as http:
-                started = time.perf_counter()
-                for n in range(int(rate * seconds / per_request)):
-                    batch = [{"type": "track", "event": "Seen", "anonymousId": f"v{n}-{i}"}
-                             for i in range(per_request)]  # fmt: skip
-                    asyncio.get_running_loop().create_task(post(http, batch))
-                    due = started + (n + 1) * interval
-                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                await asyncio.sleep(1)
-
-        async def post(http: httpx.AsyncClient, batch: list[dict[str, Any]]) -> None:
-            response = await http.post("/v1/batch", json={"batch": batch})
+        async def post(http: httpx.AsyncClient, batch: list[tuple[int, int]]) -> None:
+            events = [{"type": "track", "event": "Seen", "anonymousId": f"v{v}",
+                       "properties": {"n": k}} for v, k in batch]  # fmt: skip
+            response = await http.post("/v1/batch", json={"batch": events})
             at = time.time() * 1000
             if response.status_code == 200:
-                for event in batch:
-                    answered[event["anonymousId"]] = at
+                answered.update(dict.fromkeys(batch, at))
+
+        async def send() -> None:
+            per_request, total = 10, rate * seconds
+            order = [(n % visitors, n // visitors) for n in range(total)]
+            async with httpx.AsyncClient(base_url=url, auth=(WRITE_KEY, ""), timeout=30) as http:
+                started = time.perf_counter()
+                tasks = []
+                for r, first in enumerate(range(0, total, per_request)):
+                    tasks.append(
+                        asyncio.create_task(post(http, order[first : first + per_request]))
+                    )
+                    due = started + (r + 1) * per_request / rate
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                await asyncio.gather(*tasks)
 
         asyncio.run(send())
-        profile_of = {}
-        time.sleep(8)  # everyone has also left `recent`
-        entries = client.xrange("cdp:stream:audience_changes")
+        time.sleep(10)  # the last enters are recorded; everyone has left `recent`
+        pids = client.mget([f"cdp:identity:a:v{v}" for v in range(visitors)])
+        visitor_of = {pid: v for v, pid in enumerate(pids) if pid}
         enter_latency, exit_lag = [], []
-        for entry_id, fields in entries:
+        for entry_id, fields in client.xrange("cdp:stream:audience_changes"):
             recorded = int(entry_id.split(b"-")[0])
-            audience = fields[b"audience"].decode()
-            if audience == "seen" and fields[b"change"] == b"enter":
-                profile_of[fields[b"profile"]] = recorded
-            if audience == "recent" and fields[b"change"] == b"exit":
+            audience, change = fields[b"audience"], fields[b"change"]
+            if audience == b"seen-3x" and change == b"enter":
+                third = answered.get((visitor_of.get(fields[b"profile"], -1), 2))
+                if third is not None:
+                    enter_latency.append(recorded - third)
+            if audience == b"recent" and change == b"exit" and fields[b"cause"] == b"time":
                 exit_lag.append(recorded - int(fields[b"at"]))
-        ids = client.mget([f"cdp:identity:a:{anon}" for anon in answered])
-        for anon, pid in zip(answered, ids, strict=True):
-            if pid in profile_of:
-                enter_latency.append(profile_of[pid] - answered[anon])
-        print(f"sent {len(answered):,} events at {rate}/s; {len(enter_latency):,} enters found")
-        report("HTTP 200 -> audience_changes record", enter_latency)
+        print(f"sent {len(answered):,} events at {rate}/s from {visitors:,} returning visitors")
+        report("HTTP 200 of the 3rd event -> its audience_changes enter", enter_latency)
         report("time-based exit behind its moment", exit_lag)
     finally:
         process.terminate()
@@ -256,9 +259,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--returning", type=int, default=2000, help="visitors in the latency run")
     args = parser.parse_args()
     evaluations(args.visitors)
-    latency(args.rate, args.seconds, args.port)
+    latency(args.rate, args.seconds, args.port, args.returning)
 
 
 if __name__ == "__main__":

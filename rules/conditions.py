@@ -100,9 +100,13 @@ class Reading:
     value: float
     present: bool  # False: nothing to compare (an average of no event, a trait not set)
     holds: bool
-    threshold: str
+    spec: Any  # the condition's own part of the definition
     shown: Any
     next_at: int | None  # the next moment it may change with no new event
+
+    @property
+    def threshold(self) -> str:
+        return threshold_of(self.spec)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "condition": self.kind, "value": self.shown,
@@ -333,82 +337,102 @@ def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[s
     return products, _soonest(_leaves_window(watched, spec.within), _arrivals(later, now))
 
 
-def read_leaf(path: str, leaf: Leaf, s: Subject, now: int) -> Reading:  # noqa: C901, PLR0911
+def threshold_of(spec: Any) -> str:
+    """The condition's threshold as a person reads it (made only for reasons shown)."""
+    if isinstance(spec, Performed):
+        return f"{spec.op} {spec.times}"
+    if isinstance(spec, NotFollowedBy):
+        return f"waited >= {format_duration(spec.wait)}"
+    if isinstance(spec, LastPerformed):
+        return f"ago {spec.op} {format_duration(spec.ago)}"
+    if isinstance(spec, Aggregate):
+        return f"{spec.fn}({spec.property}) {spec.op} {spec.value}"
+    if isinstance(spec, Trait):
+        return f"{spec.op} {spec.value!r}"
+    if isinstance(spec, Cart):
+        return f"units {spec.op} {spec.units}"
+    if isinstance(spec, Consent):
+        return f"{spec.channel}/{spec.purpose} granted"
+    if isinstance(spec, OutOfStock):
+        return "a watched product out of stock"
+    if isinstance(spec, Bucket):
+        return f"< {spec.below}"
+    return f"member of {spec.audience}"
+
+
+# Each kind's reading: (value, present, holds, shown, next moment) of (spec, subject, now).
+Measure = tuple[float, bool, bool, Any, "int | None"]
+
+
+def _performed(spec: Performed, s: Subject, now: int) -> Measure:
+    value, ok, shown, next_at = performed(spec, s, now)
+    return value, True, ok, shown, next_at
+
+
+def _not_followed_by(spec: NotFollowedBy, s: Subject, now: int) -> Measure:
+    value, ok, shown, next_at = not_followed_by(spec, s, now)
+    return value, True, ok, shown, next_at
+
+
+def _last_performed(spec: LastPerformed, s: Subject, now: int) -> Measure:
+    value, ok, shown, next_at = last_performed(spec, s, now)
+    return value, True, ok, shown, next_at
+
+
+def _trait(spec: Trait, s: Subject, now: int) -> Measure:
+    present, ok = trait_holds(spec, s.traits)
+    return float(ok), present, ok, s.traits.get(spec.name), None
+
+
+def _cart(spec: Cart, s: Subject, now: int) -> Measure:
+    units = cart_units(s.history, now)
+    return units, True, COMPARE[spec.op](units, spec.units), units, _arrivals(s.history, now)
+
+
+def _consent(spec: Consent, s: Subject, now: int) -> Measure:
+    ok = (spec.channel, spec.purpose) in s.consent
+    return float(ok), True, ok, "granted" if ok else "not granted", None
+
+
+def _out_of_stock(spec: OutOfStock, s: Subject, now: int) -> Measure:
+    products, next_at = watched_out_of_stock(spec, s, now)
+    return float(bool(products)), True, bool(products), products, next_at
+
+
+def _bucket(spec: Bucket, s: Subject, now: int) -> Measure:
+    b = bucket_of(s.profile_id, spec.salt)
+    return b, True, b < spec.below, b, None
+
+
+def _member_of(spec: MemberOf, s: Subject, now: int) -> Measure:
+    ok = spec.audience in s.memberships
+    return float(ok), True, ok, "member" if ok else "not a member", None
+
+
+def _aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
+    value, present, ok, shown, next_at = aggregate(spec, s, now)
+    return value, present, ok, shown, next_at
+
+
+MEASURES: dict[type, Callable[[Any, Subject, int], Measure]] = {
+    PerformedNode: _performed, NotFollowedByNode: _not_followed_by,
+    LastPerformedNode: _last_performed, AggregateNode: _aggregate, TraitNode: _trait,
+    CartNode: _cart, ConsentNode: _consent, OutOfStockNode: _out_of_stock,
+    BucketNode: _bucket, MemberOfNode: _member_of,
+}  # fmt: skip
+
+
+def read_leaf(path: str, leaf: Leaf, s: Subject, now: int) -> Reading:
     spec = spec_of(leaf)
-    kind = kind_of(leaf)
-    if isinstance(leaf, PerformedNode):
-        assert isinstance(spec, Performed)
-        value, holds, shown, next_at = performed(spec, s, now)
-        return Reading(path, kind, value, True, holds, f"{spec.op} {spec.times}", shown, next_at)
-    if isinstance(leaf, NotFollowedByNode):
-        assert isinstance(spec, NotFollowedBy)
-        value, holds, shown, next_at = not_followed_by(spec, s, now)
-        return Reading(
-            path,
-            kind,
-            value,
-            True,
-            holds,
-            f"waited >= {format_duration(spec.wait)}",
-            shown,
-            next_at,
-        )
-    if isinstance(leaf, LastPerformedNode):
-        assert isinstance(spec, LastPerformed)
-        value, holds, shown, next_at = last_performed(spec, s, now)
-        return Reading(
-            path,
-            kind,
-            value,
-            True,
-            holds,
-            f"ago {spec.op} {format_duration(spec.ago)}",
-            shown,
-            next_at,
-        )
-    if isinstance(leaf, AggregateNode):
-        assert isinstance(spec, Aggregate)
-        value, present, holds, shown, next_at = aggregate(spec, s, now)
-        threshold = f"{spec.fn}({spec.property}) {spec.op} {spec.value}"
-        return Reading(path, kind, value, present, holds, threshold, shown, next_at)
-    if isinstance(leaf, TraitNode):
-        assert isinstance(spec, Trait)
-        present, holds = trait_holds(spec, s.traits)
-        shown = s.traits.get(spec.name)
-        return Reading(
-            path, kind, float(holds), present, holds, f"{spec.op} {spec.value!r}", shown, None
-        )
-    if isinstance(leaf, CartNode):
-        assert isinstance(spec, Cart)
-        units = cart_units(s.history, now)
-        holds = COMPARE[spec.op](units, spec.units)
-        return Reading(path, kind, units, True, holds, f"units {spec.op} {spec.units}", units,
-                       _arrivals(s.history, now))  # fmt: skip
-    if isinstance(leaf, ConsentNode):
-        assert isinstance(spec, Consent)
-        holds = (spec.channel, spec.purpose) in s.consent
-        shown = "granted" if holds else "not granted"
-        threshold = f"{spec.channel}/{spec.purpose} granted"
-        return Reading(path, kind, float(holds), True, holds, threshold, shown, None)
-    if isinstance(leaf, OutOfStockNode):
-        assert isinstance(spec, OutOfStock)
-        products, next_at = watched_out_of_stock(spec, s, now)
-        holds = bool(products)
-        return Reading(path, kind, float(holds), True, holds, "a watched product out of stock",
-                       products, next_at)  # fmt: skip
-    if isinstance(leaf, BucketNode):
-        assert isinstance(spec, Bucket)
-        b = bucket_of(s.profile_id, spec.salt)
-        return Reading(path, kind, b, True, b < spec.below, f"< {spec.below}", b, None)
-    assert isinstance(leaf, MemberOfNode) and isinstance(spec, MemberOf)
-    holds = spec.audience in s.memberships
-    return Reading(path, kind, float(holds), True, holds, f"member of {spec.audience}",
-                   "member" if holds else "not a member", None)  # fmt: skip
+    value, present, ok, shown, next_at = MEASURES[type(leaf)](spec, s, now)
+    return Reading(path, kind_of(leaf), value, present, ok, spec, shown, next_at)
 
 
-def read(node: Node, s: Subject, now: int) -> list[Reading]:
-    """Every condition of the tree, left to right."""
-    return [read_leaf(path, leaf, s, now) for path, leaf in leaves(node)]
+def read(
+    node: Node, s: Subject, now: int, found: list[tuple[str, Leaf]] | None = None
+) -> list[Reading]:
+    """Every condition of the tree, left to right (`found`: its leaves, if known already)."""
+    return [read_leaf(path, leaf, s, now) for path, leaf in (found or leaves(node))]
 
 
 def holds(node: Node, readings: dict[str, Reading], path: str = "root") -> bool:

@@ -13,11 +13,13 @@ MessageNotHandledException, which means "no transition"."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+import orjson
 
 from rules.conditions import Reading
 from rules.definition import (
@@ -32,10 +34,13 @@ from rules.definition import (
     NotFollowedByNode,
     Or,
     PerformedNode,
+    leaves,
     spec_of,
 )
 
 SHARD_SIZE = 8
+# The native engine's answers to an assert or retract (durable/engine.py's _handle_result).
+NOT_HANDLED, OBSERVED = 1, 2
 RULESETS = itertools.count()  # names are for the process's life: a ruleset cannot be redefined
 MAX_TERMS = 64  # the engine expands each rule to its disjunctive form
 INVERSE = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
@@ -134,17 +139,32 @@ class Compiled:
     audience: str
     slot: int  # its index: fields are `a<slot>v<i>`, its member flag `a<slot>m`
     root: Node
+    found: list[tuple[str, Leaf]] = field(default_factory=list)  # its leaves, with paths
+
+    def __post_init__(self) -> None:
+        if not self.found:
+            self.found.extend(leaves(self.root))
 
     @property
     def prefix(self) -> str:
         return f"a{self.slot}"
 
     def snapshot(self, readings: list[Reading], member: bool) -> dict[str, float]:
-        fact: dict[str, float] = {f"{self.prefix}m": int(member)}
+        """The fact the rules match: the member flag, each leaf's value, and whether there
+        is a value at all for the leaves that may have none (aggregates): every property
+        costs the engine, so there are no others."""
+        prefix = self.prefix
+        fact: dict[str, float] = {f"{prefix}m": int(member)}
         for i, reading in enumerate(readings):
-            fact[f"{self.prefix}v{i}"] = reading.value
-            fact[f"{self.prefix}p{i}"] = int(reading.present)
+            fact[f"{prefix}v{i}"] = reading.value
+            if i in self.may_be_absent:
+                fact[f"{prefix}p{i}"] = int(reading.present)
         return fact
+
+    @cached_property
+    def may_be_absent(self) -> frozenset[int]:
+        return frozenset(i for i, (_, leaf) in enumerate(self.found)
+                         if isinstance(leaf, AggregateNode))  # fmt: skip
 
 
 @dataclass
@@ -185,8 +205,10 @@ class Matcher:
 
     def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
         """(audience, "enter" | "exit") for each audience whose snapshot shows a transition.
-        Snapshots of audiences in one shard are asserted as one fact."""
-        from durable.engine import MessageNotHandledException
+        Snapshots of audiences in one shard are asserted as one fact, then retracted. The
+        fact goes to the engine's native calls as orjson text: the Python binding would
+        encode it with the json module twice, which costs more than the matching."""
+        import durable_rules_engine as native
         from durable.lang import get_host
 
         host = get_host()
@@ -195,14 +217,26 @@ class Matcher:
             by_shard.setdefault(self._shard_of[audience], {}).update(fact)
         self._fired.clear()
         for shard, fact in by_shard.items():
-            name = self._names[shard]
-            try:
-                host.assert_fact(name, fact)
-            except MessageNotHandledException:
-                continue  # no rule matched: no transition
-            with contextlib.suppress(MessageNotHandledException):
-                host.retract_fact(name, fact)
+            rules = host.get_ruleset(self._names[shard])
+            text = orjson.dumps(fact).decode()
+            if self._run(rules, native.assert_fact(rules._handle, text)):
+                self._run(rules, native.retract_fact(rules._handle, text))
         return set(self._fired)
+
+    @staticmethod
+    def _run(rules: Any, result: tuple[int, int]) -> bool:
+        """Run the actions an assert or retract started; False when no rule matched (the
+        engine then keeps nothing of the fact)."""
+        code, state = result
+        if code == NOT_HANDLED:
+            return False
+        if code == OBSERVED:  # an identical fact is still asserted: a retract was lost
+            raise RuntimeError("the engine holds this snapshot already")
+        failure: list[Any] = []
+        rules.do_actions(state, lambda error, _: failure.append(error) if error else None)
+        if failure:
+            raise RuntimeError(f"an audience action failed: {failure[0]}")
+        return True
 
     def shard_count(self) -> int:
         return len(self._names)

@@ -123,7 +123,7 @@ def evaluate(
             continue
         snapshots = {}
         for compiled in layer:
-            readings = read(compiled.root, subject, now)
+            readings = read(compiled.root, subject, now, compiled.found)
             outcome.readings[compiled.audience] = readings
             snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
         fired = plan.matcher.match(snapshots)

@@ -57,7 +57,7 @@ def reading(path: str, kind: str, value: float, present: bool, spec: Any) -> Rea
         ok = value < spec.below
     else:
         ok = value == 1
-    return Reading(path, kind, value, present, ok, "", value, None)
+    return Reading(path, kind, value, present, ok, spec, value, None)
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,7 +88,7 @@ def test_many_audiences_are_sharded_and_each_answers_alone() -> None:
     compiled = [Compiled(f"a{i}", i, root) for i, root in enumerate(roots)]
     matcher = Matcher(0, compiled)
     assert matcher.shard_count() == 3
-    seen = Reading("root", "performed", 5, True, True, "", 5, None)  # 5 views
+    seen = Reading("root", "performed", 5, True, True, None, 5, None)  # 5 views
     snapshots = {c.audience: c.snapshot([seen], member=c.slot % 2 == 0) for c in compiled}
     fired = matcher.match(snapshots)
     # Audience i asks for i views: odd ones (not members) up to 5 enter, even ones past 5 exit.
