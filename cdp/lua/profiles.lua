@@ -38,6 +38,7 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
 
 local applied, merges, refused = 0, 0, 0
 local days_added = {}  -- profile and day pairs this call has put in a profile's days
+local history_trimmed = {}  -- profiles whose history this call has trimmed
 local changed = {}  -- profiles this call changed, for the audience worker: pid -> {name=true}
 local merged_pairs = {}  -- {from, to} of each merge, in order
 
@@ -573,7 +574,10 @@ local function apply_event(e)
     end
     if #scored > 0 then
       redis.call('ZADD', key(pid, 'history'), unpack(scored))
-      redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
+      if not history_trimmed[pid] then  -- once a call per profile: what ages out, goes
+        redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
+        history_trimmed[pid] = true
+      end
     end
   end
   local names = changed[pid] or {}
