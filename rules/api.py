@@ -20,7 +20,7 @@ from cdp.errors import BadRequest, NotFound, Unprocessable
 from cdp.profiles.reader import ProfileReader, iso
 from cdp.storage import Warehouse, text
 from rules.audiences import Audiences, Saved, problems_of
-from rules.conditions import holds, read
+from rules.conditions import holds, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
 from rules.keyspace import AudienceKeys, memberships
@@ -229,9 +229,8 @@ class AudiencesApi:
                              self.audiences.history_days)  # fmt: skip
         if subject is None:
             raise NotFound(f"no profile {profile_id}")
-        products = sorted({p for h in subject.history if (p := h.properties.get("product_id"))
-                           and isinstance(p, str)})  # fmt: skip
-        subject.out_of_stock = frozenset(self.sources.catalog.out_of_stock(products))
+        products = {p for h in subject.history if (p := product_of(h.properties))}
+        subject.out_of_stock = frozenset(self.sources.catalog.out_of_stock(sorted(products)))
         readings = read(definition.root, subject, now)
         return {
             "profile_id": profile.id, "audience": audience_id,

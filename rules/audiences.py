@@ -115,9 +115,6 @@ class Audiences:
         self.history_days = history_days
         self.shipped = {d.id: d for d in predefined(vip_revenue)}
 
-    def generation(self) -> int:
-        return int(self.client.get(self.keys.generation) or 0)
-
     def all(self) -> list[Saved]:
         stored = {
             text(k): orjson.loads(v) for k, v in self.client.hgetall(self.keys.definitions).items()

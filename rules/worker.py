@@ -158,11 +158,6 @@ class AudienceWorker(StreamConsumer):
             self.evaluate(text(member), int(at), "time", due_at=int(at))
         return len(due)
 
-    def schedule(self, profile_ids: Iterable[str], at: int) -> int:
-        """Evaluate these profiles at `at` (or sooner, if they are due sooner)."""
-        mapping = {pid: at for pid in profile_ids}
-        return int(self.client.zadd(self.keys.due, mapping, lt=True)) if mapping else 0  # type: ignore[arg-type]
-
     def watchers(self, product: str) -> list[str]:
         """Who viewed, wishlisted or carted the product within the kept history."""
         key = self.keys.watchers(product)

@@ -59,6 +59,7 @@ others = st.sampled_from([
     {"bucket": {"salt": "holdout", "below": 50}},
     {"trait": {"name": "plan", "value": "pro"}},
     {"trait": {"name": "age", "op": ">=", "value": 30}},
+    {"member_of": {"audience": "base"}},
 ])  # fmt: skip
 leaf = st.one_of(performed, not_followed_by, last_performed, aggregate, others)
 tree = st.recursive(
@@ -124,6 +125,8 @@ def test_real_time_and_sql_agree(
 
 def check(shop: Shop, namespace: str, root: dict[str, Any], events: list[dict[str, Any]],
           identifies: list[dict[str, Any]], later: list[int]) -> None:  # fmt: skip
+    # Another audience the generated one may reference: layers must order them.
+    shop.define("base", {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}})
     shop.define("generated", root)
     names = [f"{namespace}-{i}" for i in range(3)]
     send_all(shop, names, events, identifies)
