@@ -90,7 +90,10 @@ class Runtime:
             profiles=ProfileStore.from_settings(client, settings),
             api_keys=ApiKeys(client, settings.redis_prefix, credentials.admin_key),
             catalog=Catalog(
-                client, settings.redis_prefix, settings.profile_changes_stream, warehouse
+                client,
+                settings.redis_prefix,
+                settings.profile_changes_stream,
+                settings.events_stream,
             ),
             audiences=Audiences(
                 client, settings.redis_prefix, settings.history_days, settings.vip_revenue

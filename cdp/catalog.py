@@ -2,11 +2,12 @@
 of stock. Products are upserted in bulk (the API, or a server-side `Product Updated` track
 event); each is one JSON value in a Redis hash, and the ids with no stock are a set.
 
-A product whose stock goes from 0 to more is itself an event: `Back In Stock`, stored in
-ClickHouse `events` like any other (no person's: its ids are empty), with the product as
-its properties. Every change of a product between in and out of stock is also put on the
-profile-changes stream (field `products`), so the audiences of the people watching it are
-evaluated again at once."""
+A product whose stock goes from 0 to more is itself an event: `Back In Stock`, put on the
+events stream in the same atomic step as the stock (so it is recorded once), and stored in
+ClickHouse `events` by the warehouse writer like any other (no person's: its ids are empty),
+with the product as its properties. Every change of a product between in and out of stock
+is also put on the profile-changes stream (field `products`), so the audiences of the
+people watching it are evaluated again at once."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import orjson
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdp.storage import Warehouse, text
+from cdp.events import system_event
+from cdp.storage import text
 
 BACK_IN_STOCK = "Back In Stock"
 PRODUCT_UPDATED = "Product Updated"
@@ -62,7 +64,7 @@ class CatalogKeys:
 # One atomic step per request: store each product, keep the out-of-stock set, say which
 # came back in stock and which crossed either way, and tell the audience worker.
 UPSERT = """
-local products, out, changes, version = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local products, out, changes, version, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local items = cjson.decode(ARGV[1])
 local back, crossed = {}, {}
 for _, item in ipairs(items) do
@@ -73,6 +75,8 @@ for _, item in ipairs(items) do
     redis.call('SADD', out, id); crossed[#crossed + 1] = id
   elseif stock ~= cjson.null and stock > 0 and was_out then
     redis.call('SREM', out, id); crossed[#crossed + 1] = id; back[#back + 1] = id
+    local e = item[4]  -- the `Back In Stock` event's stream fields
+    redis.call('XADD', events, '*', 'n', e.n, 'd', e.d, 'p', e.p, 't', e.t, 'c', e.c)
   end
 end
 if #crossed > 0 then redis.call('INCR', version) end
@@ -85,32 +89,27 @@ return back
 
 
 class Catalog:
-    """The catalog under one key prefix; `changes` is the profile-changes stream."""
+    """The catalog under one key prefix; `changes` is the profile-changes stream, `events`
+    the events stream (where `Back In Stock` goes)."""
 
-    def __init__(
-        self, client: redis.Redis, prefix: str, changes: str, warehouse: Warehouse | None = None
-    ) -> None:
-        """Without a warehouse it reads and stores, but cannot record `Back In Stock`."""
+    def __init__(self, client: redis.Redis, prefix: str, changes: str, events: str = "") -> None:
         self.client = client
         self.keys = CatalogKeys(prefix)
         self.changes = changes
-        self.warehouse = warehouse
+        self.events = events
         self._upsert = client.register_script(UPSERT)
 
     def upsert(self, products: list[Product], now: int | None = None) -> list[str]:
         """Store the products (the last of an id wins); returns the ids back in stock, each
         also recorded as a `Back In Stock` event."""
         now = now if now is not None else int(time.time() * 1000)
-        items = [[p.id, p.stock, p.model_dump_json()] for p in products]
-        back = [text(i) for i in self._upsert(
+        items = [[p.id, p.stock, p.model_dump_json(), _back_in_stock(p, now)] for p in products]
+        back = self._upsert(
             keys=[self.keys.products, self.keys.out_of_stock, self.changes,
-                  self.keys.stock_version],
+                  self.keys.stock_version, self.events or self.changes],
             args=[orjson.dumps(items), now],
-        )]  # fmt: skip
-        if back and self.warehouse is not None:
-            latest = {p.id: p for p in products}
-            self._record_back_in_stock([latest[i] for i in back], now)
-        return back
+        )  # fmt: skip
+        return [text(i) for i in back]
 
     def get(self, product_id: str) -> Product | None:
         stored = self.client.hget(self.keys.products, product_id)
@@ -126,22 +125,11 @@ class Catalog:
     def all_out_of_stock(self) -> list[str]:
         return sorted(text(member) for member in self.client.smembers(self.keys.out_of_stock))
 
-    def _record_back_in_stock(self, products: list[Product], now: int) -> None:
-        rows = [
-            {"message_id": f"back-in-stock-{p.id}-{now}-{uuid.uuid4().hex[:8]}",
-             "type": "track", "event": BACK_IN_STOCK, "timestamp": now, "received_at": now,
-             "source_id": "catalog", "properties": _properties(p)}
-            for p in products
-        ]  # fmt: skip
-        assert self.warehouse is not None
-        self.warehouse.command(
-            "INSERT INTO events (message_id, type, event, timestamp, received_at, source_id, "
-            "properties) SELECT message_id, type, event, fromUnixTimestamp64Milli(timestamp), "
-            "fromUnixTimestamp64Milli(received_at), source_id, properties FROM format("
-            "JSONEachRow, 'message_id String, type String, event String, timestamp Int64, "
-            "received_at Int64, source_id String, properties JSON', {rows:String})",
-            {"rows": "\n".join(orjson.dumps(row).decode() for row in rows)},
-        )
+
+def _back_in_stock(product: Product, now: int) -> dict[str, str]:
+    fields = system_event(BACK_IN_STOCK, now, f"back-in-stock-{product.id}-{uuid.uuid4().hex}",
+                          "catalog", _properties(product))  # fmt: skip
+    return {k: v.decode() for k, v in fields.items()}
 
 
 def _properties(product: Product) -> dict[str, Any]:

@@ -151,14 +151,20 @@ def profile_worker(
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
 ) -> None:
     """Run a profile worker alone: it needs Redis only; more of them share the stream."""
+    from cdp.catalog import Catalog
+    from cdp.credentials import source_id
     from cdp.profiles.store import ProfileStore
     from cdp.profiles.worker import ProfileWorker
 
     def build(client: redis.Redis, settings: Settings) -> ProfileWorker:
+        catalog = Catalog(client, settings.redis_prefix, settings.profile_changes_stream,
+                          settings.events_stream)  # fmt: skip
         return ProfileWorker(
             client,
             ProfileStore.from_settings(client, settings),
             settings.events_stream,
+            catalog=catalog if settings.catalog_write_keys else None,
+            catalog_sources=frozenset(source_id(k) for k in settings.catalog_write_keys),
             batch_size=settings.profile_batch_size,
             block_ms=settings.writer_block_ms,
         )

@@ -49,9 +49,10 @@ def source_id(write_key: str) -> str:
 
 def load_credentials(settings: Settings) -> Credentials:
     """Write keys and the admin key from settings; a missing kind is generated on first
-    start and kept in the data directory."""
+    start and kept in the data directory. The catalog's write keys send events too."""
+    catalog = frozenset(settings.catalog_write_keys)
     if settings.write_keys and settings.admin_key:
-        return Credentials(frozenset(settings.write_keys), settings.admin_key)
+        return Credentials(frozenset(settings.write_keys) | catalog, settings.admin_key)
     path = settings.data_dir / "keys.json"
     stored = _read(path)
     generated = []
@@ -67,7 +68,7 @@ def load_credentials(settings: Settings) -> Credentials:
         path.chmod(0o600)
         log.info("generated %s, kept in %s", " and ".join(generated), path)
     return Credentials(
-        write_keys=frozenset(settings.write_keys or stored["write_keys"]),
+        write_keys=frozenset(settings.write_keys or stored["write_keys"]) | catalog,
         admin_key=settings.admin_key or str(stored["admin_key"]),
         generated=bool(generated),
     )

@@ -127,6 +127,20 @@ def from_row(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent.of(columns, *(orjson.loads(text) for text in row[width:]))
 
 
+def system_event(event: str, at: int, message_id: str, source_id: str,
+                 properties: dict[str, Any]) -> dict[str, bytes]:  # fmt: skip
+    """The stream fields of one track event the platform itself records (no person's: its
+    ids are empty), in the layout ingestion writes, so the warehouse writer stores it."""
+    columns: dict[str, Any] = {
+        c.name: "" if c.name in TEXT_COLUMNS else False if c.name in BOOL_COLUMNS else None
+        for c in EVENT_COLUMNS if c.type != "JSON"
+    }  # fmt: skip
+    columns.update(message_id=message_id, type="track", event=event, timestamp=at,
+                   received_at=at, source_id=source_id)  # fmt: skip
+    return {"n": b"1", "d": orjson.dumps(columns), "p": orjson.dumps(properties), "t": b"{}",
+            "c": b"{}"}  # fmt: skip
+
+
 def _lines(data: bytes) -> list[Any]:
     # JSON never holds a raw newline, so the lines join into one array: one parse, not n.
     return orjson.loads(b"[" + data.replace(b"\n", b",") + b"]")  # type: ignore[no-any-return]

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     redis_prefix: str = "cdp"
     # Comma-separated. Empty: one key is generated on first start and kept in the data dir.
     write_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Write keys of the shop's servers: their `Product Updated` track events update the
+    # catalog (never list the public key the browser snippet uses).
+    catalog_write_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The first admin API key. Empty: generated on first start and kept in the data dir.
     admin_key: str = ""
 
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
-    @field_validator("write_keys", "cors_origins", mode="before")
+    @field_validator("write_keys", "catalog_write_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

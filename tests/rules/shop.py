@@ -44,7 +44,7 @@ class Shop:
         self.pending: list[Any] = []
         self.store = ProfileStore.from_settings(client, settings)
         self.catalog = Catalog(client, settings.redis_prefix, settings.profile_changes_stream,
-                               warehouse)  # fmt: skip
+                               settings.events_stream)  # fmt: skip
         self.audiences = Audiences(client, settings.redis_prefix, settings.history_days,
                                    settings.vip_revenue)  # fmt: skip
         self.keys = AudienceKeys(settings.redis_prefix)
@@ -87,12 +87,14 @@ class Shop:
         return self.send({"type": "identify", "anonymousId": who, "userId": user,
                           "traits": traits}, at)  # fmt: skip
 
-    def send(self, payload: dict[str, Any], at: int | None = None) -> dict[str, Any]:
+    def send(
+        self, payload: dict[str, Any], at: int | None = None, source: str = "server"
+    ) -> dict[str, Any]:
         happened = at if at is not None else self.now
         event = {**payload, "messageId": uuid.uuid4().hex,
                  "timestamp": datetime.fromtimestamp(happened / 1000, UTC).isoformat()}  # fmt: skip
         row = to_row(SegmentEvent.model_validate(event), received_at=datetime.now(UTC),
-                     source_id="src", ip="127.0.0.1")  # fmt: skip
+                     source_id=source, ip="127.0.0.1")  # fmt: skip
         self.pending.append(row)
         return event
 

@@ -124,3 +124,22 @@ def test_a_product_back_in_stock_moves_its_watchers(
             "SELECT properties.product_id.:String FROM events WHERE event = 'Back In Stock'"
         )
         assert stored == [("boot",)]
+
+
+def test_product_updated_events_from_a_server_key_update_the_catalog(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    from cdp.profiles.worker import ProfileWorker
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.profiles = ProfileWorker(redis_client, shop.store, settings.events_stream,
+                                      catalog=shop.catalog, catalog_sources=frozenset({"server"}),
+                                      block_ms=10)  # fmt: skip
+        update = {"type": "track", "event": "Product Updated", "userId": "shop-backend",
+                  "properties": {"product_id": "boot", "name": "Boot", "stock": 3}}  # fmt: skip
+        shop.send(update)
+        shop.send({**update, "properties": {"product_id": "hat", "stock": 1}}, source="browser")
+        shop.settle()
+        boot = shop.catalog.get("boot")
+        assert boot is not None and boot.stock == 3 and boot.name == "Boot"
+        assert shop.catalog.get("hat") is None  # the browser's key may not change the catalog
