@@ -46,6 +46,23 @@ DUE_LAG = Histogram(
 DUE_BATCH = 500
 
 
+# A profile's next moment, set in the evaluation's transaction: to the new one if nobody moved
+# it since it was read; else (a backfill asked for an earlier look meanwhile) to the earlier.
+SET_DUE = """
+local current = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+local seen, new = tonumber(ARGV[2]), tonumber(ARGV[3])
+if current == seen then
+  if new then
+    redis.call('ZADD', KEYS[1], new, ARGV[1])
+  else
+    redis.call('ZREM', KEYS[1], ARGV[1])
+  end
+elseif new then
+  redis.call('ZADD', KEYS[1], 'LT', new, ARGV[1])
+end
+"""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -75,6 +92,7 @@ class AudienceWorker(StreamConsumer):
         self.clock = clock
         self._plan: Plan | None = None
         self._stock_version: bytes | None = None
+        self._set_due = client.register_script(SET_DUE)
         self._out_of_stock: frozenset[str] = frozenset()
 
     # What the evaluations of a batch share, read once a batch.
@@ -225,10 +243,8 @@ class AudienceWorker(StreamConsumer):
             if outcome.partial and current_due is not None and current_due > now:
                 # The audiences not matched keep their own next moment.
                 next_at = int(min(next_at or current_due, current_due))
-            if next_at is not None:
-                pipe.zadd(self.keys.due, {pid: next_at})
-            elif due_at is not None or current_due is not None:
-                pipe.zrem(self.keys.due, pid)
+            seen = "" if current_due is None else int(current_due)
+            self._set_due(keys=[self.keys.due], args=[pid, seen, next_at or ""], client=pipe)
             pipe.execute()
         EVALUATIONS.labels(cause).inc()
         return outcome
