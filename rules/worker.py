@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
 from cdp.consumer import Entries, StreamConsumer
-from cdp.profiles.reader import ProfileReader, audience_inputs_of
+from cdp.profiles.reader import AUDIENCE_INPUTS, ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
@@ -44,6 +45,7 @@ DUE_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
 )  # fmt: skip
 DUE_BATCH = 500
+EVALUATION_BATCH = 50  # profiles read and written together
 
 
 # A profile's next moment, set in the evaluation's transaction: to the new one if nobody moved
@@ -61,6 +63,21 @@ elseif new then
   redis.call('ZADD', KEYS[1], 'LT', new, ARGV[1])
 end
 """
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One evaluation asked for: the profile, its `now`, why, the due moment that asked
+    for it (time), what changed (None: anything may have)."""
+
+    profile_id: str
+    now: int
+    cause: Cause
+    due_at: int | None
+    changed: frozenset[str] | None
+
+
+MISSING = Outcome()  # the profile is not live: merged away or erased
 
 
 def now_ms() -> int:
@@ -143,15 +160,18 @@ class AudienceWorker(StreamConsumer):
             named = _dict(fields.get(b"e"))
             for pid in _list(fields.get(b"p")):
                 changed(pid, named.get(pid))
-        for pid, names in profiles.items():
-            self.evaluate(pid, now, "event", changed=None if names is None else frozenset(names))
+        asked = [Asked(pid, now, "event", None, None if names is None else frozenset(names))
+                 for pid, names in profiles.items()]  # fmt: skip
+        for start in range(0, len(asked), EVALUATION_BATCH):
+            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
         self.ack(entries)
         return len(profiles)
 
     def drain_once(self, block_ms: int | None = None) -> int:
         handled = self.run_due()
-        if handled >= DUE_BATCH:  # more are due: no waiting for new entries
-            return handled + super().drain_once(0)
+        if handled >= DUE_BATCH:  # more are due: take what is new without waiting
+            entries = self.read_new(None)
+            return handled + (self.handle(entries, recovered=False) if entries else 0)
         wait = self.block_ms if block_ms is None else block_ms
         next_due = self.next_due()
         if next_due is not None:
@@ -171,9 +191,11 @@ class AudienceWorker(StreamConsumer):
                                       offset=0, num=DUE_BATCH)  # fmt: skip
         if due:
             self.refresh()
-        for member, at in due:
+        for _, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
-            self.evaluate(text(member), int(at), "time", due_at=int(at))
+        asked = [Asked(text(member), int(at), "time", int(at), None) for member, at in due]
+        for start in range(0, len(asked), EVALUATION_BATCH):
+            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
         return len(due)
 
     def watchers(self, product: str) -> list[str]:
@@ -182,7 +204,7 @@ class AudienceWorker(StreamConsumer):
         self.client.zremrangebyscore(key, "-inf", self.clock() - self.history_days * DAY_MS)
         return [text(m) for m in self.client.zrange(key, 0, -1)]
 
-    # One profile.
+    # Profiles.
 
     def evaluate(
         self,
@@ -195,58 +217,85 @@ class AudienceWorker(StreamConsumer):
         """Bring the profile's memberships to what they are at `now` (only the audiences
         that read what `changed`, when given); None when the profile is gone (merged away:
         the survivor is evaluated instead; or erased)."""
-        plan = self.plan()
+        return self.evaluate_all([Asked(profile_id, now, cause, due_at, changed)])[0]
+
+    def evaluate_all(self, asked: list[Asked]) -> list[Outcome | None]:
+        """`evaluate` for many profiles in three round trips (watch, read, write), one
+        transaction; if another worker changed one of them meanwhile, each alone."""
+        if len(asked) > 1:
+            try:
+                outcomes = self._evaluate_once(self.plan(), asked)
+            except redis.WatchError:
+                outcomes = [None] * len(asked)
+                asked_again = asked
+            else:
+                asked_again = [a for a, o in zip(asked, outcomes, strict=True) if o is MISSING]
+            if not asked_again:
+                return outcomes
+            again = {a.profile_id: self.evaluate_all([a])[0] for a in asked_again}
+            return [again[a.profile_id] if o is None or o is MISSING else o
+                    for a, o in zip(asked, outcomes, strict=True)]  # fmt: skip
+        [one] = asked
         for _ in range(10):
             try:
-                outcome = self._evaluate_once(plan, profile_id, now, cause, due_at, changed)
+                [outcome] = self._evaluate_once(self.plan(), [one])
             except redis.WatchError:
                 continue  # another worker changed its memberships: read again
-            if outcome is not None:
-                return outcome
-            live = self.reader.live_id(profile_id)
-            self.retire(profile_id, live, now)
-            if live is None or live == profile_id:
-                return None
-            profile_id, changed = live, None
-        raise RuntimeError(f"memberships of {profile_id} kept changing under us")
+            if outcome is not MISSING:
+                return [outcome]
+            live = self.reader.live_id(one.profile_id)
+            self.retire(one.profile_id, live, one.now)
+            if live is None or live == one.profile_id:
+                return [None]
+            one = Asked(live, one.now, one.cause, one.due_at, None)
+        raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
-    def _evaluate_once(
-        self,
-        plan: Plan,
-        pid: str,
-        now: int,
-        cause: Cause,
-        due_at: int | None,
-        changed: frozenset[str] | None,
-    ) -> Outcome | None:
-        """Three round trips: WATCH the memberships, read everything, write in MULTI."""
+    def _evaluate_once(self, plan: Plan, asked: list[Asked]) -> list[Outcome | None]:
+        """Read the profiles (their memberships WATCHed), evaluate, write in MULTI. MISSING
+        for a profile that is not live (merged away or erased)."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.of(pid))  # type: ignore[no-untyped-call]
+            pipe.watch(*[self.keys.of(a.profile_id) for a in asked])  # type: ignore[no-untyped-call]
             reads = self.client.pipeline(transaction=False)
-            reads.hgetall(self.keys.of(pid))
-            reads.zscore(self.keys.due, pid)
-            self.reader.queue_audience_inputs(reads, pid, now - self.history_days * DAY_MS)
-            stored, current_due, *replies = reads.execute()
-            inputs = audience_inputs_of(replies)
-            if inputs is None:
-                pipe.unwatch()
-                return None
-            if stored.get(GENERATION.encode()) != str(plan.generation).encode():
-                changed = None  # first seen under these definitions: everything is decided
-            subject = subject_from(pid, inputs, set(memberships(stored)), self._out_of_stock)
-            outcome = evaluate(plan, subject, now, cause, changed)
+            for a in asked:
+                reads.hgetall(self.keys.of(a.profile_id))
+                reads.zscore(self.keys.due, a.profile_id)
+                self.reader.queue_audience_inputs(
+                    reads, a.profile_id, a.now - self.history_days * DAY_MS
+                )
+            replies = reads.execute()
+            width = 2 + AUDIENCE_INPUTS
+            outcomes: list[Outcome | None] = []
             pipe.multi()
-            self._write(pipe, pid, outcome, watched(plan, subject.history, now))
-            if not outcome.partial:
-                pipe.hset(self.keys.of(pid), GENERATION, plan.generation)
-            next_at = outcome.next_at
-            if outcome.partial and current_due is not None and current_due > now:
-                # The audiences not matched keep their own next moment.
-                next_at = int(min(next_at or current_due, current_due))
-            seen = "" if current_due is None else int(current_due)
-            self._set_due(keys=[self.keys.due], args=[pid, seen, next_at or ""], client=pipe)
+            for n, a in enumerate(asked):
+                stored, current_due, *inputs_replies = replies[n * width : (n + 1) * width]
+                outcomes.append(self._decide(pipe, plan, a, stored, current_due, inputs_replies))
             pipe.execute()
-        EVALUATIONS.labels(cause).inc()
+        for a, outcome in zip(asked, outcomes, strict=True):
+            if outcome is not MISSING:
+                EVALUATIONS.labels(a.cause).inc()
+        return outcomes
+
+    def _decide(
+        self, pipe: Any, plan: Plan, a: Asked, stored: Any, current_due: Any, replies: Any
+    ) -> Outcome | None:
+        """One profile's evaluation, its writes queued on the transaction."""
+        inputs = audience_inputs_of(replies)
+        if inputs is None:
+            return MISSING
+        changed = a.changed
+        if stored.get(GENERATION.encode()) != str(plan.generation).encode():
+            changed = None  # first seen under these definitions: everything is decided
+        subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock)
+        outcome = evaluate(plan, subject, a.now, a.cause, changed)
+        self._write(pipe, a.profile_id, outcome, watched(plan, subject.history, a.now))
+        if not outcome.partial:
+            pipe.hset(self.keys.of(a.profile_id), GENERATION, plan.generation)
+        next_at = outcome.next_at
+        if outcome.partial and current_due is not None and current_due > a.now:
+            # The audiences not matched keep their own next moment.
+            next_at = int(min(next_at or current_due, current_due))
+        seen = "" if current_due is None else int(current_due)
+        self._set_due(keys=[self.keys.due], args=[a.profile_id, seen, next_at or ""], client=pipe)
         return outcome
 
     def _write(self, pipe: Any, pid: str, outcome: Outcome, watching: dict[str, int]) -> None:
