@@ -143,3 +143,36 @@ def test_product_updated_events_from_a_server_key_update_the_catalog(
         boot = shop.catalog.get("boot")
         assert boot is not None and boot.stock == 3 and boot.name == "Boot"
         assert shop.catalog.get("hat") is None  # the browser's key may not change the catalog
+
+
+class Interrupted(AudienceWorker):
+    """Another worker writes a profile's memberships while this one decides a batch."""
+
+    interrupted = False
+
+    def _decide(self, pipe, plan, a, stored, current_due, replies):  # type: ignore[no-untyped-def]
+        if not self.interrupted:
+            self.interrupted = True
+            self.client.hset(self.keys.of(a.profile_id), "elsewhere", 1)  # not in our MULTI
+        return super()._decide(pipe, plan, a, stored, current_due, replies)
+
+
+def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.worker = Interrupted(
+            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
+            shop.catalog, settings.records_stream, settings.history_days,
+            clock=lambda: shop.now,
+        )  # fmt: skip
+        for who in ("a", "b", "c"):
+            shop.track(who, "Product Viewed", at=shop.now - 1)
+            shop.track(who, "Product Viewed")
+        shop.settle()
+        assert shop.worker.interrupted
+        everyone = {shop.profile_of(who) for who in ("a", "b", "c")}
+        assert shop.members("twice") == everyone
+        enters = [c["profile"] for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(enters) == sorted(everyone)  # once each
