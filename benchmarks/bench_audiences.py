@@ -34,7 +34,7 @@ from bench_ingest import API_KEY, WRITE_KEY, serve  # noqa: E402
 from cdp.catalog import Catalog  # noqa: E402
 from cdp.demo.shop import simulate_shop  # noqa: E402
 from cdp.events import StoredEvent  # noqa: E402
-from cdp.profiles.reader import audience_inputs_of  # noqa: E402
+from cdp.profiles.reader import AUDIENCE_INPUTS, audience_inputs_of  # noqa: E402
 from cdp.profiles.store import ProfileStore  # noqa: E402
 from cdp.redis_server import EmbeddedRedis  # noqa: E402
 from cdp.settings import Settings  # noqa: E402
@@ -120,20 +120,23 @@ def evaluations(visitors: int) -> None:
         print(f"{len(events):,} events, {len(profiles):,} profiles, {len(plan.definitions)} "
               f"audiences in {plan.matcher.shard_count()} engine shards")  # fmt: skip
 
-        def floor() -> None:  # the reads an evaluation cannot do without, in one round trip
-            since = now - settings.history_days * 86_400_000
-            for pid in profiles:
-                reads = client.pipeline(transaction=False)
-                reads.hgetall(worker.keys.of(pid))
-                reads.zscore(worker.keys.due, pid)
-                store.queue_audience_inputs(reads, pid, since)
-                _, _, *replies = reads.execute()
-                inputs = audience_inputs_of(replies)
-                assert inputs is not None
-                subject_from(pid, inputs, set(), frozenset())
-
         batches = [profiles[i : i + EVALUATION_BATCH]
                    for i in range(0, len(profiles), EVALUATION_BATCH)]  # fmt: skip
+        width = 2 + AUDIENCE_INPUTS
+
+        def floor() -> None:  # the reads an evaluation cannot do without, a batch a round trip
+            since = now - settings.history_days * 86_400_000
+            for batch in batches:
+                reads = client.pipeline(transaction=False)
+                for pid in batch:
+                    reads.hgetall(worker.keys.of(pid))
+                    reads.zscore(worker.keys.due, pid)
+                    store.queue_audience_inputs(reads, pid, since)
+                replies = reads.execute()
+                for n, pid in enumerate(batch):
+                    inputs = audience_inputs_of(replies[n * width + 2 : (n + 1) * width])
+                    assert inputs is not None
+                    subject_from(pid, inputs, set(), frozenset())
 
         def evaluate() -> None:  # in the worker's batches, every audience matched
             for batch in batches:
