@@ -1,14 +1,16 @@
 """The audience worker: keeps every profile's memberships true, in real time.
 
 It consumes the profile-changes stream (the profile script says which profiles each call
-changed, which merged, and the catalog which products crossed in or out of stock) and
-evaluates each profile named at the moment it reads it. It also runs the schedule: each
+changed and what changed in them, which merged, and the catalog which products crossed in
+or out of stock) and evaluates each profile named at the moment it reads it, a batch of
+profiles at a time (three round trips, one transaction). It also runs the schedule: each
 profile's next moment of change with no event (a window sliding, an hour passing) is kept
 in a sorted set, and the profile is evaluated then, with `now` set to that moment. No
 profile is polled.
 
-A profile's transitions, its new memberships, its next moment and the audit rows are
-written in one transaction (WATCHing its memberships), before the stream entry is
+A batch's transitions, new memberships, next moments and audit rows are written in one
+transaction (WATCHing the memberships; if another worker touched one, each profile is
+decided again alone), before the stream entry is
 acknowledged: after a crash the entry is handled again and finds nothing left to change,
 so a transition is recorded once. One thread per process owns the engine (durable_rules
 loses actions when threads share it); more processes share the consumer group."""
