@@ -193,6 +193,7 @@ def audience_worker(
             Catalog(client, prefix, settings.profile_changes_stream),
             settings.records_stream,
             settings.history_days,
+            generations_per_process=settings.audience_generations_per_process,
             block_ms=settings.writer_block_ms,
         )
 
@@ -218,10 +219,15 @@ def _run_worker(log_level: str, parent: int, build: Any) -> None:
 
         threads.Thread(target=orphaned, daemon=True).start()
     with _redis(settings) as client:
+        worker = build(client, settings)
         try:
-            build(client, settings).run(stop)
+            worker.run(stop)
         except KeyboardInterrupt:
             stop.set()
+    if worker.wants_fresh_start:
+        from cdp.supervisor import FRESH_START
+
+        raise SystemExit(FRESH_START)
 
 
 @app.command()
