@@ -46,7 +46,7 @@ from rules import privacy as audience_privacy
 from rules.api import AudiencesApi
 from rules.api import router as audiences_router
 from rules.audiences import Audiences
-from rules.keyspace import AudienceKeys, memberships
+from rules.keyspace import memberships
 from rules.membership import Sources
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,7 @@ class Runtime:
         }  # fmt: skip
 
     def memberships(self, profile_id: str) -> list[str]:
-        keys = AudienceKeys(self.settings.redis_prefix)
-        return sorted(memberships(self.redis.hgetall(keys.of(profile_id))))
+        return sorted(memberships(self.redis.hgetall(self.audiences.keys.of(profile_id))))
 
     def erase_audiences(self, profile_ids: list[str]) -> dict[str, int]:
         return audience_privacy.erase(self.redis, self.warehouse, self.audiences, profile_ids)
