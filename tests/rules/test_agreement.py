@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.rules.shop import HOUR_MS, Shop, days
@@ -60,6 +61,7 @@ others = st.sampled_from([
     {"trait": {"name": "plan", "value": "pro"}},
     {"trait": {"name": "age", "op": ">=", "value": 30}},
     {"member_of": {"audience": "base"}},
+    {"out_of_stock": {"within": "P1D"}},
 ])  # fmt: skip
 leaf = st.one_of(performed, not_followed_by, last_performed, aggregate, others)
 tree = st.recursive(
@@ -125,6 +127,7 @@ def test_real_time_and_sql_agree(
 
 def check(shop: Shop, namespace: str, root: dict[str, Any], events: list[dict[str, Any]],
           identifies: list[dict[str, Any]], later: list[int]) -> None:  # fmt: skip
+    shop.catalog.upsert([Product(id="p3", name="Sold out", stock=0)])
     # Another audience the generated one may reference: layers must order them.
     shop.define("base", {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}})
     shop.define("generated", root)
