@@ -178,19 +178,26 @@ class AudiencesApi:
         return {"size": len(members), "sample": members[:SAMPLE], "at": iso(at)}
 
     def members(self, audience_id: str, cursor: str | None, limit: int) -> dict[str, Any]:
+        """A page of members by (since, profile id), after the cursor's. Many members can
+        share one `since` (a backfill decides them at one moment): those up to the cursor
+        are passed over in chunks, so no page is cut short."""
         self.audiences.get(audience_id)
-        low: Any = "-inf"
-        after: tuple[int, str] | None = None
-        if cursor:
-            after = decode(cursor)
-            low = after[0]
-        rows: Any = self.redis.zrange(self.keys.members(audience_id), low, "+inf", byscore=True,
-                                      withscores=True, offset=0, num=limit + 200)  # fmt: skip
-        page = [(text(m), int(s)) for m, s in rows]
-        if after:
-            page = [(m, s) for m, s in page if (s, m) > (after[0], after[1])]
+        after = decode(cursor) if cursor else None
+        low: Any = after[0] if after else "-inf"
+        key = self.keys.members(audience_id)
+        page: list[tuple[str, int]] = []
+        offset = 0
+        while len(page) <= limit:  # one more than a page: is there a next one?
+            rows: Any = self.redis.zrange(key, low, "+inf", byscore=True, withscores=True,
+                                          offset=offset, num=limit + 200)  # fmt: skip
+            if not rows:
+                break
+            offset += len(rows)
+            found = [(text(m), int(s)) for m, s in rows]
+            page += [(m, s) for m, s in found if after is None or (s, m) > (after[0], after[1])]
+        more = len(page) > limit
         page = page[:limit]
-        next_cursor = encode(page[-1][1], page[-1][0]) if len(page) == limit else None
+        next_cursor = encode(page[-1][1], page[-1][0]) if more else None
         return {"members": [{"profile_id": m, "since": iso(s)} for m, s in page],
                 "next_cursor": next_cursor}  # fmt: skip
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from cdp.settings import Settings
+from rules.keyspace import AudienceKeys
 from rules.predefined import predefined_ids
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 
@@ -172,3 +175,23 @@ def test_member_pages_follow_the_cursor(clients: tuple[httpx.Client, httpx.Clien
             break
     assert len(seen) == len(set(seen)) == 5
     assert api.get("/api/v1/audiences/pages/members", params={"cursor": "%%"}).status_code == 400
+
+
+def test_members_decided_at_one_moment_page_through_whole(
+    clients: tuple[httpx.Client, httpx.Client], redis_client: redis.Redis, settings: Settings
+) -> None:
+    _, api = clients
+    root = {"performed": {"event": "Never", "within": "P1D", "times": 1}}
+    assert api.post("/api/v1/audiences", json={"id": "many", "name": "M", "root": root}).is_success
+    # A backfill decides everyone at one moment: 450 members share one `since`.
+    key = AudienceKeys(settings.redis_prefix).members("many")
+    redis_client.zadd(key, {f"p_{n:04d}": 1_790_000_000_000 for n in range(450)})
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/v1/audiences/many/members", params=params).json()
+        seen += [m["profile_id"] for m in page["members"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [f"p_{n:04d}" for n in range(450)]
