@@ -44,6 +44,7 @@ from rules.definition import (
 
 T = "toUnixTimestamp64Milli(timestamp)"
 NUMERIC_TYPES = "('Int64', 'UInt64', 'Float64')"
+SCALAR_TYPES = "('String', 'Bool', 'Int64', 'UInt64', 'Float64')"
 PRODUCT = "ifNull(properties.product_id.:String, '')"
 QUANTITY = (
     "if(ifNull(properties.quantity.:Int64 BETWEEN 1 AND 1000, 0), "
@@ -100,7 +101,8 @@ class Printer:
 
     def where(self, w: Where) -> str:
         p = self.prop(w.property)
-        present = f"dynamicType({p}) != 'None'"
+        # Present as the history keeps properties: a scalar (objects and lists are not kept).
+        present = f"dynamicType({p}) IN {SCALAR_TYPES}"
         if w.op == "==":
             return self.equal(w.property, w.value)
         if w.op == "!=":
