@@ -179,11 +179,13 @@ class Matcher:
     _names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from durable import lang
         from durable.lang import ruleset, when_all
 
         for s, start in enumerate(range(0, len(self.audiences), SHARD_SIZE)):
             name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
-            with ruleset(name):
+            shard = ruleset(name)
+            with shard:
                 for compiled in self.audiences[start : start + SHARD_SIZE]:
                     self._shard_of[compiled.audience] = s
                     member = f"{compiled.prefix}m"
@@ -195,6 +197,8 @@ class Matcher:
                     leave = ("and", [_cmp(member, "==", 1), negation])
                     when_all(durable(enter))(self._action(compiled.audience, "enter"))
                     when_all(durable(leave))(self._action(compiled.audience, "exit"))
+            lang._rulesets.pop(name, None)  # ours alone, not the DSL's global host's
+            quiet_host().register_rulesets(dict([shard.define()]))
             self._names.append(name)
 
     def _action(self, audience: str, change: str) -> Any:
@@ -209,9 +213,7 @@ class Matcher:
         fact goes to the engine's native calls as orjson text: the Python binding would
         encode it with the json module twice, which costs more than the matching."""
         import durable_rules_engine as native
-        from durable.lang import get_host
-
-        host = get_host()
+        host = quiet_host()
         by_shard: dict[int, dict[str, float]] = {}
         for audience, fact in snapshots.items():
             by_shard.setdefault(self._shard_of[audience], {}).update(fact)
@@ -240,6 +242,26 @@ class Matcher:
 
     def shard_count(self) -> int:
         return len(self._names)
+
+
+_HOST: Any = None
+
+
+def quiet_host() -> Any:
+    """The process's durable_rules host, without the background threads the library's own
+    host runs: they dispatch every ruleset's pending actions from another thread, which would
+    run our enter/exit actions there, late, into another profile's match (the engine loses or
+    misplaces actions when threads share it). We match synchronously and use no timers."""
+    global _HOST
+    if _HOST is None:
+        from durable.engine import Host
+
+        class QuietHost(Host):  # type: ignore[misc]
+            def _run(self) -> None:
+                pass
+
+        _HOST = QuietHost()
+    return _HOST
 
 
 def compile_all(definitions: Iterable[tuple[str, Node]], start_slot: int = 0) -> list[Compiled]:
