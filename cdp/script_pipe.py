@@ -25,8 +25,11 @@ class ScriptPipe:
         self._pool = client.connection_pool
         self._source = source
         self._connection: Any = None
+        # Which taking of a connection a call went out on: the pool may hand back the same
+        # object after a failure, so a failed connection is known by its taking, not itself.
+        self._taking = 0
         self._lock = threading.Lock()
-        self._waiting: queue.SimpleQueue[tuple[Any, Future[Any]] | None] = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue[tuple[int, Any, Future[Any]] | None] = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read, name=f"{name}-replies", daemon=True)
         self._reader.start()
 
@@ -38,9 +41,10 @@ class ScriptPipe:
                 # Taken from the pool and given back on close or failure, so a pool's
                 # limit counts it once however often it is made again.
                 self._connection = self._pool.get_connection()
+                self._taking += 1
                 self._connection.send_command("CLIENT", "SETNAME", self.name)
                 self._connection.read_response()  # CLIENT LIST tells it from others
-            connection = self._connection
+            connection, taking = self._connection, self._taking
             try:
                 connection.send_command("EVAL", self._source, 0, *args, check_health=False)
             except BaseException as error:
@@ -49,7 +53,7 @@ class ScriptPipe:
                 self._pool.release(connection)
                 future.set_exception(error)
                 return future
-            self._waiting.put((connection, future))
+            self._waiting.put((taking, connection, future))
         return future
 
     def close(self) -> None:
@@ -62,10 +66,10 @@ class ScriptPipe:
                 self._connection = None
 
     def _read(self) -> None:
-        broken: Any = None  # the connection that failed; calls sent on it get no answer
+        broken = 0  # the taking that failed; calls sent on it get no answer
         while (waiting := self._waiting.get()) is not None:
-            connection, future = waiting
-            if connection is broken:
+            taking, connection, future = waiting
+            if taking == broken:
                 future.set_exception(redis.ConnectionError("connection to Redis lost"))
                 continue
             try:
@@ -73,11 +77,10 @@ class ScriptPipe:
             except redis.ResponseError as error:  # the call failed; the connection is fine
                 future.set_exception(error)
             except BaseException as error:
-                broken = connection
+                broken = taking
                 with self._lock:
-                    if self._connection is connection:
+                    if self._taking == taking and self._connection is not None:
                         self._connection = None
                         connection.disconnect()
                         self._pool.release(connection)
-                connection.disconnect()
                 future.set_exception(error)
