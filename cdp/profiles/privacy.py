@@ -97,6 +97,9 @@ class Erasure:
     scanned: list[str]  # streams whose entries naming the person are deleted
     wait_seconds: float
     erasers: list[Eraser] = field(default_factory=list)  # what feature packages hold
+    # Streams whose workers may still write about the person while it is erased (the
+    # audience worker, then the records writer): settled again, then swept.
+    after: list[str] = field(default_factory=list)
 
     def forget(self, profile_id: str) -> tuple[str, dict[str, int]]:
         """Erase the person once everything received before is processed; the erased id
@@ -111,4 +114,22 @@ class Erasure:
             raise NotFound(f"no profile {profile_id}")
         removed = erase(self.client, self.warehouse, self.store, profile, settled,
                         self.scanned, self.erasers)  # fmt: skip
+        if self.after:
+            self._sweep(profile, removed)
         return profile.id, removed
+
+    def _sweep(self, profile: Profile, removed: dict[str, int]) -> None:
+        """What a worker wrote about the person while it was being erased (an evaluation
+        under way when its memberships went): once those workers have settled, erased too."""
+        settled = streams.wait_until_settled(self.client, self.after, self.wait_seconds)
+        if settled is None:
+            raise Unavailable("the erasure is done but for what workers were writing meanwhile")
+        pids = [profile.id, *profile.merged_profiles]
+        for stream, (ms, seq) in settled.items():
+            trimmed = self.client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False)
+            removed[f"stream_entries:{stream}"] = removed.get(f"stream_entries:{stream}", 0) + int(
+                trimmed
+            )
+        for eraser in self.erasers:
+            for place, count in eraser(pids).items():
+                removed[place] = removed.get(place, 0) + count
