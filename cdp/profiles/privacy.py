@@ -76,14 +76,23 @@ def erase(
                 f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 2", parameters
             )
         report[table] = int(count)
-    for stream, (ms, seq) in settled_upto.items():  # what carried the events, all settled
-        trimmed = client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False)  # exactly
-        report[f"stream_entries:{stream}"] = int(trimmed)
+    report.update(trim_settled(client, settled_upto))  # what carried the events
     for stream in scanned:  # dead letters, profile changes: whatever names the person
         report[f"stream_entries:{stream}"] = streams.forget(client, stream, values + pids)
     for eraser in erasers:
         report.update(eraser(pids))
     return report
+
+
+def trim_settled(client: redis.Redis, settled: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Delete each stream's entries up to the one it is settled to, exactly (an approximate
+    trim keeps whole nodes, the person's entries among newer ones); how many, by stream."""
+    return {
+        f"stream_entries:{stream}": int(
+            client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False)
+        )
+        for stream, (ms, seq) in settled.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -125,11 +134,6 @@ class Erasure:
         if settled is None:
             raise Unavailable("the erasure is done but for what workers were writing meanwhile")
         pids = [profile.id, *profile.merged_profiles]
-        for stream, (ms, seq) in settled.items():
-            trimmed = self.client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False)
-            removed[f"stream_entries:{stream}"] = removed.get(f"stream_entries:{stream}", 0) + int(
-                trimmed
-            )
-        for eraser in self.erasers:
-            for place, count in eraser(pids).items():
+        for counts in [trim_settled(self.client, settled), *(e(pids) for e in self.erasers)]:
+            for place, count in counts.items():
                 removed[place] = removed.get(place, 0) + count
