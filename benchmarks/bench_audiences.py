@@ -34,7 +34,6 @@ from bench_ingest import API_KEY, WRITE_KEY, serve  # noqa: E402
 from cdp.catalog import Catalog  # noqa: E402
 from cdp.demo.shop import simulate_shop  # noqa: E402
 from cdp.events import StoredEvent  # noqa: E402
-from cdp.profiles.reader import AUDIENCE_INPUTS, audience_inputs_of  # noqa: E402
 from cdp.profiles.store import ProfileStore  # noqa: E402
 from cdp.redis_server import EmbeddedRedis  # noqa: E402
 from cdp.settings import Settings  # noqa: E402
@@ -122,19 +121,11 @@ def evaluations(visitors: int) -> None:
 
         batches = [profiles[i : i + EVALUATION_BATCH]
                    for i in range(0, len(profiles), EVALUATION_BATCH)]  # fmt: skip
-        width = 2 + AUDIENCE_INPUTS
 
         def floor() -> None:  # the reads an evaluation cannot do without, a batch a round trip
-            since = now - settings.history_days * 86_400_000
             for batch in batches:
-                reads = client.pipeline(transaction=False)
-                for pid in batch:
-                    reads.hgetall(worker.keys.of(pid))
-                    reads.zscore(worker.keys.due, pid)
-                    store.queue_audience_inputs(reads, pid, since)
-                replies = reads.execute()
-                for n, pid in enumerate(batch):
-                    inputs = audience_inputs_of(replies[n * width + 2 : (n + 1) * width])
+                asked = [Asked(pid, now, "event", None, None) for pid in batch]
+                for pid, (_, _, inputs) in zip(batch, worker.read(asked), strict=True):
                     assert inputs is not None
                     subject_from(pid, inputs, set(), frozenset())
 

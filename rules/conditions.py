@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class Subject:
     memberships: set[str] = field(default_factory=set)
     out_of_stock: frozenset[str] = frozenset()  # product ids with no stock now
 
+    _timelines: dict[Any, Timeline] = field(default_factory=dict, repr=False)
+
     @cached_property
     def by_event(self) -> dict[str, list[Happened]]:
         """The history by event name (each list in time order), made once per subject."""
@@ -88,6 +91,33 @@ class Subject:
         for h in self.history:
             index.setdefault(h.event, []).append(h)
         return index
+
+    def timeline(self, ref: EventRef) -> Timeline:
+        """The events of that name that pass the filters, with their times: made once per
+        subject for the references that select alike."""
+        found = self._timelines.get(ref.selector)
+        if found is None:
+            named = self.by_event.get(ref.event, [])
+            if ref.where:
+                named = [h for h in named if all(matches(w, h.properties) for w in ref.where)]
+            found = self._timelines[ref.selector] = Timeline(named, [h.at for h in named])
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """Events in time order and their times, to find a window's bounds by bisection."""
+
+    events: list[Happened]
+    ats: list[int]
+
+    def upto(self, moment: int) -> int:
+        """How many happened at or before the moment (the index of the first after it)."""
+        return bisect_right(self.ats, moment)
+
+    def first_after(self, index: int) -> int | None:
+        """The time of the event at `index` (the first after some moment), if any."""
+        return self.ats[index] if index < len(self.ats) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +184,7 @@ def matches(where: Where, properties: dict[str, Any]) -> bool:
 
 def of(ref: EventRef, s: Subject) -> list[Happened]:
     """The subject's events of that name that pass the filters, in time order."""
-    named = s.by_event.get(ref.event, [])
-    if not ref.where:
-        return named
-    return [h for h in named if all(matches(w, h.properties) for w in ref.where)]
+    return s.timeline(ref).events
 
 
 def _soonest(*moments: int | None) -> int | None:
@@ -166,16 +193,13 @@ def _soonest(*moments: int | None) -> int | None:
 
 
 def _arrivals(events: list[Happened], now: int) -> int | None:
-    """The first event dated after now counts from its time."""
-    return _soonest(*(h.at for h in events if h.at > now))
-
-
-def _in_window(events: list[Happened], now: int, within: int) -> list[Happened]:
-    return [h for h in events if now - within < h.at <= now]
+    """The first event dated after now counts from its time (`events` in time order)."""
+    return next((h.at for h in events if h.at > now), None)
 
 
 def _leaves_window(inside: list[Happened], within: int) -> int | None:
-    return _soonest(*(h.at + within for h in inside))
+    """When the first of these (in time order) slides out of the window."""
+    return inside[0].at + within if inside else None
 
 
 def group_of(happened: Happened, prop: str) -> str | None:
@@ -184,43 +208,37 @@ def group_of(happened: Happened, prop: str) -> str | None:
 
 
 def performed(spec: Performed, s: Subject, now: int) -> tuple[float, bool, Any, int | None]:
-    events = of(spec, s)
-    inside = _in_window(events, now, spec.within)
+    timeline = s.timeline(spec)
+    start, end = timeline.upto(now - spec.within), timeline.upto(now)
     if spec.same:
-        groups = Counter(g for h in inside if (g := group_of(h, spec.same)) is not None)
+        inside = [h for h in timeline.events[start:end] if group_of(h, spec.same) is not None]
+        groups = Counter(group_of(h, spec.same) for h in inside)
         count = max(groups.values(), default=0)
         shown: Any = {"count": count, "of": spec.same,
                       "value": groups.most_common(1)[0][0] if groups else None}  # fmt: skip
-        inside = [h for h in inside if group_of(h, spec.same) is not None]
-        events = [h for h in events if group_of(h, spec.same) is not None]
+        later = [h for h in timeline.events[end:] if group_of(h, spec.same) is not None]
+        leaves, arrival = _leaves_window(inside, spec.within), _arrivals(later, now)
     else:
-        count = len(inside)
+        count = end - start
         shown = count
+        leaves = timeline.ats[start] + spec.within if count else None
+        arrival = timeline.first_after(end)
     holds = COMPARE[spec.op](count, spec.times)
-    return (
-        count,
-        holds,
-        shown,
-        _soonest(_leaves_window(inside, spec.within), _arrivals(events, now)),
-    )
-
-
-def _last(events: list[Happened], now: int) -> int | None:
-    return max((h.at for h in events if h.at <= now), default=None)
+    return count, holds, shown, _soonest(leaves, arrival)
 
 
 def not_followed_by(
     spec: NotFollowedBy, s: Subject, now: int
 ) -> tuple[float, bool, Any, int | None]:
-    firsts = of(spec, s)
+    firsts, thens = s.timeline(spec), s.timeline(spec.then)
     within = spec.within
-    candidates = [h for h in firsts if h.at <= now and (within is None or h.at > now - within)]
-    last = max((h.at for h in candidates), default=None)
-    thens = of(spec.then, s)
-    arrivals = _arrivals(firsts + thens, now)
+    start = firsts.upto(now - within) if within is not None else 0
+    end = firsts.upto(now)
+    last = firsts.ats[end - 1] if end > start else None
+    arrivals = _soonest(firsts.first_after(end), thens.first_after(thens.upto(now)))
     if last is None:
         return NEVER, False, None, arrivals
-    if any(last < h.at <= now for h in thens):
+    if thens.upto(now) > thens.upto(last):  # a `then` in (last, now]
         return (
             NEVER,
             False,
@@ -242,9 +260,10 @@ def not_followed_by(
 def last_performed(
     spec: LastPerformed, s: Subject, now: int
 ) -> tuple[float, bool, Any, int | None]:
-    events = of(spec, s)
-    last = _last(events, now)
-    arrivals = _arrivals(events, now)
+    timeline = s.timeline(spec)
+    end = timeline.upto(now)
+    last = timeline.ats[end - 1] if end else None
+    arrivals = timeline.first_after(end)
     if last is None:
         return NEVER, False, None, arrivals
     age = now - last
@@ -258,8 +277,12 @@ def last_performed(
 
 
 def aggregate(spec: Aggregate, s: Subject, now: int) -> tuple[float, bool, bool, Any, int | None]:
-    events = [h for h in of(spec, s) if number(h.properties.get(spec.property)) is not None]
-    inside = _in_window(events, now, spec.within)
+    timeline = s.timeline(spec)
+    start, end = timeline.upto(now - spec.within), timeline.upto(now)
+    inside = [h for h in timeline.events[start:end]
+              if number(h.properties.get(spec.property)) is not None]  # fmt: skip
+    later = [h for h in timeline.events[end:]
+             if number(h.properties.get(spec.property)) is not None]  # fmt: skip
     values = [number(h.properties[spec.property]) or 0.0 for h in inside]
     present = bool(values) or spec.fn in ("sum", "count")
     result = {
@@ -274,7 +297,7 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> tuple[float, bool, bool,
         present,
         holds,
         value if present else None,
-        _soonest(_leaves_window(inside, spec.within), _arrivals(events, now)),
+        _soonest(_leaves_window(inside, spec.within), _arrivals(later, now)),
     )
 
 
@@ -327,7 +350,8 @@ def trait_holds(spec: Trait, traits: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[str], int | None]:
-    seen = [h for event in spec.events for h in s.by_event.get(event, [])]
+    seen = sorted((h for event in spec.events for h in s.by_event.get(event, [])),
+                  key=lambda h: h.at)  # fmt: skip
     inside = [h for h in seen if now - spec.within < h.at <= now]
     products = sorted(
         {p for h in inside if (p := product_of(h.properties)) and p in s.out_of_stock}
@@ -422,17 +446,21 @@ MEASURES: dict[type, Callable[[Any, Subject, int], Measure]] = {
 }  # fmt: skip
 
 
-def read_leaf(path: str, leaf: Leaf, s: Subject, now: int) -> Reading:
-    spec = spec_of(leaf)
-    value, present, ok, shown, next_at = MEASURES[type(leaf)](spec, s, now)
-    return Reading(path, kind_of(leaf), value, present, ok, spec, shown, next_at)
+# A leaf ready to read: its path, kind, spec and measure, looked up once per definition.
+Prepared = tuple[str, str, Any, Callable[[Any, Subject, int], Measure]]
 
 
-def read(
-    node: Node, s: Subject, now: int, found: list[tuple[str, Leaf]] | None = None
-) -> list[Reading]:
-    """Every condition of the tree, left to right (`found`: its leaves, if known already)."""
-    return [read_leaf(path, leaf, s, now) for path, leaf in (found or leaves(node))]
+def prepare(found: Iterable[tuple[str, Leaf]]) -> list[Prepared]:
+    return [(path, kind_of(leaf), spec_of(leaf), MEASURES[type(leaf)]) for path, leaf in found]
+
+
+def read(node: Node, s: Subject, now: int, prepared: list[Prepared] | None = None) -> list[Reading]:
+    """Every condition of the tree, left to right (`prepared`: its leaves, if known already)."""
+    readings = []
+    for path, kind, spec, measure in prepared or prepare(leaves(node)):
+        value, present, ok, shown, next_at = measure(spec, s, now)
+        readings.append(Reading(path, kind, value, present, ok, spec, shown, next_at))
+    return readings
 
 
 def holds(node: Node, readings: dict[str, Reading], path: str = "root") -> bool:

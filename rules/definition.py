@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -122,6 +123,11 @@ class Where(Strict):
 class EventRef(Strict):
     event: Name
     where: list[Where] = Field(default_factory=list, max_length=20)
+
+    @cached_property
+    def selector(self) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+        """What the reference selects, as a key: equal for references that select alike."""
+        return self.event, tuple((w.property, w.op, repr(w.value)) for w in self.where)
 
 
 class Performed(EventRef):

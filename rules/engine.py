@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from rules.conditions import Reading
+from rules.conditions import Prepared, Reading, prepare
 from rules.definition import (
     AggregateNode,
     And,
@@ -153,18 +153,27 @@ class Compiled:
         """The fact the rules match: the member flag, each leaf's value, and whether there
         is a value at all for the leaves that may have none (aggregates): every property
         costs the engine, so there are no others."""
-        prefix = self.prefix
-        fact: dict[str, float] = {f"{prefix}m": int(member)}
-        for i, reading in enumerate(readings):
-            fact[f"{prefix}v{i}"] = reading.value
-            if i in self.may_be_absent:
-                fact[f"{prefix}p{i}"] = int(reading.present)
+        fact: dict[str, float] = {self.member_field: int(member)}
+        for (value_field, present_field), reading in zip(self.fields, readings, strict=True):
+            fact[value_field] = reading.value
+            if present_field:
+                fact[present_field] = int(reading.present)
         return fact
 
     @cached_property
-    def may_be_absent(self) -> frozenset[int]:
-        return frozenset(i for i, (_, leaf) in enumerate(self.found)
-                         if isinstance(leaf, AggregateNode))  # fmt: skip
+    def member_field(self) -> str:
+        return f"{self.prefix}m"
+
+    @cached_property
+    def fields(self) -> list[tuple[str, str | None]]:
+        """Each leaf's value field, and its presence field if it may have no value."""
+        p = self.prefix
+        return [(f"{p}v{i}", f"{p}p{i}" if isinstance(leaf, AggregateNode) else None)
+                for i, (_, leaf) in enumerate(self.found)]  # fmt: skip
+
+    @cached_property
+    def prepared(self) -> list[Prepared]:
+        return prepare(self.found)
 
 
 @dataclass
@@ -188,7 +197,7 @@ class Matcher:
             with shard:
                 for compiled in self.audiences[start : start + SHARD_SIZE]:
                     self._shard_of[compiled.audience] = s
-                    member = f"{compiled.prefix}m"
+                    member = compiled.member_field
                     enter = (
                         "and",
                         [_cmp(member, "==", 0), print_tree(compiled.root, compiled.prefix)],
@@ -213,6 +222,7 @@ class Matcher:
         fact goes to the engine's native calls as orjson text: the Python binding would
         encode it with the json module twice, which costs more than the matching."""
         import durable_rules_engine as native
+
         host = quiet_host()
         by_shard: dict[int, dict[str, float]] = {}
         for audience, fact in snapshots.items():

@@ -46,6 +46,7 @@ class Plan:
     watch_events: frozenset[str]  # events that watch a product (for stock conditions)
     watch_ms: int  # how far back they count
     inputs: dict[str, frozenset[str]] = field(default_factory=dict)  # what each audience reads
+    refers: dict[str, frozenset[str]] = field(default_factory=dict)  # audiences each references
 
     @property
     def reads_stock(self) -> bool:
@@ -65,7 +66,8 @@ class Plan:
                    Matcher(generation, flat),
                    frozenset(e for spec in stock for e in spec.events),
                    max((spec.within for spec in stock), default=0),
-                   {d.id: inputs_of(d) for d in definitions})  # fmt: skip
+                   {d.id: inputs_of(d) for d in definitions},
+                   {d.id: frozenset(references(d.root)) for d in definitions})  # fmt: skip
 
 
 @dataclass
@@ -118,12 +120,12 @@ def evaluate(
     subject.memberships = members
     for whole_layer in plan.layers:
         layer = [c for c in whole_layer if changed is None or plan.inputs[c.audience] & changed
-                 or references(plan.definitions[c.audience].root) & moved]  # fmt: skip
+                 or plan.refers[c.audience] & moved]  # fmt: skip
         if not layer:
             continue
         snapshots = {}
         for compiled in layer:
-            readings = read(compiled.root, subject, now, compiled.found)
+            readings = read(compiled.root, subject, now, compiled.prepared)
             outcome.readings[compiled.audience] = readings
             snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
         fired = plan.matcher.match(snapshots)

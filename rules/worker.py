@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
 from cdp.consumer import Entries, StreamConsumer
-from cdp.profiles.reader import AUDIENCE_INPUTS, ProfileReader, audience_inputs_of
+from cdp.profiles.reader import INPUTS_LUA, AudienceInputs, ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
@@ -50,21 +50,50 @@ DUE_BATCH = 500
 EVALUATION_BATCH = 50  # profiles read and written together
 
 
-# A profile's next moment, set in the evaluation's transaction: to the new one if nobody moved
-# it since it was read; else (a backfill asked for an earlier look meanwhile) to the earlier.
-SET_DUE = """
-local current = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
-local seen, new = tonumber(ARGV[2]), tonumber(ARGV[3])
-if current == seen then
-  if new then
-    redis.call('ZADD', KEYS[1], new, ARGV[1])
-  else
-    redis.call('ZREM', KEYS[1], ARGV[1])
+# A batch's schedule and watchers, set in the evaluation's transaction. Each profile's next
+# moment: to the new one if nobody moved it since it was read; else (a backfill asked for an
+# earlier look meanwhile) to the earlier. KEYS[1]: the schedule, KEYS[2..]: watcher sets;
+# ARGV[1]: how many profiles' moments, then (profile, moment read, new moment) of each, then
+# (profile, when) for each watcher set.
+SCHEDULE = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local profile = ARGV[2 + 3 * i]
+  local seen, new = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  local current = tonumber(redis.call('ZSCORE', KEYS[1], profile))
+  if current == seen then
+    if new then
+      redis.call('ZADD', KEYS[1], new, profile)
+    else
+      redis.call('ZREM', KEYS[1], profile)
+    end
+  elseif new then
+    redis.call('ZADD', KEYS[1], 'LT', new, profile)
   end
-elseif new then
-  redis.call('ZADD', KEYS[1], 'LT', new, ARGV[1])
+end
+local base = 2 + 3 * n
+for k = 2, #KEYS do
+  local j = base + 2 * (k - 2)
+  redis.call('ZADD', KEYS[k], 'GT', ARGV[j + 1], ARGV[j])
 end
 """
+
+
+# A batch's reads in one call: per profile its memberships, its next moment and its inputs
+# (`cdp/profiles/reader.py`). KEYS: the schedule, then per profile its memberships and its
+# input keys; ARGV: per profile its id and the moment after which its history counts.
+READ_BATCH = (
+    INPUTS_LUA
+    + """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local k = 1 + (i - 1) / 2 * 5
+  out[#out + 1] = {redis.call('HGETALL', KEYS[k + 1]), redis.call('ZSCORE', KEYS[1], ARGV[i]),
+                   audience_inputs(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], ARGV[i + 1])}
+end
+return out
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +144,8 @@ class AudienceWorker(StreamConsumer):
         self.clock = clock
         self._plan: Plan | None = None
         self._stock_version: bytes | None = None
-        self._set_due = client.register_script(SET_DUE)
+        self._schedule = client.register_script(SCHEDULE)
+        self._read_batch = client.register_script(READ_BATCH)
         self.generations_per_process = generations_per_process
         self._plans_built = 0
         self._out_of_stock: frozenset[str] = frozenset()
@@ -262,54 +292,74 @@ class AudienceWorker(StreamConsumer):
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
     def _evaluate_once(self, plan: Plan, asked: list[Asked]) -> list[Outcome | None]:
-        """Read the profiles (their memberships WATCHed), evaluate, write in MULTI. MISSING
-        for a profile that is not live (merged away or erased)."""
+        """Read the profiles (their memberships WATCHed), evaluate, write in MULTI what
+        changed. MISSING for a profile that is not live (merged away or erased)."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(*[self.keys.of(a.profile_id) for a in asked])  # type: ignore[no-untyped-call]
-            reads = self.client.pipeline(transaction=False)
-            for a in asked:
-                reads.hgetall(self.keys.of(a.profile_id))
-                reads.zscore(self.keys.due, a.profile_id)
-                self.reader.queue_audience_inputs(
-                    reads, a.profile_id, a.now - self.history_days * DAY_MS
-                )
-            replies = reads.execute()
-            width = 2 + AUDIENCE_INPUTS
             outcomes: list[Outcome | None] = []
+            read = self.read(asked)
             pipe.multi()
-            for n, a in enumerate(asked):
-                stored, current_due, *inputs_replies = replies[n * width : (n + 1) * width]
-                outcomes.append(self._decide(pipe, plan, a, stored, current_due, inputs_replies))
-            pipe.execute()
+            moments: list[str | int] = []  # profile, moment read, new moment
+            watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
+            for a, (stored, current_due, inputs) in zip(asked, read, strict=True):
+                outcomes.append(self._decide(pipe, plan, a, stored, current_due, inputs,
+                                             moments, watching))  # fmt: skip
+            if moments or watching:
+                self._schedule(keys=[self.keys.due, *(key for key, _, _ in watching)],
+                               args=[len(moments) // 3, *moments,
+                                     *(v for _, pid, at in watching for v in (pid, at))],
+                               client=pipe)  # fmt: skip
+            if len(pipe):
+                pipe.execute()
         for a, outcome in zip(asked, outcomes, strict=True):
             if outcome is not MISSING:
                 EVALUATIONS.labels(a.cause).inc()
         return outcomes
 
+    def read(self, asked: list[Asked]) -> list[tuple[dict[bytes, bytes], int | None, Any]]:
+        """Each profile's memberships hash, next moment and inputs (None: not live), in one
+        call."""
+        keys, args = [self.keys.due], list[str | int]()
+        for a in asked:
+            keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
+            args += [a.profile_id, a.now - self.history_days * DAY_MS]
+        return [(_pairs(stored), None if due is None else int(due), audience_inputs_of(inputs))
+                for stored, due, inputs in self._read_batch(keys=keys, args=args)]  # fmt: skip
+
     def _decide(
-        self, pipe: Any, plan: Plan, a: Asked, stored: Any, current_due: Any, replies: Any
+        self,
+        pipe: Any,
+        plan: Plan,
+        a: Asked,
+        stored: dict[bytes, bytes],
+        due: int | None,
+        inputs: AudienceInputs | None,
+        moments: list[str | int],
+        watching: list[tuple[str, str, int]],
     ) -> Outcome | None:
-        """One profile's evaluation, its writes queued on the transaction."""
-        inputs = audience_inputs_of(replies)
+        """One profile's evaluation, its writes (those that change something) queued on the
+        transaction, or on `moments` and `watching` for the batch's schedule script."""
         if inputs is None:
             return MISSING
         changed = a.changed
         if stored.get(GENERATION.encode()) != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
+            pipe.hset(self.keys.of(a.profile_id), GENERATION, plan.generation)
         subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock)
         outcome = evaluate(plan, subject, a.now, a.cause, changed)
-        self._write(pipe, a.profile_id, outcome, watched(plan, subject.history, a.now))
-        if not outcome.partial:
-            pipe.hset(self.keys.of(a.profile_id), GENERATION, plan.generation)
+        self._write(pipe, a.profile_id, outcome)
+        if changed is None or changed & plan.watch_events:
+            for product, at in watched(plan, subject.history, a.now).items():
+                watching.append((self.keys.watchers(product), a.profile_id, at))
         next_at = outcome.next_at
-        if outcome.partial and current_due is not None and current_due > a.now:
+        if outcome.partial and due is not None and due > a.now:
             # The audiences not matched keep their own next moment.
-            next_at = int(min(next_at or current_due, current_due))
-        seen = "" if current_due is None else int(current_due)
-        self._set_due(keys=[self.keys.due], args=[a.profile_id, seen, next_at or ""], client=pipe)
+            next_at = min(next_at or due, due)
+        if next_at != due:
+            moments += [a.profile_id, "" if due is None else due, next_at or ""]
         return outcome
 
-    def _write(self, pipe: Any, pid: str, outcome: Outcome, watching: dict[str, int]) -> None:
+    def _write(self, pipe: Any, pid: str, outcome: Outcome) -> None:
         rows = []
         for change in outcome.changes:
             if change.change == "enter":
@@ -323,8 +373,6 @@ class AudienceWorker(StreamConsumer):
             TRANSITIONS.labels(change.change, change.cause).inc()
         if rows:
             pipe.xadd(self.records_stream, {"table": "audience_log", "rows": orjson.dumps(rows)})
-        for product, at in watching.items():  # who watches which product, for back in stock
-            pipe.zadd(self.keys.watchers(product), {pid: at}, gt=True)
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
         """A profile merged into another (or erased): it leaves its audiences."""
@@ -337,7 +385,7 @@ class AudienceWorker(StreamConsumer):
             for a in current
         ])  # fmt: skip
         pipe = self.client.pipeline(transaction=True)
-        self._write(pipe, merged, outcome, {})
+        self._write(pipe, merged, outcome)
         pipe.delete(self.keys.of(merged))
         pipe.zrem(self.keys.due, merged)
         pipe.execute()
@@ -354,6 +402,11 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
         if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
             found[product] = max(found.get(product, h.at), h.at)
     return found
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A hash as a script returns it (a flat list), as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _dict(raw: bytes | None) -> dict[str, Any]:

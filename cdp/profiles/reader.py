@@ -110,18 +110,13 @@ class ProfileReader:
         `live_id`), in one round trip: its track events after `since` (epoch ms) in time
         order, its traits (JSON values), the (channel, purpose) pairs granted now. None when
         the profile does not exist."""
-        pipe = self.client.pipeline(transaction=False)
-        self.queue_audience_inputs(pipe, profile_id, since)
-        return audience_inputs_of(pipe.execute())
+        reply = self.client.eval(READ_INPUTS, 4, *self.input_keys(profile_id), since)
+        return audience_inputs_of(reply)
 
-    def queue_audience_inputs(self, pipe: Any, profile_id: str, since: int) -> None:
-        """`audience_inputs`' reads, queued on a caller's pipeline (their replies, in
-        order, go to `audience_inputs_of`), so a caller reads more in the same round trip."""
-        pipe.exists(self.key(profile_id))
-        pipe.zrange(self.key(profile_id, "history"), f"({since}", "+inf", byscore=True,
-                    withscores=True)  # fmt: skip
-        pipe.hgetall(self.key(profile_id, "traits"))
-        pipe.hgetall(self.key(profile_id, "consent"))
+    def input_keys(self, profile_id: str) -> list[str]:
+        """The keys `INPUTS_LUA`'s `audience_inputs` reads, in its order."""
+        return [self.key(profile_id), self.key(profile_id, "history"),
+                self.key(profile_id, "traits"), self.key(profile_id, "consent")]  # fmt: skip
 
     def granted(self, profile_ids: list[str], channel: str, purpose: str) -> set[str]:
         """Those of these live profiles that have consent for the channel and purpose now."""
@@ -241,18 +236,37 @@ def _last_viewed(parts: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-AUDIENCE_INPUTS = 4  # replies `queue_audience_inputs` adds to a pipeline
+# What audiences read of a profile, as a Lua function for the scripts that read it (many
+# profiles and what else they need of them in one call, as the audience worker does); its
+# reply goes to `audience_inputs_of`. Arguments: `input_keys`, then the epoch ms after which
+# history counts.
+INPUTS_LUA = """
+local function audience_inputs(profile, history, traits, consent, since)
+  if redis.call('EXISTS', profile) == 0 then
+    return {0}
+  end
+  return {1, redis.call('ZRANGE', history, '(' .. since, '+inf', 'BYSCORE', 'WITHSCORES'),
+          redis.call('HGETALL', traits), redis.call('HGETALL', consent)}
+end
+"""
+READ_INPUTS = INPUTS_LUA + "return audience_inputs(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])"
 
 
-def audience_inputs_of(replies: list[Any]) -> AudienceInputs | None:
-    """The inputs from the replies of `queue_audience_inputs`' reads."""
-    exists, history, traits, consent = replies
-    if not exists:
+def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
+    """The inputs from `audience_inputs`' reply (None: no such profile)."""
+    if not reply[0]:
         return None
+    _, history, traits, consent = reply
     return AudienceInputs(
-        history=[(int(at), *orjson.loads(member)) for member, at in history],
-        traits={text(k): orjson.loads(v) for k, v in traits.items()},
-        granted={_pair(text(pair)) for pair, status in consent.items() if status == b"granted"},
+        history=[
+            (int(history[i + 1]), *orjson.loads(history[i])) for i in range(0, len(history), 2)
+        ],  # fmt: skip
+        traits={text(traits[i]): orjson.loads(traits[i + 1]) for i in range(0, len(traits), 2)},
+        granted={
+            _pair(text(consent[i]))
+            for i in range(0, len(consent), 2)
+            if consent[i + 1] == b"granted"
+        },  # fmt: skip
     )
 
 

@@ -150,11 +150,11 @@ class Interrupted(AudienceWorker):
 
     interrupted = False
 
-    def _decide(self, pipe, plan, a, stored, current_due, replies):  # type: ignore[no-untyped-def]
+    def _decide(self, pipe, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
         if not self.interrupted:
             self.interrupted = True
             self.client.hset(self.keys.of(a.profile_id), "elsewhere", 1)  # not in our MULTI
-        return super()._decide(pipe, plan, a, stored, current_due, replies)
+        return super()._decide(pipe, plan, a, *read_and_batch)
 
 
 def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
