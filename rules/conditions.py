@@ -10,13 +10,14 @@ kept `CDP_HISTORY_DAYS`), its traits, consent, memberships, and the catalog's st
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdp.profiles.reader import iso
 from rules.definition import (
@@ -120,10 +121,10 @@ class Timeline:
         return self.ats[index] if index < len(self.ats) else None
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One condition at one moment. `value` is what the engine compares (a number);
-    `shown` is what a person reads."""
+    `shown` is what a person reads (or a function that makes it: only reasons and answers
+    to "why" show it, so its formatting waits until then)."""
 
     path: str
     kind: str
@@ -139,8 +140,13 @@ class Reading:
         return threshold_of(self.spec)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "condition": self.kind, "value": self.shown,
+        shown = self.shown() if callable(self.shown) else self.shown
+        return {"path": self.path, "condition": self.kind, "value": shown,
                 "threshold": self.threshold, "holds": self.holds}  # fmt: skip
+
+
+# Each kind's reading: (value, present, holds, shown, next moment) of (spec, subject, now).
+Measure = tuple[float, bool, bool, Any, "int | None"]
 
 
 def number(value: Any) -> float | None:
@@ -207,7 +213,7 @@ def group_of(happened: Happened, prop: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def performed(spec: Performed, s: Subject, now: int) -> tuple[float, bool, Any, int | None]:
+def performed(spec: Performed, s: Subject, now: int) -> Measure:
     timeline = s.timeline(spec)
     start, end = timeline.upto(now - spec.within), timeline.upto(now)
     if spec.same:
@@ -223,13 +229,10 @@ def performed(spec: Performed, s: Subject, now: int) -> tuple[float, bool, Any, 
         shown = count
         leaves = timeline.ats[start] + spec.within if count else None
         arrival = timeline.first_after(end)
-    holds = COMPARE[spec.op](count, spec.times)
-    return count, holds, shown, _soonest(leaves, arrival)
+    return count, True, COMPARE[spec.op](count, spec.times), shown, _soonest(leaves, arrival)
 
 
-def not_followed_by(
-    spec: NotFollowedBy, s: Subject, now: int
-) -> tuple[float, bool, Any, int | None]:
+def not_followed_by(spec: NotFollowedBy, s: Subject, now: int) -> Measure:
     firsts, thens = s.timeline(spec), s.timeline(spec.then)
     within = spec.within
     start = firsts.upto(now - within) if within is not None else 0
@@ -237,12 +240,13 @@ def not_followed_by(
     last = firsts.ats[end - 1] if end > start else None
     arrivals = _soonest(firsts.first_after(end), thens.first_after(thens.upto(now)))
     if last is None:
-        return NEVER, False, None, arrivals
+        return NEVER, True, False, None, arrivals
     if thens.upto(now) > thens.upto(last):  # a `then` in (last, now]
         return (
             NEVER,
+            True,
             False,
-            {"last": iso(last), "followed": True},
+            lambda: {"last": iso(last), "followed": True},
             _soonest(arrivals, last + within if within else None),
         )
     waited = now - last
@@ -251,32 +255,32 @@ def not_followed_by(
     slides = last + within if within else None
     return (
         waited,
+        True,
         holds,
-        {"last": iso(last), "waited": format_duration(waited)},
+        lambda: {"last": iso(last), "waited": format_duration(waited)},
         _soonest(due, slides, arrivals),
     )
 
 
-def last_performed(
-    spec: LastPerformed, s: Subject, now: int
-) -> tuple[float, bool, Any, int | None]:
+def last_performed(spec: LastPerformed, s: Subject, now: int) -> Measure:
     timeline = s.timeline(spec)
     end = timeline.upto(now)
     last = timeline.ats[end - 1] if end else None
     arrivals = timeline.first_after(end)
     if last is None:
-        return NEVER, False, None, arrivals
+        return NEVER, True, False, None, arrivals
     age = now - last
     holds = age >= spec.ago if spec.op == ">=" else age < spec.ago
     return (
         age,
+        True,
         holds,
-        {"last": iso(last), "ago": format_duration(age)},
+        lambda: {"last": iso(last), "ago": format_duration(age)},
         _soonest(last + spec.ago if last + spec.ago > now else None, arrivals),
     )
 
 
-def aggregate(spec: Aggregate, s: Subject, now: int) -> tuple[float, bool, bool, Any, int | None]:
+def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
     timeline = s.timeline(spec)
     start, end = timeline.upto(now - spec.within), timeline.upto(now)
     inside = [h for h in timeline.events[start:end]
@@ -384,25 +388,6 @@ def threshold_of(spec: Any) -> str:
     return f"member of {spec.audience}"
 
 
-# Each kind's reading: (value, present, holds, shown, next moment) of (spec, subject, now).
-Measure = tuple[float, bool, bool, Any, "int | None"]
-
-
-def _performed(spec: Performed, s: Subject, now: int) -> Measure:
-    value, ok, shown, next_at = performed(spec, s, now)
-    return value, True, ok, shown, next_at
-
-
-def _not_followed_by(spec: NotFollowedBy, s: Subject, now: int) -> Measure:
-    value, ok, shown, next_at = not_followed_by(spec, s, now)
-    return value, True, ok, shown, next_at
-
-
-def _last_performed(spec: LastPerformed, s: Subject, now: int) -> Measure:
-    value, ok, shown, next_at = last_performed(spec, s, now)
-    return value, True, ok, shown, next_at
-
-
 def _trait(spec: Trait, s: Subject, now: int) -> Measure:
     present, ok = trait_holds(spec, s.traits)
     return float(ok), present, ok, s.traits.get(spec.name), None
@@ -433,14 +418,9 @@ def _member_of(spec: MemberOf, s: Subject, now: int) -> Measure:
     return float(ok), True, ok, "member" if ok else "not a member", None
 
 
-def _aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
-    value, present, ok, shown, next_at = aggregate(spec, s, now)
-    return value, present, ok, shown, next_at
-
-
 MEASURES: dict[type, Callable[[Any, Subject, int], Measure]] = {
-    PerformedNode: _performed, NotFollowedByNode: _not_followed_by,
-    LastPerformedNode: _last_performed, AggregateNode: _aggregate, TraitNode: _trait,
+    PerformedNode: performed, NotFollowedByNode: not_followed_by,
+    LastPerformedNode: last_performed, AggregateNode: aggregate, TraitNode: _trait,
     CartNode: _cart, ConsentNode: _consent, OutOfStockNode: _out_of_stock,
     BucketNode: _bucket, MemberOfNode: _member_of,
 }  # fmt: skip
@@ -463,16 +443,37 @@ def read(node: Node, s: Subject, now: int, prepared: list[Prepared] | None = Non
     return readings
 
 
-def holds(node: Node, readings: dict[str, Reading], path: str = "root") -> bool:
-    """The tree's answer from its leaves' (the oracle the engine is tested against)."""
-    if isinstance(node, And):
-        return all(holds(c, readings, f"{path}.and[{i}]") for i, c in enumerate(node.and_))
-    if isinstance(node, Or):
-        return any(holds(c, readings, f"{path}.or[{i}]") for i, c in enumerate(node.or_))
-    if isinstance(node, Not):
-        return not holds(node.not_, readings, f"{path}.not")
-    return readings[path].holds
+def decider(node: Node) -> Callable[[Sequence[Reading]], bool]:
+    """The tree's answer from its leaves' readings (in leaf order), as one function: the
+    oracle the engine is checked against."""
+    leaf_index = itertools.count()
+
+    def build(n: Node) -> Callable[[Sequence[Reading]], bool]:
+        if isinstance(n, And | Or):
+            parts = [build(c) for c in (n.and_ if isinstance(n, And) else n.or_)]
+            if isinstance(n, And):
+                return lambda r: all(part(r) for part in parts)
+            return lambda r: any(part(r) for part in parts)
+        if isinstance(n, Not):
+            inner = build(n.not_)
+            return lambda r: not inner(r)
+        i = next(leaf_index)
+        return lambda r: r[i].holds
+
+    return build(node)
 
 
-def next_change(readings: Iterable[Reading], now: int) -> int | None:
-    return _soonest(*(r.next_at for r in readings if r.next_at is not None and r.next_at > now))
+def holds(node: Node, readings: dict[str, Reading]) -> bool:
+    """The tree's answer from its leaves' readings, by path."""
+    return decider(node)([readings[path] for path, _ in leaves(node)])
+
+
+def next_change(readings: Iterable[Iterable[Reading]], now: int) -> int | None:
+    """The soonest moment after `now` at which one of these readings may change."""
+    soonest = None
+    for group in readings:
+        for r in group:
+            at = r.next_at
+            if at is not None and at > now and (soonest is None or at < soonest):
+                soonest = at
+    return soonest

@@ -14,14 +14,14 @@ MessageNotHandledException, which means "no transition"."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import orjson
 
-from rules.conditions import Prepared, Reading, prepare
+from rules.conditions import Prepared, Reading, decider, prepare
 from rules.definition import (
     AggregateNode,
     And,
@@ -174,6 +174,10 @@ class Compiled:
     @cached_property
     def prepared(self) -> list[Prepared]:
         return prepare(self.found)
+
+    @cached_property
+    def decide(self) -> Callable[[Sequence[Reading]], bool]:
+        return decider(self.root)
 
 
 @dataclass

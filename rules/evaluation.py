@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause, Change
-from rules.conditions import Happened, Reading, Subject, holds, next_change, read
+from rules.conditions import Happened, Reading, Subject, next_change, read
 from rules.definition import (
     CartNode,
     ConsentNode,
@@ -48,9 +48,26 @@ class Plan:
     inputs: dict[str, frozenset[str]] = field(default_factory=dict)  # what each audience reads
     refers: dict[str, frozenset[str]] = field(default_factory=dict)  # audiences each references
 
+    _reading: dict[tuple[int, frozenset[str] | None], list[Compiled]] = field(
+        default_factory=dict, repr=False
+    )
+
     @property
     def reads_stock(self) -> bool:
         return bool(self.watch_events)
+
+    def reading(self, layer: int, changed: frozenset[str] | None) -> list[Compiled]:
+        """The layer's audiences that read what changed (all of them for None)."""
+        key = (layer, changed)
+        found = self._reading.get(key)
+        if found is None:
+            if len(self._reading) > 10_000:  # combinations of names seen: a bounded memo
+                self._reading.clear()
+            found = self._reading[key] = [
+                c for c in self.layers[layer]
+                if changed is None or self.inputs[c.audience] & changed
+            ]  # fmt: skip
+        return found
 
     @classmethod
     def of(cls, generation: int, definitions: list[Definition]) -> Plan:
@@ -118,46 +135,54 @@ def evaluate(
         outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
                                               plan.generation, []))  # fmt: skip
     subject.memberships = members
-    for whole_layer in plan.layers:
-        layer = [c for c in whole_layer if changed is None or plan.inputs[c.audience] & changed
-                 or plan.refers[c.audience] & moved]  # fmt: skip
-        if not layer:
-            continue
-        snapshots = {}
-        for compiled in layer:
-            readings = read(compiled.root, subject, now, compiled.prepared)
-            outcome.readings[compiled.audience] = readings
-            snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
-        fired = plan.matcher.match(snapshots)
-        for compiled in layer:
-            audience = compiled.audience
-            readings = outcome.readings[audience]
-            expected = holds(compiled.root, {r.path: r for r in readings})
-            was = audience in members
-            change: Change | None = (
-                "enter" if (audience, "enter") in fired
-                else "exit" if (audience, "exit") in fired else None
-            )  # fmt: skip
-            if (change == "enter") != (expected and not was) or (change == "exit") != (
-                was and not expected
-            ):
-                DISAGREEMENTS.inc()
-                log.error("engine and tree disagree on %s for %s", audience, subject.profile_id)
-            if change == "enter":
-                members.add(audience)
-            elif change == "exit":
-                members.discard(audience)
-            if change:
-                moved.add(audience)
-                reason = [r.as_dict() for r in readings]
-                outcome.changes.append(AudienceChange(audience, subject.profile_id, change, now,
-                                                      cause, plan.generation, reason))  # fmt: skip
-        subject.memberships = members
-    outcome.members = members
-    outcome.next_at = next_change(
-        (r for readings in outcome.readings.values() for r in readings), now
-    )
+    for n, whole_layer in enumerate(plan.layers):
+        layer = plan.reading(n, changed)
+        if moved:  # and those referencing an audience entered or left
+            layer = [c for c in whole_layer if c in layer or plan.refers[c.audience] & moved]
+        if layer:
+            moved |= _match(plan, layer, subject, now, cause, outcome)
+    outcome.members = subject.memberships
+    outcome.next_at = next_change(outcome.readings.values(), now)
     return outcome
+
+
+def _match(
+    plan: Plan, layer: list[Compiled], subject: Subject, now: int, cause: Cause, outcome: Outcome
+) -> set[str]:
+    """One layer's audiences matched by the engine: their readings and transitions added to
+    the outcome, the subject's memberships changed; the audiences entered or left."""
+    members = subject.memberships
+    snapshots = {}
+    for compiled in layer:
+        readings = read(compiled.root, subject, now, compiled.prepared)
+        outcome.readings[compiled.audience] = readings
+        snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
+    fired = plan.matcher.match(snapshots)
+    moved = set()
+    for compiled in layer:
+        audience = compiled.audience
+        readings = outcome.readings[audience]
+        expected = compiled.decide(readings)
+        was = audience in members
+        change: Change | None = (
+            "enter" if (audience, "enter") in fired
+            else "exit" if (audience, "exit") in fired else None
+        )  # fmt: skip
+        if (change == "enter") != (expected and not was) or (change == "exit") != (
+            was and not expected
+        ):
+            DISAGREEMENTS.inc()
+            log.error("engine and tree disagree on %s for %s", audience, subject.profile_id)
+        if change == "enter":
+            members.add(audience)
+        elif change == "exit":
+            members.discard(audience)
+        if change:
+            moved.add(audience)
+            reason = [r.as_dict() for r in readings]
+            outcome.changes.append(AudienceChange(audience, subject.profile_id, change, now,
+                                                  cause, plan.generation, reason))  # fmt: skip
+    return moved
 
 
 def subject_of(
