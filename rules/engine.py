@@ -190,6 +190,7 @@ class Matcher:
     _fired: set[tuple[str, str]] = field(default_factory=set)
     _shard_of: dict[str, int] = field(default_factory=dict)
     _names: list[str] = field(default_factory=list)
+    _rules: list[dict[str, tuple[str, str]]] = field(default_factory=list)  # name -> transition
 
     def __post_init__(self) -> None:
         from durable import lang
@@ -198,6 +199,7 @@ class Matcher:
         for s, start in enumerate(range(0, len(self.audiences), SHARD_SIZE)):
             name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
             shard = ruleset(name)
+            rules: dict[str, tuple[str, str]] = {}
             with shard:
                 for compiled in self.audiences[start : start + SHARD_SIZE]:
                     self._shard_of[compiled.audience] = s
@@ -208,17 +210,13 @@ class Matcher:
                     )
                     negation = print_tree(compiled.root, compiled.prefix, negated=True)
                     leave = ("and", [_cmp(member, "==", 1), negation])
-                    when_all(durable(enter))(self._action(compiled.audience, "enter"))
-                    when_all(durable(leave))(self._action(compiled.audience, "exit"))
+                    for expr, change in ((enter, "enter"), (leave, "exit")):
+                        rules[f"r_{len(rules)}"] = (compiled.audience, change)  # the DSL's names
+                        when_all(durable(expr))(_no_action)
             lang._rulesets.pop(name, None)  # ours alone, not the DSL's global host's
             quiet_host().register_rulesets(dict([shard.define()]))
             self._names.append(name)
-
-    def _action(self, audience: str, change: str) -> Any:
-        def action(c: Any) -> None:  # one parameter: durable_rules calls it synchronously
-            self._fired.add((audience, change))
-
-        return action
+            self._rules.append(rules)
 
     def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
         """(audience, "enter" | "exit") for each audience whose snapshot shows a transition.
@@ -233,29 +231,39 @@ class Matcher:
             by_shard.setdefault(self._shard_of[audience], {}).update(fact)
         self._fired.clear()
         for shard, fact in by_shard.items():
-            rules = host.get_ruleset(self._names[shard])
+            handle = host.get_ruleset(self._names[shard])._handle
             text = orjson.dumps(fact).decode()
-            if self._run(rules, native.assert_fact(rules._handle, text)):
-                self._run(rules, native.retract_fact(rules._handle, text))
+            if self._run(shard, handle, native.assert_fact(handle, text)):
+                self._run(shard, handle, native.retract_fact(handle, text))
         return set(self._fired)
 
-    @staticmethod
-    def _run(rules: Any, result: tuple[int, int]) -> bool:
-        """Run the actions an assert or retract started; False when no rule matched (the
-        engine then keeps nothing of the fact)."""
+    def _run(self, shard: int, handle: Any, result: tuple[int, int]) -> bool:
+        """Take the actions an assert or retract started off the engine's queue, each the
+        transition its rule names; False when no rule matched (the engine then keeps nothing
+        of the fact). The library's own dispatch would call an action per rule through its
+        JSON round trips of the session state, which costs more than the matching."""
+        import durable_rules_engine as native
+
         code, state = result
         if code == NOT_HANDLED:
             return False
         if code == OBSERVED:  # an identical fact is still asserted: a retract was lost
             raise RuntimeError("the engine holds this snapshot already")
-        failure: list[Any] = []
-        rules.do_actions(state, lambda error, _: failure.append(error) if error else None)
-        if failure:
-            raise RuntimeError(f"an audience action failed: {failure[0]}")
+        started = native.start_action_for_state(handle, state)
+        message = started[1] if started else None
+        while message:
+            for rule in orjson.loads(message):
+                self._fired.add(self._rules[shard][rule])
+            message = native.complete_and_start_action(handle, state)
         return True
 
     def shard_count(self) -> int:
         return len(self._names)
+
+
+def _no_action(c: Any) -> None:
+    """Every rule's action: never called (`Matcher._run` reads the transitions off the
+    engine's queue); one parameter, as durable_rules takes a two-parameter one as async."""
 
 
 _HOST: Any = None
