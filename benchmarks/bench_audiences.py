@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import API_KEY, WRITE_KEY, serve  # noqa: E402
 
 from cdp.catalog import Catalog  # noqa: E402
+from cdp.cli import quiet_collector  # noqa: E402
 from cdp.demo.shop import simulate_shop  # noqa: E402
 from cdp.events import StoredEvent  # noqa: E402
 from cdp.profiles.store import ProfileStore  # noqa: E402
@@ -103,6 +104,7 @@ def evaluations(visitors: int) -> None:
     valkey = EmbeddedRedis(data_dir)
     valkey.start()
     client = connect_redis(valkey.url)
+    quiet_collector()  # as a worker process runs
     try:
         settings = Settings(redis_prefix="bench", data_dir=data_dir)
         store = ProfileStore.from_settings(client, settings)

@@ -220,6 +220,7 @@ def _run_worker(log_level: str, parent: int, build: Any) -> None:
         threads.Thread(target=orphaned, daemon=True).start()
     with _redis(settings) as client:
         worker = build(client, settings)
+        quiet_collector()
         try:
             worker.run(stop)
         except KeyboardInterrupt:
@@ -228,6 +229,16 @@ def _run_worker(log_level: str, parent: int, build: Any) -> None:
         from cdp.supervisor import FRESH_START
 
         raise SystemExit(FRESH_START)
+
+
+def quiet_collector() -> None:
+    """A stream worker makes many short-lived objects a batch and keeps few cycles: what it
+    built at start is set aside and the cyclic collector runs a hundredth as often (an
+    audience worker evaluating in full spent ~20% of its time in it)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(70_000, 20, 100)
 
 
 @app.command()
