@@ -89,9 +89,10 @@ class Plan:
 
 @dataclass
 class Outcome:
-    partial: bool = False  # only the audiences that read what changed were matched
+    partial: bool = False  # only the audiences that read what changed, or were due, matched
     changes: list[AudienceChange] = field(default_factory=list)
-    next_at: int | None = None
+    next_at: int | None = None  # the soonest of the matched audiences' next moments
+    next_of: dict[str, int | None] = field(default_factory=dict)  # each matched audience's
     readings: dict[str, list[Reading]] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
 
@@ -122,12 +123,18 @@ def inputs_of(definition: Definition) -> frozenset[str]:
 
 
 def evaluate(
-    plan: Plan, subject: Subject, now: int, cause: Cause, changed: frozenset[str] | None = None
+    plan: Plan,
+    subject: Subject,
+    now: int,
+    cause: Cause,
+    changed: frozenset[str] | None = None,
+    due: frozenset[str] = frozenset(),
 ) -> Outcome:
     """Match the audiences of the plan on the subject at `now` (epoch ms): all of them, or
-    with `changed` (what changed since the last evaluation, no time having passed) only
-    those that read it and those that reference an audience the profile entered or left.
-    Memberships of audiences the plan does not hold (deleted, disabled) are left as exits."""
+    with `changed` (what changed since the last evaluation; empty when only time passed)
+    only those that read it, those `due` (their moment has come), and those that reference
+    an audience the profile entered or left. Memberships of audiences the plan does not
+    hold (deleted, disabled) are left as exits."""
     outcome = Outcome(partial=changed is not None)
     moved: set[str] = set()
     members = set(subject.memberships) & set(plan.definitions)
@@ -137,12 +144,14 @@ def evaluate(
     subject.memberships = members
     for n, whole_layer in enumerate(plan.layers):
         layer = plan.reading(n, changed)
-        if moved:  # and those referencing an audience entered or left
-            layer = [c for c in whole_layer if c in layer or plan.refers[c.audience] & moved]
+        if moved or due:  # and those due, or referencing an audience entered or left
+            layer = [c for c in whole_layer if c in layer or c.audience in due
+                     or plan.refers[c.audience] & moved]  # fmt: skip
         if layer:
             moved |= _match(plan, layer, subject, now, cause, outcome)
     outcome.members = subject.memberships
-    outcome.next_at = next_change(outcome.readings.values(), now)
+    outcome.next_of = {a: next_change([r], now) for a, r in outcome.readings.items()}
+    outcome.next_at = min((at for at in outcome.next_of.values() if at), default=None)
     return outcome
 
 

@@ -2,7 +2,8 @@
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
 (incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms, and `~generation`), `audience:<id>:members` (a sorted set: profile → since),
+member since, epoch ms; `~generation` and `~next:<audience>`, below), `audience:<id>:members`
+(a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
 no event), `audiences:watchers:<product>` (a sorted set: profiles that viewed or wishlisted
 the product → when), and the stream `stream:audience_changes` (`rules/changes.py`)."""
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 # In a profile's memberships hash, beside audience → since: the definitions' generation of its
-# last full evaluation (a profile not evaluated under the current one is evaluated in full).
+# last full evaluation (a profile not evaluated under the current one is evaluated in full),
+# and `~next:<audience>` → the next moment the audience may change for the profile with no
+# event (so that when a moment comes, only the audiences due then are matched).
 GENERATION = "~generation"
+NEXT = "~next:"
 
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:
@@ -22,8 +26,18 @@ def memberships(stored: dict[Any, Any]) -> dict[str, int]:
     found = {}
     for key, value in stored.items():
         name = key.decode() if isinstance(key, bytes) else str(key)
-        if name != GENERATION:
+        if not name.startswith("~"):
             found[name] = int(value)
+    return found
+
+
+def next_moments(stored: dict[Any, Any]) -> dict[str, int]:
+    """Audience → its next moment of change with no event (ms), from the hash."""
+    found = {}
+    for key, value in stored.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name.startswith(NEXT):
+            found[name[len(NEXT) :]] = int(value)
     return found
 
 

@@ -36,7 +36,7 @@ from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, product_of
 from rules.evaluation import Outcome, Plan, evaluate, subject_from
-from rules.keyspace import GENERATION, AudienceKeys, memberships
+from rules.keyspace import GENERATION, NEXT, AudienceKeys, memberships, next_moments
 
 log = logging.getLogger(__name__)
 
@@ -341,20 +341,22 @@ class AudienceWorker(StreamConsumer):
         transaction, or on `moments` and `watching` for the batch's schedule script."""
         if inputs is None:
             return MISSING
-        changed = a.changed
+        key = self.keys.of(a.profile_id)
+        changed, nexts = a.changed, next_moments(stored)
+        due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
         if stored.get(GENERATION.encode()) != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
-            pipe.hset(self.keys.of(a.profile_id), GENERATION, plan.generation)
+            pipe.hset(key, GENERATION, plan.generation)
+        elif a.cause == "time" and due_now:
+            changed = frozenset()  # only time passed: the audiences due now are matched
+        # (A moment no audience was due at is a look asked for: everything is decided.)
         subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock)
-        outcome = evaluate(plan, subject, a.now, a.cause, changed)
+        outcome = evaluate(plan, subject, a.now, a.cause, changed, due_now)
         self._write(pipe, a.profile_id, outcome)
         if changed is None or changed & plan.watch_events:
             for product, at in watched(plan, subject.history, a.now).items():
                 watching.append((self.keys.watchers(product), a.profile_id, at))
-        next_at = outcome.next_at
-        if outcome.partial and due is not None and due > a.now:
-            # The audiences not matched keep their own next moment.
-            next_at = min(next_at or due, due)
+        next_at = _keep_next_moments(pipe, key, plan, outcome, nexts)
         if next_at != due:
             moments += [a.profile_id, "" if due is None else due, next_at or ""]
         return outcome
@@ -389,6 +391,27 @@ class AudienceWorker(StreamConsumer):
         pipe.delete(self.keys.of(merged))
         pipe.zrem(self.keys.due, merged)
         pipe.execute()
+
+
+def _keep_next_moments(
+    pipe: Any, key: str, plan: Plan, outcome: Outcome, nexts: dict[str, int]
+) -> int | None:
+    """Write the matched audiences' next moments that moved (and forget those of audiences
+    gone from the plan) in the memberships hash `key`; the profile's next moment: the soonest
+    of all its audiences'."""
+    for audience in nexts.keys() - plan.definitions.keys():  # deleted or disabled since
+        pipe.hdel(key, NEXT + audience)
+        del nexts[audience]
+    for audience, at in outcome.next_of.items():
+        if at == nexts.get(audience):
+            continue
+        if at is None:
+            pipe.hdel(key, NEXT + audience)
+            del nexts[audience]
+        else:
+            pipe.hset(key, NEXT + audience, at)
+            nexts[audience] = at
+    return min(nexts.values(), default=None)
 
 
 def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:

@@ -7,6 +7,8 @@ import redis
 
 from cdp.settings import Settings
 from cdp.storage import Warehouse
+from rules.api import schedule
+from rules.worker import AudienceWorker
 from tests.rules.shop import HOUR_MS, Shop, days
 
 
@@ -64,3 +66,56 @@ def test_category_viewed_3x_exits_when_the_third_view_slides_out_of_the_window(
     assert exited["change"] == "exit" and int(exited["at"]) == first + days(7)
     assert orjson.loads(exited["reason"])[0]["value"] == {"count": 2, "of": "category",
                                                           "value": "Shoes"}  # fmt: skip
+
+
+class Recording(AudienceWorker):
+    """Notes which audiences each evaluation matched."""
+
+    matched: list[set[str]]
+
+    def _decide(self, pipe, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
+        outcome = super()._decide(pipe, plan, a, *read_and_batch)
+        if outcome is not None and outcome.readings:
+            self.matched.append(set(outcome.readings))
+        return outcome
+
+
+def test_when_a_moment_comes_only_the_audiences_due_then_are_matched(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        for saved in shop.audiences.all():  # the predefined ones, disabled
+            off = saved.definition.model_copy(update={"enabled": False})
+            shop.audiences.save(off, create=False)
+        shop.define("recent", {"last_performed": {"event": "Product Viewed", "op": "<",
+                                                  "ago": "PT1H"}})  # fmt: skip
+        shop.define("week", {"performed": {"event": "Product Viewed", "within": "P7D",
+                                           "times": 1}})  # fmt: skip
+        shop.define("holdout", {"bucket": {"salt": "h", "below": 100}})  # never changes
+        shop.worker = Recording(
+            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
+            shop.catalog, settings.records_stream, settings.history_days,
+            clock=lambda: shop.now,
+        )  # fmt: skip
+        shop.worker.matched = []
+        shop.track("ann", "Product Viewed")
+        shop.settle()
+        ann = shop.profile_of("ann")
+        assert shop.worker.matched == [{"recent", "week", "holdout"}]  # first seen: in full
+
+        shop.advance(HOUR_MS)
+        assert shop.worker.matched[1:] == [{"recent"}]  # its hour passed; the week has not
+        assert ann not in shop.members("recent") and ann in shop.members("week")
+
+        shop.track("ann", "Product Viewed")
+        shop.settle()
+        assert shop.worker.matched[2:] == [{"recent", "week"}]  # those reading the event
+        shop.advance(HOUR_MS + days(7))  # each at its own moment, the hour first
+        # The week: when the first view slides out (still a member), then the second.
+        assert shop.worker.matched[3:] == [{"recent"}, {"week"}, {"week"}]
+        assert shop.members("recent") == shop.members("week") == set()
+        assert shop.members("holdout") == {ann}
+
+        schedule(shop.client, shop.keys, [ann], shop.now)  # a look asked for: no audience due
+        shop.advance(0)
+        assert shop.worker.matched[6:] == [{"recent", "week", "holdout"}]
