@@ -204,10 +204,10 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
 
 def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
     """Returning visitors, with the 50 audiences defined and two more measured: each visitor
-    views a product every `visitors / rate` seconds; the third view makes them enter "viewed
-    3 times" (measured from its HTTP 200), and 5 s after their last they leave "viewed in the
-    last 5 s" (a time-based exit, measured behind its moment). Every view is read by 20 of
-    the 52 audiences."""
+    has viewed a product once before; then each views one every `visitors / rate` seconds;
+    the third view makes them enter "viewed 3 times" (measured from its HTTP 200), and 5 s
+    after their last they leave "viewed in the last 5 s" (a time-based exit, measured behind
+    its moment). Every view is read by 20 of the 52 audiences."""
     process, url, data_dir = serve(port)
     client = redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock"))
     admin = {"Authorization": f"Bearer {API_KEY}"}
@@ -234,9 +234,8 @@ def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
             if response.status_code == 200:
                 answered.update(dict.fromkeys(batch, at))
 
-        async def send() -> None:
-            per_request, total = 10, rate * seconds
-            order = [(n % visitors, n // visitors) for n in range(total)]
+        async def send(order: list[tuple[int, int]]) -> None:
+            per_request, total = 10, len(order)
             async with httpx.AsyncClient(base_url=url, auth=(WRITE_KEY, ""), timeout=30) as http:
                 started = time.perf_counter()
                 tasks = []
@@ -247,6 +246,11 @@ def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
                     due = started + (r + 1) * per_request / rate
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 await asyncio.gather(*tasks)
+
+        # Returning visitors: each has been here once (their first view, evaluated in full
+        # against every audience, is not measured), then the measured traffic.
+        asyncio.run(send([(v, 0) for v in range(visitors)]))
+        settle(client)
 
         # Profile changes as the profile worker announces them (read as they come: consumed
         # entries are trimmed): profile -> when.
@@ -266,7 +270,7 @@ def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
-        asyncio.run(send())
+        asyncio.run(send([(n % visitors, 1 + n // visitors) for n in range(rate * seconds)]))
         time.sleep(10)  # the last enters are recorded; everyone has left `recent`
         following.set()
         follower.join()
@@ -295,6 +299,18 @@ def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def settle(client: redis.Redis, limit_s: float = 60) -> None:
+    """Until the audience worker has taken every profile change and no evaluation is due."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        groups = client.xinfo_groups("cdp:stream:profile_changes")
+        waiting = sum(int(g["pending"]) + int(g.get("lag") or 0) for g in groups)
+        due = client.zcount("cdp:audiences:due", "-inf", int(time.time() * 1000))
+        if groups and not waiting and not due:
+            return
+        time.sleep(0.2)
 
 
 def report(what: str, values: list[float]) -> None:
