@@ -19,6 +19,7 @@ from typing import Any
 # event (so that when a moment comes, only the audiences due then are matched).
 GENERATION = "~generation"
 NEXT = "~next:"
+VERSION = "~v"  # moved on by every write of the audience worker (`rules/worker.py`, COMMIT)
 
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:

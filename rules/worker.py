@@ -3,16 +3,18 @@
 It consumes the profile-changes stream (the profile script says which profiles each call
 changed and what changed in them, which merged, and the catalog which products crossed in
 or out of stock) and evaluates each profile named at the moment it reads it, a batch of
-profiles at a time (three round trips, one transaction). It also runs the schedule: each
-profile's next moment of change with no event (a window sliding, an hour passing) is kept
-in a sorted set, and the profile is evaluated then, with `now` set to that moment. No
-profile is polled.
+profiles at a time (one script call reads them, one writes). It also runs the schedule:
+each audience's next moment of change for a profile with no event (a window sliding, an
+hour passing) is kept with its memberships, the profile's soonest in a sorted set, and the
+profile is evaluated then, with `now` set to that moment, for the audiences due. No profile
+is polled.
 
-A batch's transitions, new memberships, next moments and audit rows are written in one
-transaction (WATCHing the memberships; if another worker touched one, each profile is
-decided again alone), before the stream entry is
-acknowledged: after a crash the entry is handled again and finds nothing left to change,
-so a transition is recorded once. One thread per process owns the engine (durable_rules
+A batch's transitions, new memberships, next moments and audit rows are written by one
+script call, atomically, before the stream entry is acknowledged; a profile whose
+memberships another worker wrote since they were read (its version moved on) is not
+written but decided again alone. After a crash the entry is handled again and finds
+nothing left to change, so a transition is recorded once. One thread per process owns the
+engine (durable_rules
 loses actions when threads share it); more processes share the consumer group."""
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, product_of
 from rules.evaluation import Outcome, Plan, evaluate, subject_from
-from rules.keyspace import GENERATION, NEXT, AudienceKeys, memberships, next_moments
+from rules.keyspace import (
+    GENERATION,
+    NEXT,
+    VERSION,
+    AudienceKeys,
+    memberships,
+    next_moments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +59,73 @@ DUE_BATCH = 500
 EVALUATION_BATCH = 50  # profiles read and written together
 
 
-# A batch's schedule and watchers, set in the evaluation's transaction. Each profile's next
-# moment: to the new one if nobody moved it since it was read; else (a backfill asked for an
-# earlier look meanwhile) to the earlier. KEYS[1]: the schedule, KEYS[2..]: watcher sets;
-# ARGV[1]: how many profiles' moments, then (profile, moment read, new moment) of each, then
-# (profile, when) for each watcher set.
-SCHEDULE = """
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  local profile = ARGV[2 + 3 * i]
-  local seen, new = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
-  local current = tonumber(redis.call('ZSCORE', KEYS[1], profile))
-  if current == seen then
-    if new then
-      redis.call('ZADD', KEYS[1], new, profile)
-    else
-      redis.call('ZREM', KEYS[1], profile)
+# A batch's writes in one call, instead of a transaction WATCHing the memberships: each
+# profile's writes are made only if its memberships hash still has the version read (every
+# write to it moves the version on); the others are returned, to be decided again. Then its
+# next moment: to the new one if nobody moved it since it was read; else (a backfill asked
+# for an earlier look meanwhile) to the earlier. Last, who watches which product.
+# KEYS[1]: the schedule. ARGV[1]: JSON [[memberships key, version read, [command...],
+# profile, moment read, new moment, set it (0/1)], ...]; ARGV[2]: JSON [[watcher set,
+# profile, when], ...]. Returns the (1-based) places of the profiles not written.
+COMMIT = """
+local conflicts = {}
+for i, p in ipairs(cjson.decode(ARGV[1])) do
+  local key, ops = p[1], p[3]
+  if (redis.call('HGET', key, '~v') or '') ~= p[2] then
+    conflicts[#conflicts + 1] = i
+  else
+    for _, op in ipairs(ops) do
+      redis.call(unpack(op))
     end
-  elseif new then
-    redis.call('ZADD', KEYS[1], 'LT', new, profile)
+    if #ops > 0 and redis.call('EXISTS', key) == 1 then
+      redis.call('HINCRBY', key, '~v', 1)
+    end
+    if p[7] == 1 then
+      local profile, seen, new = p[4], tonumber(p[5]), tonumber(p[6])
+      local current = tonumber(redis.call('ZSCORE', KEYS[1], profile))
+      if current == seen then
+        if new then
+          redis.call('ZADD', KEYS[1], new, profile)
+        else
+          redis.call('ZREM', KEYS[1], profile)
+        end
+      elseif new then
+        redis.call('ZADD', KEYS[1], 'LT', new, profile)
+      end
+    end
   end
 end
-local base = 2 + 3 * n
-for k = 2, #KEYS do
-  local j = base + 2 * (k - 2)
-  redis.call('ZADD', KEYS[k], 'GT', ARGV[j + 1], ARGV[j])
+for _, w in ipairs(cjson.decode(ARGV[2])) do
+  redis.call('ZADD', w[1], 'GT', w[3], w[2])
 end
+return conflicts
 """
+
+
+class Writes:
+    """One profile's writes, as commands for the commit script (all arguments text)."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+        self.moment: tuple[int | None, int | None] | None = None  # (read, new), if it moved
+
+    def hset(self, key: str, field: str, value: Any) -> None:
+        self.commands.append(["HSET", key, field, str(value)])
+
+    def hdel(self, key: str, field: str) -> None:
+        self.commands.append(["HDEL", key, field])
+
+    def zadd(self, key: str, member: str, score: int) -> None:
+        self.commands.append(["ZADD", key, str(score), member])
+
+    def zrem(self, key: str, member: str) -> None:
+        self.commands.append(["ZREM", key, member])
+
+    def xadd(self, key: str, fields: dict[str, str]) -> None:
+        self.commands.append(["XADD", key, "*", *(v for kv in fields.items() for v in kv)])
+
+    def delete(self, key: str) -> None:
+        self.commands.append(["DEL", key])
 
 
 # A batch's reads in one call: per profile its memberships, its next moment and its inputs
@@ -144,7 +193,7 @@ class AudienceWorker(StreamConsumer):
         self.clock = clock
         self._plan: Plan | None = None
         self._stock_version: bytes | None = None
-        self._schedule = client.register_script(SCHEDULE)
+        self._commit = client.register_script(COMMIT)
         self._read_batch = client.register_script(READ_BATCH)
         self.generations_per_process = generations_per_process
         self._plans_built = 0
@@ -261,16 +310,12 @@ class AudienceWorker(StreamConsumer):
         return self.evaluate_all([Asked(profile_id, now, cause, due_at, changed)])[0]
 
     def evaluate_all(self, asked: list[Asked]) -> list[Outcome | None]:
-        """`evaluate` for many profiles in three round trips (watch, read, write), one
-        transaction; if another worker changed one of them meanwhile, each alone."""
+        """`evaluate` for many profiles in two round trips (read, write); those another
+        worker changed meanwhile, or not live, are decided again each alone."""
         if len(asked) > 1:
-            try:
-                outcomes = self._evaluate_once(self.plan(), asked)
-            except redis.WatchError:
-                outcomes = [None] * len(asked)
-                asked_again = asked
-            else:
-                asked_again = [a for a, o in zip(asked, outcomes, strict=True) if o is MISSING]
+            outcomes = self._evaluate_once(self.plan(), asked)
+            asked_again = [a for a, o in zip(asked, outcomes, strict=True)
+                           if o is None or o is MISSING]  # fmt: skip
             if not asked_again:
                 return outcomes
             again = {a.profile_id: self.evaluate_all([a])[0] for a in asked_again}
@@ -278,9 +323,8 @@ class AudienceWorker(StreamConsumer):
                     for a, o in zip(asked, outcomes, strict=True)]  # fmt: skip
         [one] = asked
         for _ in range(10):
-            try:
-                [outcome] = self._evaluate_once(self.plan(), [one])
-            except redis.WatchError:
+            [outcome] = self._evaluate_once(self.plan(), [one])
+            if outcome is None:
                 continue  # another worker changed its memberships: read again
             if outcome is not MISSING:
                 return [outcome]
@@ -292,27 +336,29 @@ class AudienceWorker(StreamConsumer):
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
     def _evaluate_once(self, plan: Plan, asked: list[Asked]) -> list[Outcome | None]:
-        """Read the profiles (their memberships WATCHed), evaluate, write in MULTI what
-        changed. MISSING for a profile that is not live (merged away or erased)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(*[self.keys.of(a.profile_id) for a in asked])  # type: ignore[no-untyped-call]
-            outcomes: list[Outcome | None] = []
-            read = self.read(asked)
-            pipe.multi()
-            moments: list[str | int] = []  # profile, moment read, new moment
-            watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
-            for a, (stored, current_due, inputs) in zip(asked, read, strict=True):
-                outcomes.append(self._decide(pipe, plan, a, stored, current_due, inputs,
-                                             moments, watching))  # fmt: skip
-            if moments or watching:
-                self._schedule(keys=[self.keys.due, *(key for key, _, _ in watching)],
-                               args=[len(moments) // 3, *moments,
-                                     *(v for _, pid, at in watching for v in (pid, at))],
-                               client=pipe)  # fmt: skip
-            if len(pipe):
-                pipe.execute()
+        """Read the profiles, evaluate, write what changed (one script call each way).
+        MISSING for a profile that is not live (merged away or erased); None for one whose
+        memberships another worker changed meanwhile (nothing of it written)."""
+        outcomes: list[Outcome | None] = []
+        batch: list[list[Any]] = []  # the commit script's profiles
+        placed: list[int] = []  # their places in `asked`
+        watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
+        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, self.read(asked), strict=True)):
+            writes = Writes()
+            outcome = self._decide(writes, plan, a, stored, due, inputs, watching)
+            outcomes.append(outcome)
+            if outcome is not MISSING and (writes.commands or writes.moment):
+                read, new = writes.moment or (None, None)
+                batch.append([self.keys.of(a.profile_id), _version(stored), writes.commands,
+                              a.profile_id, _text(read), _text(new), int(bool(writes.moment))])
+                placed.append(n)  # fmt: skip
+        if batch or watching:
+            conflicts = self._commit(keys=[self.keys.due],
+                                     args=[orjson.dumps(batch), orjson.dumps(watching)])
+            for place in conflicts:  # fmt: skip
+                outcomes[placed[int(place) - 1]] = None
         for a, outcome in zip(asked, outcomes, strict=True):
-            if outcome is not MISSING:
+            if outcome is not MISSING and outcome is not None:
                 EVALUATIONS.labels(a.cause).inc()
         return outcomes
 
@@ -328,17 +374,16 @@ class AudienceWorker(StreamConsumer):
 
     def _decide(
         self,
-        pipe: Any,
+        writes: Writes,
         plan: Plan,
         a: Asked,
         stored: dict[bytes, bytes],
         due: int | None,
         inputs: AudienceInputs | None,
-        moments: list[str | int],
         watching: list[tuple[str, str, int]],
     ) -> Outcome | None:
-        """One profile's evaluation, its writes (those that change something) queued on the
-        transaction, or on `moments` and `watching` for the batch's schedule script."""
+        """One profile's evaluation, its writes (those that change something) noted on
+        `writes`, and on `watching` for the batch."""
         if inputs is None:
             return MISSING
         key = self.keys.of(a.profile_id)
@@ -346,70 +391,76 @@ class AudienceWorker(StreamConsumer):
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
         if stored.get(GENERATION.encode()) != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
-            pipe.hset(key, GENERATION, plan.generation)
+            writes.hset(key, GENERATION, plan.generation)
         elif a.cause == "time" and due_now:
             changed = frozenset()  # only time passed: the audiences due now are matched
         # (A moment no audience was due at is a look asked for: everything is decided.)
         subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock)
         outcome = evaluate(plan, subject, a.now, a.cause, changed, due_now)
-        self._write(pipe, a.profile_id, outcome)
+        self._write(writes, a.profile_id, outcome)
         if changed is None or changed & plan.watch_events:
             for product, at in watched(plan, subject.history, a.now).items():
                 watching.append((self.keys.watchers(product), a.profile_id, at))
-        next_at = _keep_next_moments(pipe, key, plan, outcome, nexts)
+        next_at = _keep_next_moments(writes, key, plan, outcome, nexts)
         if next_at != due:
-            moments += [a.profile_id, "" if due is None else due, next_at or ""]
+            writes.moment = (due, next_at)
         return outcome
 
-    def _write(self, pipe: Any, pid: str, outcome: Outcome) -> None:
+    def _write(self, writes: Writes, pid: str, outcome: Outcome) -> None:
         rows = []
         for change in outcome.changes:
             if change.change == "enter":
-                pipe.hset(self.keys.of(pid), change.audience, change.at)
-                pipe.zadd(self.keys.members(change.audience), {pid: change.at})
+                writes.hset(self.keys.of(pid), change.audience, change.at)
+                writes.zadd(self.keys.members(change.audience), pid, change.at)
             else:
-                pipe.hdel(self.keys.of(pid), change.audience)
-                pipe.zrem(self.keys.members(change.audience), pid)
-            pipe.xadd(self.keys.changes, change.fields())
+                writes.hdel(self.keys.of(pid), change.audience)
+                writes.zrem(self.keys.members(change.audience), pid)
+            writes.xadd(self.keys.changes, change.fields())
             rows.append(change.row())
             TRANSITIONS.labels(change.change, change.cause).inc()
         if rows:
-            pipe.xadd(self.records_stream, {"table": "audience_log", "rows": orjson.dumps(rows)})
+            writes.xadd(self.records_stream, {"table": "audience_log",
+                                              "rows": orjson.dumps(rows).decode()})  # fmt: skip
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
         """A profile merged into another (or erased): it leaves its audiences."""
-        current = sorted(memberships(self.client.hgetall(self.keys.of(merged))))
         plan = self.plan()
         reason = [{"path": "root", "condition": "merge", "value": survivor,
                    "threshold": "", "holds": False}] if survivor else []  # fmt: skip
-        outcome = Outcome(changes=[
-            AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
-            for a in current
-        ])  # fmt: skip
-        pipe = self.client.pipeline(transaction=True)
-        self._write(pipe, merged, outcome)
-        pipe.delete(self.keys.of(merged))
-        pipe.zrem(self.keys.due, merged)
-        pipe.execute()
+        key = self.keys.of(merged)
+        for _ in range(10):
+            stored = self.client.hgetall(key)
+            outcome = Outcome(changes=[
+                AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
+                for a in sorted(memberships(stored))
+            ])  # fmt: skip
+            writes = Writes()
+            self._write(writes, merged, outcome)
+            writes.delete(key)
+            writes.zrem(self.keys.due, merged)
+            profile = [key, _version(stored), writes.commands, merged, "", "", 0]
+            if not self._commit(keys=[self.keys.due], args=[orjson.dumps([profile]), "[]"]):
+                return
+        raise RuntimeError(f"memberships of {merged} kept changing under us")
 
 
 def _keep_next_moments(
-    pipe: Any, key: str, plan: Plan, outcome: Outcome, nexts: dict[str, int]
+    writes: Writes, key: str, plan: Plan, outcome: Outcome, nexts: dict[str, int]
 ) -> int | None:
     """Write the matched audiences' next moments that moved (and forget those of audiences
     gone from the plan) in the memberships hash `key`; the profile's next moment: the soonest
     of all its audiences'."""
     for audience in nexts.keys() - plan.definitions.keys():  # deleted or disabled since
-        pipe.hdel(key, NEXT + audience)
+        writes.hdel(key, NEXT + audience)
         del nexts[audience]
     for audience, at in outcome.next_of.items():
         if at == nexts.get(audience):
             continue
         if at is None:
-            pipe.hdel(key, NEXT + audience)
+            writes.hdel(key, NEXT + audience)
             del nexts[audience]
         else:
-            pipe.hset(key, NEXT + audience, at)
+            writes.hset(key, NEXT + audience, at)
             nexts[audience] = at
     return min(nexts.values(), default=None)
 
@@ -425,6 +476,15 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
         if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
             found[product] = max(found.get(product, h.at), h.at)
     return found
+
+
+def _version(stored: dict[Any, Any]) -> str:
+    """The memberships hash's version, as read (every write moves it on)."""
+    return text(stored.get(VERSION.encode(), b""))
+
+
+def _text(moment: int | None) -> str:
+    return "" if moment is None else str(moment)
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

@@ -12,6 +12,7 @@ from cdp.consumer import Entries
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.definition import Definition
+from rules.keyspace import VERSION
 from rules.worker import AudienceWorker
 from tests.rules.shop import Shop, step
 
@@ -148,12 +149,14 @@ def test_product_updated_events_from_a_server_key_update_the_catalog(
 class Interrupted(AudienceWorker):
     """Another worker writes a profile's memberships while this one decides a batch."""
 
-    interrupted = False
+    interrupted = ""
 
     def _decide(self, pipe, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
+        self.decided.append(a.profile_id)
         if not self.interrupted:
-            self.interrupted = True
-            self.client.hset(self.keys.of(a.profile_id), "elsewhere", 1)  # not in our MULTI
+            self.interrupted = a.profile_id
+            # As another worker's commit does: the version moves on.
+            self.client.hincrby(self.keys.of(a.profile_id), VERSION, 1)
         return super()._decide(pipe, plan, a, *read_and_batch)
 
 
@@ -167,11 +170,14 @@ def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
             shop.catalog, settings.records_stream, settings.history_days,
             clock=lambda: shop.now,
         )  # fmt: skip
+        shop.worker.decided = []
         for who in ("a", "b", "c"):
             shop.track(who, "Product Viewed", at=shop.now - 1)
             shop.track(who, "Product Viewed")
         shop.settle()
-        assert shop.worker.interrupted
+        interrupted = shop.worker.interrupted
+        assert shop.worker.decided.count(interrupted) == 2  # its first decision not written
+        assert len(shop.worker.decided) == 4
         everyone = {shop.profile_of(who) for who in ("a", "b", "c")}
         assert shop.members("twice") == everyone
         enters = [c["profile"] for c in shop.changes() if c["audience"] == "twice"]
