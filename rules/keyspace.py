@@ -2,7 +2,7 @@
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
 (incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms; `~generation` and `~next:<audience>`, below), `audience:<id>:members`
+member since, epoch ms; `~generation`, `~next` and `~v`, below), `audience:<id>:members`
 (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
 no event), `audiences:watchers:<product>` (a sorted set: profiles that viewed or wishlisted
@@ -13,13 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # In a profile's memberships hash, beside audience → since: the definitions' generation of its
 # last full evaluation (a profile not evaluated under the current one is evaluated in full),
-# and `~next:<audience>` → the next moment the audience may change for the profile with no
-# event (so that when a moment comes, only the audiences due then are matched).
+# `~next`: JSON {audience: the next moment (ms) it may change for the profile with no event}
+# (so that when a moment comes, only the audiences due then are matched), and `~v`, a version
+# every write of the audience worker moves on (`rules/worker.py`, COMMIT).
 GENERATION = "~generation"
-NEXT = "~next:"
-VERSION = "~v"  # moved on by every write of the audience worker (`rules/worker.py`, COMMIT)
+NEXT = "~next"
+VERSION = "~v"
 
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:
@@ -34,12 +37,9 @@ def memberships(stored: dict[Any, Any]) -> dict[str, int]:
 
 def next_moments(stored: dict[Any, Any]) -> dict[str, int]:
     """Audience → its next moment of change with no event (ms), from the hash."""
-    found = {}
-    for key, value in stored.items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        if name.startswith(NEXT):
-            found[name[len(NEXT) :]] = int(value)
-    return found
+    raw = stored.get(NEXT.encode()) or stored.get(NEXT)
+    found = orjson.loads(raw) if raw else {}
+    return found if isinstance(found, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -447,22 +447,17 @@ class AudienceWorker(StreamConsumer):
 def _keep_next_moments(
     writes: Writes, key: str, plan: Plan, outcome: Outcome, nexts: dict[str, int]
 ) -> int | None:
-    """Write the matched audiences' next moments that moved (and forget those of audiences
-    gone from the plan) in the memberships hash `key`; the profile's next moment: the soonest
+    """Write the audiences' next moments in the memberships hash `key` if the matched ones
+    moved (forgetting audiences gone from the plan); the profile's next moment: the soonest
     of all its audiences'."""
-    for audience in nexts.keys() - plan.definitions.keys():  # deleted or disabled since
-        writes.hdel(key, NEXT + audience)
-        del nexts[audience]
-    for audience, at in outcome.next_of.items():
-        if at == nexts.get(audience):
-            continue
-        if at is None:
-            writes.hdel(key, NEXT + audience)
-            del nexts[audience]
+    kept = {a: at for a, at in nexts.items() if a in plan.definitions and a not in outcome.next_of}
+    kept.update((a, at) for a, at in outcome.next_of.items() if at is not None)
+    if kept != nexts:
+        if kept:
+            writes.hset(key, NEXT, orjson.dumps(kept).decode())
         else:
-            writes.hset(key, NEXT + audience, at)
-            nexts[audience] = at
-    return min(nexts.values(), default=None)
+            writes.hdel(key, NEXT)
+    return min(kept.values(), default=None)
 
 
 def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
