@@ -48,9 +48,8 @@ wrk.headers["Authorization"] = "Basic %s"
 
 
 def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    errors = open(os.environ.get("BENCH_STDERR", os.devnull), "w")  # noqa: SIM115 (the child's)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

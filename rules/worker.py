@@ -258,12 +258,15 @@ class AudienceWorker(StreamConsumer):
         return len(profiles)
 
     def drain_once(self, block_ms: int | None = None) -> int:
-        handled = self.run_due()
-        if handled >= DUE_BATCH:  # more are due: take what is new without waiting
-            entries = self.read_new(None)
-            return handled + (self.handle(entries, recovered=False) if entries else 0)
-        wait = self.block_ms if block_ms is None else block_ms
         next_due = self.next_due()
+        handled = 0
+        if next_due is not None and next_due <= self.clock():
+            handled = self.run_due()
+            if handled >= DUE_BATCH:  # more are due: take what is new without waiting
+                entries = self.read_new(None)
+                return handled + (self.handle(entries, recovered=False) if entries else 0)
+            next_due = self.next_due()
+        wait = self.block_ms if block_ms is None else block_ms
         if next_due is not None:
             wait = max(1, min(wait, next_due - self.clock()))
         return handled + super().drain_once(wait)
