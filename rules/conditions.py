@@ -215,7 +215,8 @@ def group_of(happened: Happened, prop: str) -> str | None:
 
 def performed(spec: Performed, s: Subject, now: int) -> Measure:
     timeline = s.timeline(spec)
-    start, end = timeline.upto(now - spec.within), timeline.upto(now)
+    ats = timeline.ats
+    start, end = bisect_right(ats, now - spec.within), bisect_right(ats, now)
     if spec.same:
         inside = [h for h in timeline.events[start:end] if group_of(h, spec.same) is not None]
         groups = Counter(group_of(h, spec.same) for h in inside)
@@ -223,13 +224,13 @@ def performed(spec: Performed, s: Subject, now: int) -> Measure:
         shown: Any = {"count": count, "of": spec.same,
                       "value": groups.most_common(1)[0][0] if groups else None}  # fmt: skip
         later = [h for h in timeline.events[end:] if group_of(h, spec.same) is not None]
-        leaves, arrival = _leaves_window(inside, spec.within), _arrivals(later, now)
-    else:
-        count = end - start
-        shown = count
-        leaves = timeline.ats[start] + spec.within if count else None
-        arrival = timeline.first_after(end)
-    return count, True, COMPARE[spec.op](count, spec.times), shown, _soonest(leaves, arrival)
+        next_at = _soonest(_leaves_window(inside, spec.within), _arrivals(later, now))
+    else:  # the common case, on the hot path: no call it can do without
+        count = shown = end - start
+        leaves = ats[start] + spec.within if count else None
+        arrival = ats[end] if end < len(ats) else None
+        next_at = arrival if leaves is None else leaves if arrival is None else min(leaves, arrival)
+    return count, True, COMPARE[spec.op](count, spec.times), shown, next_at
 
 
 def not_followed_by(spec: NotFollowedBy, s: Subject, now: int) -> Measure:
