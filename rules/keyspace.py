@@ -35,9 +35,9 @@ def memberships(stored: dict[Any, Any]) -> dict[str, int]:
     return found
 
 
-def next_moments(stored: dict[Any, Any]) -> dict[str, int]:
+def next_moments(stored: dict[bytes, bytes]) -> dict[str, int]:
     """Audience → its next moment of change with no event (ms), from the hash."""
-    raw = stored.get(NEXT.encode()) or stored.get(NEXT)
+    raw = stored.get(NEXT.encode())
     found = orjson.loads(raw) if raw else {}
     return found if isinstance(found, dict) else {}
 

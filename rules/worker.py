@@ -66,19 +66,20 @@ EVALUATION_BATCH = 50  # profiles read and written together
 # for an earlier look meanwhile) to the earlier. Last, who watches which product.
 # KEYS[1]: the schedule. ARGV[1]: JSON [[memberships key, version read, [command...],
 # profile, moment read, new moment, set it (0/1)], ...]; ARGV[2]: JSON [[watcher set,
-# profile, when], ...]. Returns the (1-based) places of the profiles not written.
+# profile, when], ...]; ARGV[3]: the version's field. Returns the (1-based) places of the
+# profiles not written.
 COMMIT = """
-local conflicts = {}
+local conflicts, version = {}, ARGV[3]
 for i, p in ipairs(cjson.decode(ARGV[1])) do
   local key, ops = p[1], p[3]
-  if (redis.call('HGET', key, '~v') or '') ~= p[2] then
+  if (redis.call('HGET', key, version) or '') ~= p[2] then
     conflicts[#conflicts + 1] = i
   else
     for _, op in ipairs(ops) do
       redis.call(unpack(op))
     end
     if #ops > 0 and redis.call('EXISTS', key) == 1 then
-      redis.call('HINCRBY', key, '~v', 1)
+      redis.call('HINCRBY', key, version, 1)
     end
     if p[7] == 1 then
       local profile, seen, new = p[4], tonumber(p[5]), tonumber(p[6])
@@ -351,18 +352,19 @@ class AudienceWorker(StreamConsumer):
             outcome = self._decide(writes, plan, a, stored, due, inputs, watching)
             outcomes.append(outcome)
             if outcome is not MISSING and (writes.commands or writes.moment):
-                read, new = writes.moment or (None, None)
+                seen, new = writes.moment or (None, None)
                 batch.append([self.keys.of(a.profile_id), _version(stored), writes.commands,
-                              a.profile_id, _text(read), _text(new), int(bool(writes.moment))])
+                              a.profile_id, _text(seen), _text(new), int(bool(writes.moment))])
                 placed.append(n)  # fmt: skip
         if batch or watching:
-            conflicts = self._commit(keys=[self.keys.due],
-                                     args=[orjson.dumps(batch), orjson.dumps(watching)])
-            for place in conflicts:  # fmt: skip
+            for place in self._commit(keys=[self.keys.due], args=[
+                orjson.dumps(batch), orjson.dumps(watching), VERSION
+            ]):  # fmt: skip
                 outcomes[placed[int(place) - 1]] = None
         for a, outcome in zip(asked, outcomes, strict=True):
             if outcome is not MISSING and outcome is not None:
                 EVALUATIONS.labels(a.cause).inc()
+                _count(outcome)
         return outcomes
 
     def read(self, asked: list[Asked]) -> list[tuple[dict[bytes, bytes], int | None, Any]]:
@@ -420,7 +422,6 @@ class AudienceWorker(StreamConsumer):
                 writes.zrem(self.keys.members(change.audience), pid)
             writes.xadd(self.keys.changes, change.fields())
             rows.append(change.row())
-            TRANSITIONS.labels(change.change, change.cause).inc()
         if rows:
             writes.xadd(self.records_stream, {"table": "audience_log",
                                               "rows": orjson.dumps(rows).decode()})  # fmt: skip
@@ -442,9 +443,17 @@ class AudienceWorker(StreamConsumer):
             writes.delete(key)
             writes.zrem(self.keys.due, merged)
             profile = [key, _version(stored), writes.commands, merged, "", "", 0]
-            if not self._commit(keys=[self.keys.due], args=[orjson.dumps([profile]), "[]"]):
+            if not self._commit(keys=[self.keys.due],
+                                args=[orjson.dumps([profile]), "[]", VERSION]):  # fmt: skip
+                _count(outcome)
                 return
         raise RuntimeError(f"memberships of {merged} kept changing under us")
+
+
+def _count(outcome: Outcome) -> None:
+    """The transitions written, in the metrics."""
+    for change in outcome.changes:
+        TRANSITIONS.labels(change.change, change.cause).inc()
 
 
 def _keep_next_moments(

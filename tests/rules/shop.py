@@ -64,8 +64,11 @@ class Shop:
         self.store.close()
         self.profiles._settler.shutdown()
 
-    def audience_worker(self, **options: Any) -> AudienceWorker:
-        return AudienceWorker(
+    def audience_worker(
+        self, kind: type[AudienceWorker] = AudienceWorker, **options: Any
+    ) -> AudienceWorker:
+        """An audience worker (or one of a subclass) on this shop's clock."""
+        return kind(
             self.client, self.settings.profile_changes_stream, self.store, self.audiences,
             self.catalog, self.settings.records_stream, self.settings.history_days,
             clock=lambda: self.now, block_ms=10, **options,

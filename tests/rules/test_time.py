@@ -73,8 +73,8 @@ class Recording(AudienceWorker):
 
     matched: list[set[str]]
 
-    def _decide(self, pipe, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
-        outcome = super()._decide(pipe, plan, a, *read_and_batch)
+    def _decide(self, writes, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
+        outcome = super()._decide(writes, plan, a, *read_and_batch)
         if outcome is not None and outcome.readings:
             self.matched.append(set(outcome.readings))
         return outcome
@@ -92,11 +92,7 @@ def test_when_a_moment_comes_only_the_audiences_due_then_are_matched(
         shop.define("week", {"performed": {"event": "Product Viewed", "within": "P7D",
                                            "times": 1}})  # fmt: skip
         shop.define("holdout", {"bucket": {"salt": "h", "below": 100}})  # never changes
-        shop.worker = Recording(
-            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
-            shop.catalog, settings.records_stream, settings.history_days,
-            clock=lambda: shop.now,
-        )  # fmt: skip
+        shop.worker = shop.audience_worker(Recording)
         shop.worker.matched = []
         shop.track("ann", "Product Viewed")
         shop.settle()

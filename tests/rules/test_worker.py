@@ -58,11 +58,7 @@ def test_entries_handled_again_after_a_crash_record_each_transition_once(
         for who in ("a", "b", "c"):
             shop.track(who, "Product Viewed", at=shop.now - 1)
             shop.track(who, "Product Viewed")
-        crashing = CrashBeforeAck(
-            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
-            shop.catalog, settings.records_stream, settings.history_days,
-            clock=lambda: shop.now, consumer="crashing",
-        )  # fmt: skip
+        crashing = shop.audience_worker(CrashBeforeAck, consumer="crashing")
         shop.worker = crashing
         with contextlib.suppress(RuntimeError):
             shop.settle()
@@ -151,13 +147,13 @@ class Interrupted(AudienceWorker):
 
     interrupted = ""
 
-    def _decide(self, pipe, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
+    def _decide(self, writes, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
         self.decided.append(a.profile_id)
         if not self.interrupted:
             self.interrupted = a.profile_id
             # As another worker's commit does: the version moves on.
             self.client.hincrby(self.keys.of(a.profile_id), VERSION, 1)
-        return super()._decide(pipe, plan, a, *read_and_batch)
+        return super()._decide(writes, plan, a, *read_and_batch)
 
 
 def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
@@ -165,11 +161,7 @@ def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
 ) -> None:
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        shop.worker = Interrupted(
-            shop.client, settings.profile_changes_stream, shop.store, shop.audiences,
-            shop.catalog, settings.records_stream, settings.history_days,
-            clock=lambda: shop.now,
-        )  # fmt: skip
+        shop.worker = shop.audience_worker(Interrupted)
         shop.worker.decided = []
         for who in ("a", "b", "c"):
             shop.track(who, "Product Viewed", at=shop.now - 1)
