@@ -469,12 +469,11 @@ def holds(node: Node, readings: dict[str, Reading]) -> bool:
     return decider(node)([readings[path] for path, _ in leaves(node)])
 
 
-def next_change(readings: Iterable[Iterable[Reading]], now: int) -> int | None:
+def next_change(readings: Iterable[Reading], now: int) -> int | None:
     """The soonest moment after `now` at which one of these readings may change."""
     soonest = None
-    for group in readings:
-        for r in group:
-            at = r.next_at
-            if at is not None and at > now and (soonest is None or at < soonest):
-                soonest = at
+    for r in readings:
+        at = r.next_at
+        if at is not None and at > now and (soonest is None or at < soonest):
+            soonest = at
     return soonest

@@ -91,8 +91,8 @@ class Plan:
 class Outcome:
     partial: bool = False  # only the audiences that read what changed, or were due, matched
     changes: list[AudienceChange] = field(default_factory=list)
-    next_at: int | None = None  # the soonest of the matched audiences' next moments
     next_of: dict[str, int | None] = field(default_factory=dict)  # each matched audience's
+    # next moment of change with no event
     readings: dict[str, list[Reading]] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
 
@@ -145,13 +145,13 @@ def evaluate(
     for n, whole_layer in enumerate(plan.layers):
         layer = plan.reading(n, changed)
         if moved or due:  # and those due, or referencing an audience entered or left
-            layer = [c for c in whole_layer if c in layer or c.audience in due
+            chosen = {c.audience for c in layer}
+            layer = [c for c in whole_layer if c.audience in chosen or c.audience in due
                      or plan.refers[c.audience] & moved]  # fmt: skip
         if layer:
             moved |= _match(plan, layer, subject, now, cause, outcome)
     outcome.members = subject.memberships
-    outcome.next_of = {a: next_change([r], now) for a, r in outcome.readings.items()}
-    outcome.next_at = min((at for at in outcome.next_of.values() if at), default=None)
+    outcome.next_of = {a: next_change(r, now) for a, r in outcome.readings.items()}
     return outcome
 
 
