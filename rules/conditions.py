@@ -188,11 +188,6 @@ def matches(where: Where, properties: dict[str, Any]) -> bool:
     return a is not None and COMPARE[where.op](a, where.value)
 
 
-def of(ref: EventRef, s: Subject) -> list[Happened]:
-    """The subject's events of that name that pass the filters, in time order."""
-    return s.timeline(ref).events
-
-
 def _soonest(*moments: int | None) -> int | None:
     found = [m for m in moments if m is not None]
     return min(found) if found else None
