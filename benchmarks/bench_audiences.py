@@ -1,14 +1,17 @@
 """Audience benchmark (not a test). Run: `./benchmarks/run.sh audiences`.
 
 1. Evaluations/s of one audience worker process with 50 audiences defined, over the
-   simulated shop's profiles, against the honest floor: the reads every evaluation needs
-   (the profile's history, traits, consent and memberships, one round trip), measured in
-   the same run; with the time split between reading conditions, the engine and writing.
+   simulated shop's profiles: every audience matched, those reading `Product Viewed`, and
+   the shop's own traffic (the profile changes its events made); against the honest floor,
+   the batch read every evaluation needs (memberships, next moment, history, traits,
+   consent: one script call), measured in the same run; and the time split between reading
+   conditions and the engine.
 2. Latency from the HTTP 200 of an event to its `audience_changes` record, at 1,000 events/s
-   (100 requests/s of 10 events) from returning visitors, on `cdp serve` with its own
-   worker processes: p50/p99.
-3. Lag of time-based transitions behind their due moment: each visitor is in "seen in the
-   last 5 s" until 5 s after their last event; the exit's record time minus its moment.
+   (100 requests/s of 10 events) from returning visitors, with the 50 audiences and two
+   measured ones defined, on `cdp serve` with its own worker processes: p50/p99, split at
+   the profile worker's announcement of the change.
+3. Lag of time-based transitions behind their due moment: each visitor is in "viewed in the
+   last 5 s" until 5 s after their last view; the exit's record time minus its moment.
 4. Memory: Redis bytes per profile for 100,000 profiles with their history, and the part the
    audiences add (memberships, members, schedule, watchers).
 """
