@@ -28,6 +28,7 @@ from cdp.consumer import StreamConsumer
 from cdp.credentials import ApiKeys, Authenticator, Credentials, load_credentials
 from cdp.health import Health
 from cdp.health import check as check_health
+from cdp.metrics import reset_worker_metrics, worker_metrics_dir
 from cdp.profiles.privacy import Erasure
 from cdp.profiles.store import ProfileStore
 from cdp.records import RecordsWriter
@@ -102,6 +103,7 @@ class Runtime:
         )
         if settings.run_writer:
             runtime.start_writer()
+        reset_worker_metrics(settings)  # before any worker process writes its own
         if settings.run_profile_worker:
             runtime.profile_process = runtime.start_process("profile worker", "profile-worker")
         if settings.run_audience_worker:
@@ -169,6 +171,7 @@ class Runtime:
                 self.health,
                 self.writer is not None,
                 lambda: profile_process.state() if profile_process is not None else None,
+                worker_metrics_dir(settings),
             ),
         }  # fmt: skip
 

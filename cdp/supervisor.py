@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+from cdp.metrics import MULTIPROCESS_ENV, worker_metrics_dir
 from cdp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class WorkerProcess:
     def __init__(self, name: str, command: list[str], settings: Settings, redis_url: str) -> None:
         self.name = name
         self.command = [sys.executable, "-m", "cdp", *command, "--parent", str(os.getpid())]
-        self.env = {**os.environ, **settings.as_env(), "CDP_REDIS_URL": redis_url}
+        self.env = {**os.environ, **settings.as_env(), "CDP_REDIS_URL": redis_url,
+                    MULTIPROCESS_ENV: str(worker_metrics_dir(settings))}  # fmt: skip
         self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge
 from pydantic import BaseModel, Field
 
 from cdp import deadletters
 from cdp.api.common import ADMIN, provided, resource_router
 from cdp.health import Health
+from cdp.metrics import exposition
 
 STREAM_ENTRIES = Gauge("cdp_stream_entries", "Entries in the events stream not yet trimmed")
 DEAD_LETTERS = Gauge("cdp_dead_letters_waiting", "Entries set aside, kept for an operator")
@@ -33,6 +35,7 @@ class OperationsApi:
     health: Callable[[], Health]
     writer: bool  # this process runs the warehouse writers
     profile_worker: Callable[[], dict[str, object] | None]  # its process's state, if ours
+    worker_metrics: Path | None = None  # where our worker processes write their metrics
 
 
 class WorkerOut(BaseModel):
@@ -95,7 +98,7 @@ def metrics(api: OperationsApi = API) -> PlainTextResponse:
     for name, state in found.workers.items():
         WORKER_WAITING.labels(name).set(state["waiting"])
         WORKER_LAG.labels(name).set(state["oldest_seconds"])
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(exposition(api.worker_metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 @api_router.get(

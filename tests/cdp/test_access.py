@@ -4,10 +4,13 @@ and status in /metrics (unrouted paths too), JSON log lines on request."""
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import orjson
 import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdp.access import JSONFormatter
 from cdp.credentials import source_id
@@ -53,3 +56,38 @@ def test_requests_by_route_and_status_in_metrics(live_server: LiveServer) -> Non
     assert 'cdp_http_requests_total{method="POST",route="/v1/batch",status="200"}' in metrics
     assert 'cdp_http_request_seconds_bucket{le="0.001",route="unrouted"}' in metrics
     assert "wp-login" not in metrics  # a path never becomes a label of its own
+
+
+def served(metrics: str, name: str, **labels: str) -> float:
+    """A sample's value in an exposition (0 when absent)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_the_worker_processes_counters_are_in_metrics(live_server: LiveServer) -> None:
+    """The profile and audience workers run in processes of their own: what they count is
+    served by the server's /metrics, beside its own (this test's process serves, so what
+    it counted itself is taken off)."""
+    order = {"type": "track", "event": "Order Completed", "userId": "metrics-buyer",
+             "properties": {"order_id": "o-1", "revenue": 30}}  # fmt: skip
+    assert httpx.post(f"{live_server.url}/v1/batch", json={"batch": [order]},
+                      auth=(WRITE_KEY, "")).status_code == 200  # fmt: skip
+    wanted = [
+        ("cdp_profile_events_total", {"outcome": "applied"}),
+        ("cdp_audience_evaluations_total", {"cause": "event"}),
+        ("cdp_audience_transitions_total", {"cause": "event", "change": "enter"}),
+    ]  # recent-purchasers, entered
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = httpx.get(f"{live_server.url}/metrics").text
+        theirs = [served(metrics, name, **labels) - (REGISTRY.get_sample_value(name, labels) or 0)
+                  for name, labels in wanted]  # fmt: skip
+        if all(value >= 1 for value in theirs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(value >= 1 for value in theirs), list(zip(wanted, theirs, strict=True))
+    names = [family.name for family in text_string_to_metric_families(metrics)]
+    assert len(names) == len(set(names))  # one family a name, merged
