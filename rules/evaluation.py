@@ -89,12 +89,10 @@ class Plan:
 
 @dataclass
 class Outcome:
-    partial: bool = False  # only the audiences that read what changed, or were due, matched
     changes: list[AudienceChange] = field(default_factory=list)
     next_of: dict[str, int | None] = field(default_factory=dict)  # each matched audience's
     # next moment of change with no event
     readings: dict[str, list[Reading]] = field(default_factory=dict)
-    members: set[str] = field(default_factory=set)
 
 
 CART_EVENTS = frozenset({"Product Added", "Product Removed", "Order Completed"})
@@ -135,7 +133,7 @@ def evaluate(
     only those that read it, those `due` (their moment has come), and those that reference
     an audience the profile entered or left. Memberships of audiences the plan does not
     hold (deleted, disabled) are left as exits."""
-    outcome = Outcome(partial=changed is not None)
+    outcome = Outcome()
     moved: set[str] = set()
     members = set(subject.memberships) & set(plan.definitions)
     for gone in sorted(set(subject.memberships) - set(plan.definitions)):
@@ -150,7 +148,6 @@ def evaluate(
                      or plan.refers[c.audience] & moved]  # fmt: skip
         if layer:
             moved |= _match(plan, layer, subject, now, cause, outcome)
-    outcome.members = subject.memberships
     outcome.next_of = {a: next_change(r, now) for a, r in outcome.readings.items()}
     return outcome
 
