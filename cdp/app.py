@@ -70,7 +70,7 @@ class Runtime:
     writer: WarehouseWriter | None = None
     workers: list[StreamConsumer] = field(default_factory=list)
     profile_process: WorkerProcess | None = None
-    audience_process: WorkerProcess | None = None
+    audience_processes: list[WorkerProcess] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -107,7 +107,13 @@ class Runtime:
         if settings.run_profile_worker:
             runtime.profile_process = runtime.start_process("profile worker", "profile-worker")
         if settings.run_audience_worker:
-            runtime.audience_process = runtime.start_process("audience worker", "audience-worker")
+            runtime.audience_processes = [
+                runtime.start_process(
+                    "audience worker" + (f" {n + 1}" if settings.audience_workers > 1 else ""),
+                    "audience-worker", "--index", str(n),
+                )
+                for n in range(settings.audience_workers)
+            ]  # fmt: skip
         return runtime
 
     def start_writer(self) -> None:
@@ -131,11 +137,16 @@ class Runtime:
         )
         self._run(records, "records-writer")
 
-    def start_process(self, name: str, command: str) -> WorkerProcess:
+    @property
+    def audience_process(self) -> WorkerProcess | None:
+        """The first audience worker process, if any."""
+        return self.audience_processes[0] if self.audience_processes else None
+
+    def start_process(self, name: str, command: str, *options: str) -> WorkerProcess:
         """A worker in a process of its own: it needs only Redis, the edge keeps its
         interpreter, and a crash of the engine inside (durable_rules is C) takes only it."""
-        process = WorkerProcess(name, [command, "--log-level", "warning"], self.settings,
-                                self.redis_url)  # fmt: skip
+        process = WorkerProcess(name, [command, *options, "--log-level", "warning"],
+                                self.settings, self.redis_url)  # fmt: skip
         process.start()
         return process
 
@@ -184,7 +195,7 @@ class Runtime:
     def health(self) -> Health:
         settings = self.settings
         running = {thread.name: thread.is_alive() for thread in self._threads}
-        for process in (self.profile_process, self.audience_process):
+        for process in (self.profile_process, *self.audience_processes):
             if process is not None:
                 running[process.name] = bool(process.state()["running"])
         return check_health(
@@ -216,7 +227,7 @@ class Runtime:
         self._threads, self.workers = [], []
 
     def close(self) -> None:
-        for process in (self.audience_process, self.profile_process):
+        for process in (*self.audience_processes, self.profile_process):
             if process is not None:
                 process.stop()
         self.stop_workers()

@@ -176,10 +176,13 @@ def profile_worker(
 def audience_worker(
     log_level: str = typer.Option("info"),
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
+    index: int = typer.Option(0, help="Which of the host's audience workers (0, 1, ...)."),
 ) -> None:
-    """Run an audience worker alone (the rules engine): it needs Redis only."""
+    """Run an audience worker alone (the rules engine): it needs Redis only. Several share
+    the work, each with its own index."""
     from cdp.catalog import Catalog
     from cdp.profiles.reader import ProfileReader
+    from cdp.streams import AUDIENCES_GROUP
     from rules.audiences import Audiences
     from rules.worker import AudienceWorker
 
@@ -195,6 +198,8 @@ def audience_worker(
             settings.history_days,
             generations_per_process=settings.audience_generations_per_process,
             block_ms=settings.writer_block_ms,
+            # Stable across restarts, so a restarted worker finds its own pending entries.
+            consumer=f"{AUDIENCES_GROUP}-{socket.gethostname()}" + (f"-{index}" if index else ""),
         )
 
     _run_worker(log_level, parent, build)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     run_writer: bool = True
     run_profile_worker: bool = True
     run_audience_worker: bool = True
+    # Audience worker processes `cdp serve` runs: each takes its share of the profile changes
+    # and of the schedule (one a core to spare).
+    audience_workers: int = Field(default=1, ge=1, le=32)
     profile_batch_size: int = Field(default=100, ge=1)  # stream entries a read
     # Identifiers one profile may hold; at least the five one event can name.
     identity_cap: int = Field(default=50, ge=5)

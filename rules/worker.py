@@ -56,6 +56,10 @@ DUE_LAG = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
 )  # fmt: skip
 DUE_BATCH = 500
+# A due profile taken by a worker is leased to it: its moment moves this far ahead, so no
+# other worker takes it meanwhile; the evaluation sets its true next moment. A worker that
+# dies holding it leaves it due again when the lease ends.
+LEASE_MS = 60_000
 EVALUATION_BATCH = 50  # profiles read and written together
 
 
@@ -129,6 +133,17 @@ class Writes:
         self.commands.append(["DEL", key])
 
 
+# The profiles due (score <= ARGV[1]), at most ARGV[2] of them, each leased until ARGV[3].
+CLAIM = """
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2],
+                       'WITHSCORES')
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[3], due[i])
+end
+return due
+"""
+
+
 # A batch's reads in one call: per profile its memberships, its next moment and its inputs
 # (`cdp/profiles/reader.py`). KEYS: the schedule, then per profile its memberships and its
 # input keys; ARGV: per profile its id and the moment after which its history counts.
@@ -195,6 +210,7 @@ class AudienceWorker(StreamConsumer):
         self._plan: Plan | None = None
         self._stock_version: bytes | None = None
         self._commit = client.register_script(COMMIT)
+        self._claim = client.register_script(CLAIM)
         self._read_batch = client.register_script(READ_BATCH)
         self.generations_per_process = generations_per_process
         self._plans_built = 0
@@ -278,16 +294,21 @@ class AudienceWorker(StreamConsumer):
         first = self.client.zrange(self.keys.due, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
 
+    def claim_due(self, now: int) -> list[tuple[str, int]]:
+        """The profiles whose moment has come (up to a batch), each with its moment, leased
+        to this worker."""
+        flat = self._claim(keys=[self.keys.due], args=[now, DUE_BATCH, now + LEASE_MS])
+        return [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
     def run_due(self) -> int:
         """Evaluate the profiles whose moment has come, each at its moment."""
         now = self.clock()
-        due: Any = self.client.zrange(self.keys.due, "-inf", now, byscore=True, withscores=True,
-                                      offset=0, num=DUE_BATCH)  # fmt: skip
+        due = self.claim_due(now)
         if due:
             self.refresh()
         for _, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
-        asked = [Asked(text(member), int(at), "time", int(at), None) for member, at in due]
+        asked = [Asked(pid, at, "time", at, None) for pid, at in due]
         for start in range(0, len(asked), EVALUATION_BATCH):
             self.evaluate_all(asked[start : start + EVALUATION_BATCH])
         return len(due)

@@ -52,6 +52,7 @@ class Shop:
         self.profiles = ProfileWorker(client, self.store, settings.events_stream, block_ms=10)
         self.records = RecordsWriter(client, warehouse, settings.records_stream, block_ms=10)
         self.worker = self.audience_worker()
+        self.more_workers: list[AudienceWorker] = []  # beside `worker`, sharing its work
         for consumer in (self.writer, self.profiles, self.records, self.worker):
             consumer.ensure_group()
         self.sources = Sources(warehouse, client, self.store, self.catalog, self.keys,
@@ -103,24 +104,34 @@ class Shop:
 
     def settle(self) -> None:
         """Everything sent is stored, applied, recorded and evaluated (at `now`)."""
-        if self.pending:
-            append(self.settings, self.pending)
-            self.pending = []
         for _ in range(50):
-            moved = step(self.writer) + step(self.profiles)
-            self.profiles.wait()
-            moved += step(self.records) + self.worker.run_due() + step(self.worker)
+            moved = self.apply()
+            moved += sum(worker.run_due() + step(worker) for worker in self.audience_workers)
             moved += step(self.records)
             if not moved:
                 return
         raise AssertionError("the pipeline did not settle")
 
+    def apply(self) -> int:
+        """What was sent is stored and applied to profiles (their changes announced, not
+        evaluated yet); how many entries moved."""
+        if self.pending:
+            append(self.settings, self.pending)
+            self.pending = []
+        moved = step(self.writer) + step(self.profiles)
+        self.profiles.wait()
+        return moved + step(self.records)
+
     def advance(self, ms: int) -> None:
         """Time passes with no event: the schedule runs, each profile at its moment."""
         self.now += ms
-        while self.worker.run_due():
+        while sum(worker.run_due() for worker in self.audience_workers):
             pass
         step(self.records)
+
+    @property
+    def audience_workers(self) -> list[AudienceWorker]:
+        return [self.worker, *self.more_workers]
 
     def profile_of(self, who: str) -> str:
         found = self.store.find("a", who)

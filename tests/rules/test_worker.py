@@ -13,8 +13,8 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.definition import Definition
 from rules.keyspace import VERSION
-from rules.worker import AudienceWorker
-from tests.rules.shop import Shop, step
+from rules.worker import LEASE_MS, AudienceWorker
+from tests.rules.shop import Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
 
@@ -174,3 +174,56 @@ def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
         assert shop.members("twice") == everyone
         enters = [c["profile"] for c in shop.changes() if c["audience"] == "twice"]
         assert sorted(enters) == sorted(everyone)  # once each
+
+
+class Counting(AudienceWorker):
+    """Counts the profiles it evaluated."""
+
+    evaluated = 0
+
+    def evaluate_all(self, asked, read=None):  # type: ignore[no-untyped-def]
+        self.evaluated += len(asked)
+        return super().evaluate_all(asked)
+
+
+def test_two_workers_share_the_changes_and_the_schedule_each_transition_once(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.worker = shop.audience_worker(Counting, consumer="first", batch_size=1)
+        shop.more_workers = [shop.audience_worker(Counting, consumer="second", batch_size=1)]
+        shoppers = [f"s{n}" for n in range(8)]
+        for who in shoppers:  # a profile change each
+            shop.track(who, "Product Viewed", at=shop.now - 60_000)
+            shop.track(who, "Product Viewed")
+            shop.apply()
+        while sum(step(worker) for worker in shop.audience_workers):  # an entry each in turn
+            pass
+        shop.settle()
+        everyone = {shop.profile_of(who) for who in shoppers}
+        assert shop.members("twice") == shop.sql_members("twice") == everyone
+        assert [w.evaluated for w in shop.audience_workers] == [4, 4]  # type: ignore[attr-defined]
+
+        shop.advance(days(1))  # the first view of each slides out of the day: all leave
+        assert shop.members("twice") == shop.sql_members("twice") == set()
+        changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(changes) == sorted([(p, "enter") for p in everyone]
+                                         + [(p, "exit") for p in everyone])  # fmt: skip
+
+
+def test_a_due_profile_is_leased_to_the_worker_that_took_it(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        second = shop.audience_worker(consumer="second")
+        shop.track("ann", "Product Viewed", at=shop.now - 60_000)
+        shop.track("ann", "Product Viewed")
+        shop.settle()
+        ann = shop.profile_of("ann")
+        moment = int(redis_client.zscore(shop.keys.due, ann) or 0)  # its next change
+        assert moment > shop.now
+        assert shop.worker.claim_due(moment) == [(ann, moment)]
+        assert second.claim_due(moment) == []  # leased to the first: not taken twice
+        # The first died holding it: when the lease ends, it is due again, at its moment.
+        assert second.claim_due(moment + LEASE_MS) == [(ann, moment + LEASE_MS)]
