@@ -174,7 +174,8 @@ class Runtime:
             AudiencesApi: AudiencesApi(self.audiences, self.profiles, self.redis, self.warehouse,
                                        Sources(self.warehouse, self.redis, self.profiles,
                                                self.catalog, self.audiences.keys,
-                                               settings.history_days)),
+                                               settings.history_days),
+                                       settings.events_stream),
             ReportsApi: ReportsApi(self.warehouse, self.redis, settings.streams),
             OperationsApi: OperationsApi(
                 self.redis,

@@ -6,6 +6,7 @@ Write keys change audiences, read keys read them."""
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +20,15 @@ from cdp.api.common import READ, WRITE, errors, provided, resource_router
 from cdp.errors import BadRequest, NotFound, Unprocessable
 from cdp.profiles.reader import ProfileReader, iso
 from cdp.storage import Warehouse, text
+from cdp.streams import wait_until_settled
 from rules.audiences import Audiences, Saved, problems_of
 from rules.conditions import holds, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
 from rules.keyspace import AudienceKeys, memberships
 from rules.membership import Sources, candidates_at, members_at
+
+log = logging.getLogger(__name__)
 
 SAMPLE = 10
 
@@ -132,6 +136,10 @@ class AudiencesApi:
     redis: redis.Redis
     warehouse: Warehouse
     sources: Sources
+    # What the tracking API took before a backfill is stored first (the SQL reads ClickHouse),
+    # waiting for this stream's consumers at most `settle_seconds`.
+    events_stream: str = ""
+    settle_seconds: float = 10.0
 
     @property
     def keys(self) -> AudienceKeys:
@@ -157,6 +165,12 @@ class AudiencesApi:
     def backfill(self, definition: Definition) -> int:
         """Have the real-time path decide now for everyone the definition may hold for, and
         for everyone in the audience now."""
+        if self.events_stream and wait_until_settled(
+            self.redis, [self.events_stream], self.settle_seconds
+        ) is None:  # fmt: skip
+            log.warning("backfill of %s: events not stored in ClickHouse after %ss; a profile "
+                        "only they bring in enters with its next event", definition.id,
+                        self.settle_seconds)  # fmt: skip
         now = int(time.time() * 1000)
         candidates = candidates_at(self.sources, definition.root, now) if definition.enabled else []
         current = [text(m) for m in self.redis.zrange(self.keys.members(definition.id), 0, -1)]

@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from cdp.settings import Settings
+from cdp.storage import Warehouse
+from cdp.streams import last_entry, settled
 from rules.keyspace import AudienceKeys
 from rules.predefined import predefined_ids
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
@@ -195,3 +197,28 @@ def test_members_decided_at_one_moment_page_through_whole(
         if not cursor:
             break
     assert seen == [f"p_{n:04d}" for n in range(450)]
+
+
+def test_a_backfill_takes_the_events_still_on_their_way_to_clickhouse(
+    settings: Settings, warehouse: Warehouse, redis_client: redis.Redis
+) -> None:
+    """The profile knows the event already; ClickHouse (which the backfill's SQL reads) not
+    yet: the backfill waits for it, or the shopper would enter only with a next event."""
+    from cdp.app import create_app
+
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    slow = settings.model_copy(update={"writer_max_wait_ms": 1500, "writer_min_events": 10_000})
+    with LiveServer(create_app(slow), slow) as server:
+        sent = httpx.post(f"{server.url}/v1/track", auth=(WRITE_KEY, ""),
+                          json={"event": "Seen", "anonymousId": "v0"})  # fmt: skip
+        assert sent.status_code == 200
+        changes = slow.profile_changes_stream
+        wait_for(lambda: redis_client.exists(changes)
+                 and settled(redis_client, changes, last_entry(redis_client, changes)))  # fmt: skip
+        root = {"performed": {"event": "Seen", "within": "P1D", "times": 1}}
+        created = httpx.post(f"{server.url}/api/v1/audiences", headers=admin, timeout=30,
+                             json={"id": "seen", "name": "Seen", "root": root})  # fmt: skip
+        assert created.status_code == 201
+        members = lambda: httpx.get(f"{server.url}/api/v1/audiences/seen/members",  # noqa: E731
+                                    headers=admin).json()["members"]  # fmt: skip
+        wait_for(lambda: len(members()) == 1, timeout=10)
