@@ -205,13 +205,13 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
 
 
-def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
+def latency(rate: int, seconds: int, port: int, visitors: int, workers: int = 1) -> None:
     """Returning visitors, with the 50 audiences defined and two more measured: each visitor
     has viewed a product once before; then each views one every `visitors / rate` seconds;
     the third view makes them enter "viewed 3 times" (measured from its HTTP 200), and 5 s
     after their last they leave "viewed in the last 5 s" (a time-based exit, measured behind
     its moment). Every view is read by 20 of the 52 audiences."""
-    process, url, data_dir = serve(port)
+    process, url, data_dir = serve(port, CDP_AUDIENCE_WORKERS=str(workers))
     client = redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock"))
     admin = {"Authorization": f"Bearer {API_KEY}"}
     try:
@@ -294,7 +294,8 @@ def latency(rate: int, seconds: int, port: int, visitors: int) -> None:
                         audience_part.append(recorded - change_at)
             if audience == b"recent" and change == b"exit" and fields[b"cause"] == b"time":
                 exit_lag.append(recorded - int(fields[b"at"]))
-        print(f"sent {len(answered):,} events at {rate}/s from {visitors:,} returning visitors")
+        print(f"sent {len(answered):,} events at {rate}/s from {visitors:,} returning visitors, "
+              f"{workers} audience worker process(es)")  # fmt: skip
         report("HTTP 200 of the 3rd event -> its audience_changes enter", enter_latency)
         report("  of which HTTP 200 -> profile change announced", profile_part)
         report("  and profile change -> audience_changes enter", audience_part)
@@ -333,9 +334,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--returning", type=int, default=2000, help="visitors in the latency run")
+    parser.add_argument("--audience-workers", type=int, default=1, help="in the latency run")
     args = parser.parse_args()
     evaluations(args.visitors)
-    latency(args.rate, args.seconds, args.port, args.returning)
+    latency(args.rate, args.seconds, args.port, args.returning, args.audience_workers)
 
 
 if __name__ == "__main__":
