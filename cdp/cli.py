@@ -182,7 +182,6 @@ def audience_worker(
     the work, each with its own index."""
     from cdp.catalog import Catalog
     from cdp.profiles.reader import ProfileReader
-    from cdp.streams import AUDIENCES_GROUP
     from rules.audiences import Audiences
     from rules.worker import AudienceWorker
 
@@ -198,8 +197,7 @@ def audience_worker(
             settings.history_days,
             generations_per_process=settings.audience_generations_per_process,
             block_ms=settings.writer_block_ms,
-            # Stable across restarts, so a restarted worker finds its own pending entries.
-            consumer=f"{AUDIENCES_GROUP}-{socket.gethostname()}" + (f"-{index}" if index else ""),
+            index=index,
         )
 
     _run_worker(log_level, parent, build)

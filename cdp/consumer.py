@@ -40,13 +40,17 @@ class StreamConsumer:
         consumer: str | None = None,
         claim_idle_ms: int = 60_000,
         tries: int = 3,
+        index: int = 0,
     ) -> None:
+        """`index`: which of the host's workers of this group it is (when several run)."""
         self.client = client
         self.stream = stream
         self.batch_size = batch_size  # stream entries a read
         self.block_ms = block_ms
         # Stable across restarts on one host, so a restarted worker finds its own pending entries.
-        self.consumer = consumer or f"{self.group}-{socket.gethostname()}"
+        self.consumer = consumer or f"{self.group}-{socket.gethostname()}" + (
+            f"-{index}" if index else ""
+        )
         self.claim_idle_ms = claim_idle_ms
         self.tries = tries  # before an entry is set aside
         self.set_aside = 0
