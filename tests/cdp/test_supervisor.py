@@ -85,7 +85,7 @@ def test_a_worker_asking_for_a_fresh_process_gets_one_at_once(
             members = lambda: client.get("/api/v1/audiences/seen/members",  # noqa: E731
                                          headers=admin).json()["members"]  # fmt: skip
             due = f"{fresh.redis_prefix}:audiences:due"
-            with explained(lambda: {"members": members(), "pid": supervised.pid, "first": first,
+            with explained(lambda: {"members": members(), **supervised.state(), "first": first,
                                     "due": redis_client.zrange(due, 0, -1, withscores=True),
                                     "health": client.get("/healthz").json()}):  # fmt: skip
                 wait_for(lambda: supervised.pid != first)
