@@ -59,7 +59,7 @@ DUE_BATCH = 500
 # A due profile taken by a worker is leased to it: its moment moves this far ahead, so no
 # other worker takes it meanwhile; the evaluation sets its true next moment. A worker that
 # dies holding it leaves it due again when the lease ends.
-LEASE_MS = 60_000
+LEASE_MS = 10_000  # a batch of due profiles takes well under a second
 EVALUATION_BATCH = 50  # profiles read and written together
 
 
