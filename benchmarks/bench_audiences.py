@@ -131,19 +131,17 @@ def evaluations(visitors: int) -> None:
 
         def floor() -> None:  # the reads an evaluation cannot do without, a batch a round trip
             for batch in batches:
-                asked = [Asked(pid, now, "event", None, None) for pid in batch]
+                asked = [Asked(pid, now, "event", None) for pid in batch]
                 for pid, (_, _, inputs) in zip(batch, worker.read(asked), strict=True):
                     assert inputs is not None
                     subject_from(pid, inputs, set(), frozenset())
 
         def evaluate() -> None:  # in the worker's batches, every audience matched
-            for batch in batches:
-                worker.evaluate_all([Asked(pid, now, "event", None, None) for pid in batch])
+            worker.evaluate_batches([Asked(pid, now, "event", None) for pid in profiles])
 
         def after_a_view() -> None:  # what an event of one name asks: the audiences reading it
             viewed = frozenset({"Product Viewed"})
-            for batch in batches:
-                worker.evaluate_all([Asked(pid, now, "event", None, viewed) for pid in batch])
+            worker.evaluate_batches([Asked(pid, now, "event", viewed) for pid in profiles])
 
         # The shop's traffic as the worker sees it: the profile changes its events made (each
         # entry a profile-script call of 500 events: the profiles it changed, and what).

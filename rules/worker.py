@@ -163,13 +163,12 @@ return out
 
 @dataclass(frozen=True)
 class Asked:
-    """One evaluation asked for: the profile, its `now`, why, the due moment that asked
-    for it (time), what changed (None: anything may have)."""
+    """One evaluation asked for: the profile, its `now` (for time, the moment that came),
+    why, what changed (None: anything may have)."""
 
     profile_id: str
     now: int
     cause: Cause
-    due_at: int | None
     changed: frozenset[str] | None
 
 
@@ -267,10 +266,8 @@ class AudienceWorker(StreamConsumer):
             named = _dict(fields.get(b"e"))
             for pid in _list(fields.get(b"p")):
                 changed(pid, named.get(pid))
-        asked = [Asked(pid, now, "event", None, None if names is None else frozenset(names))
-                 for pid, names in profiles.items()]  # fmt: skip
-        for start in range(0, len(asked), EVALUATION_BATCH):
-            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
+        self.evaluate_batches([Asked(pid, now, "event", None if names is None else frozenset(names))
+                               for pid, names in profiles.items()])  # fmt: skip
         self.ack(entries)
         return len(profiles)
 
@@ -308,9 +305,7 @@ class AudienceWorker(StreamConsumer):
             self.refresh()
         for _, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
-        asked = [Asked(pid, at, "time", at, None) for pid, at in due]
-        for start in range(0, len(asked), EVALUATION_BATCH):
-            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
+        self.evaluate_batches([Asked(pid, at, "time", None) for pid, at in due])
         return len(due)
 
     def watchers(self, product: str) -> list[str]:
@@ -321,18 +316,10 @@ class AudienceWorker(StreamConsumer):
 
     # Profiles.
 
-    def evaluate(
-        self,
-        profile_id: str,
-        now: int,
-        cause: Cause,
-        due_at: int | None = None,
-        changed: frozenset[str] | None = None,
-    ) -> Outcome | None:
-        """Bring the profile's memberships to what they are at `now` (only the audiences
-        that read what `changed`, when given); None when the profile is gone (merged away:
-        the survivor is evaluated instead; or erased)."""
-        return self.evaluate_all([Asked(profile_id, now, cause, due_at, changed)])[0]
+    def evaluate_batches(self, asked: list[Asked]) -> None:
+        """`evaluate_all`, a batch of profiles at a time."""
+        for start in range(0, len(asked), EVALUATION_BATCH):
+            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
 
     def evaluate_all(self, asked: list[Asked]) -> list[Outcome | None]:
         """`evaluate` for many profiles in two round trips (read, write); those another
@@ -357,7 +344,7 @@ class AudienceWorker(StreamConsumer):
             self.retire(one.profile_id, live, one.now)
             if live is None or live == one.profile_id:
                 return [None]
-            one = Asked(live, one.now, one.cause, one.due_at, None)
+            one = Asked(live, one.now, one.cause, None)
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
     def _evaluate_once(self, plan: Plan, asked: list[Asked]) -> list[Outcome | None]:
