@@ -132,7 +132,7 @@ def evaluations(visitors: int) -> None:
         def floor() -> None:  # the reads an evaluation cannot do without, a batch a round trip
             for batch in batches:
                 asked = [Asked(pid, now, "event", None) for pid in batch]
-                for pid, (_, _, inputs) in zip(batch, worker.read(asked), strict=True):
+                for pid, (_, _, inputs) in zip(batch, worker.read(asked).profiles, strict=True):
                     assert inputs is not None
                     subject_from(pid, inputs, set(), frozenset())
 
@@ -153,8 +153,12 @@ def evaluations(visitors: int) -> None:
         evaluate()  # the first pass enters everyone: transitions written
         timings: dict[str, list[float]] = {}
         for _ in range(3):  # alternating rounds: the VM's noise hits all alike
-            for name, run in (("floor", floor), ("evaluate", evaluate),
-                              ("after a view", after_a_view), ("shop traffic", shop_traffic)):
+            for name, run in (
+                ("floor", floor),
+                ("evaluate", evaluate),
+                ("after a view", after_a_view),
+                ("shop traffic", shop_traffic),
+            ):
                 started = time.perf_counter()
                 evaluated = run() or len(profiles)
                 rate = evaluated / (time.perf_counter() - started)

@@ -22,7 +22,8 @@ from cdp.streams import trim_consumed
 
 log = logging.getLogger(__name__)
 
-Entries = list[tuple[Any, dict[bytes, bytes] | None]]
+Entry = tuple[Any, dict[bytes, bytes] | None]
+Entries = list[Entry]
 
 
 class StreamConsumer:
@@ -114,7 +115,7 @@ class StreamConsumer:
             handled += self._handle_alone(entry)
         return handled
 
-    def _handle_alone(self, entry: tuple[Any, dict[bytes, bytes] | None]) -> int:
+    def _handle_alone(self, entry: Entry) -> int:
         error: BaseException | None = None
         for attempt in range(1, self.tries):
             try:

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
 from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
-from cdp.consumer import Entries, StreamConsumer
+from cdp.consumer import Entries, Entry, StreamConsumer
 from cdp.profiles.reader import INPUTS_LUA, AudienceInputs, ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
@@ -70,8 +70,9 @@ EVALUATION_BATCH = 50  # profiles read and written together
 # for an earlier look meanwhile) to the earlier. Last, who watches which product.
 # KEYS[1]: the schedule. ARGV[1]: JSON [[memberships key, version read, [command...],
 # profile, moment read, new moment, set it (0/1)], ...]; ARGV[2]: JSON [[watcher set,
-# profile, when], ...]; ARGV[3]: the version's field. Returns the (1-based) places of the
-# profiles not written.
+# profile, when], ...]; ARGV[3]: the version's field. With KEYS[2] (the stream the batch came
+# from), ARGV[4] its group and ARGV[5..] the entries: they are acknowledged with the writes,
+# if every profile was written. Returns the (1-based) places of the profiles not written.
 COMMIT = """
 local conflicts, version = {}, ARGV[3]
 for i, p in ipairs(cjson.decode(ARGV[1])) do
@@ -102,6 +103,9 @@ for i, p in ipairs(cjson.decode(ARGV[1])) do
 end
 for _, w in ipairs(cjson.decode(ARGV[2])) do
   redis.call('ZADD', w[1], 'GT', w[3], w[2])
+end
+if KEYS[2] and #conflicts == 0 then
+  redis.call('XACK', KEYS[2], unpack(ARGV, 4))
 end
 return conflicts
 """
@@ -144,15 +148,17 @@ return due
 """
 
 
-# A batch's reads in one call: per profile its memberships, its next moment and its inputs
-# (`cdp/profiles/reader.py`). KEYS: the schedule, then per profile its memberships and its
-# input keys; ARGV: per profile its id and the moment after which its history counts.
+# A batch's reads in one call: the definitions' generation and the catalog's stock version
+# (what the batch's decisions share), then per profile its memberships, its next moment and
+# its inputs (`cdp/profiles/reader.py`). KEYS: the schedule, the generation, the stock
+# version, then per profile its memberships and its input keys; ARGV: per profile its id and
+# the moment after which its history counts.
 READ_BATCH = (
     INPUTS_LUA
     + """
-local out = {}
+local out = {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
 for i = 1, #ARGV, 2 do
-  local k = 1 + (i - 1) / 2 * 5
+  local k = 3 + (i - 1) / 2 * 5
   out[#out + 1] = {redis.call('HGETALL', KEYS[k + 1]), redis.call('ZSCORE', KEYS[1], ARGV[i]),
                    audience_inputs(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], ARGV[i + 1])}
 end
@@ -173,6 +179,12 @@ class Asked:
 
 
 MISSING = Outcome()  # the profile is not live: merged away or erased
+
+
+class BatchRead(NamedTuple):
+    generation: bytes | None
+    stock_version: bytes | None
+    profiles: list[tuple[dict[bytes, bytes], int | None, AudienceInputs | None]]
 
 
 def now_ms() -> int:
@@ -218,12 +230,16 @@ class AudienceWorker(StreamConsumer):
     # What the evaluations of a batch share, read once a batch.
 
     def refresh(self) -> Plan:
-        """The definitions, rebuilt when their generation moved on, and the catalog's
-        products out of stock, read again when its stock version moved on."""
+        """The definitions and the catalog's stock as they are now (a batch's read brings
+        what this needs along: `taken`)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.generation)
         pipe.get(self.catalog.keys.stock_version)
-        generation_raw, stock_version = pipe.execute()
+        return self.taken(*pipe.execute())
+
+    def taken(self, generation_raw: bytes | None, stock_version: bytes | None) -> Plan:
+        """The definitions, rebuilt when their generation moved on, and the catalog's
+        products out of stock, read again when its stock version moved on."""
         generation = int(generation_raw or 0)
         if self._plan is None or self._plan.generation != generation:
             self._plan = Plan.of(generation, self.audiences.enabled())
@@ -243,7 +259,6 @@ class AudienceWorker(StreamConsumer):
     # The stream.
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
-        self.refresh()
         now = self.clock()
         # Profile → what changed in it (None: anything may have, evaluate it in full).
         profiles: dict[str, set[str] | None] = {}
@@ -266,24 +281,33 @@ class AudienceWorker(StreamConsumer):
             named = _dict(fields.get(b"e"))
             for pid in _list(fields.get(b"p")):
                 changed(pid, named.get(pid))
-        self.evaluate_batches([Asked(pid, now, "event", None if names is None else frozenset(names))
-                               for pid, names in profiles.items()])  # fmt: skip
-        self.ack(entries)
+        asked = [Asked(pid, now, "event", None if names is None else frozenset(names))
+                 for pid, names in profiles.items()]  # fmt: skip
+        if not self.evaluate_batches(asked, entries):
+            self.ack(entries)
         return len(profiles)
 
     def drain_once(self, block_ms: int | None = None) -> int:
-        next_due = self.next_due()
+        """The schedule's soonest moment and what is new on the stream, in one round trip;
+        the profiles due, then the new entries; with neither, wait for an entry until the
+        next moment."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.keys.due, 0, 0, withscores=True)
+        pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch_size)
+        first, response = pipe.execute()
+        next_due = int(first[0][1]) if first else None
+        entries = list(response[0][1]) if response else []
         handled = 0
         if next_due is not None and next_due <= self.clock():
             handled = self.run_due()
-            if handled >= DUE_BATCH:  # more are due: take what is new without waiting
-                entries = self.read_new(None)
-                return handled + (self.handle(entries, recovered=False) if entries else 0)
-            next_due = self.next_due()
+        if entries:
+            return handled + self.handle(entries, recovered=False)
+        if handled:
+            return handled  # more may be due: look again before waiting
         wait = self.block_ms if block_ms is None else block_ms
         if next_due is not None:
             wait = max(1, min(wait, next_due - self.clock()))
-        return handled + super().drain_once(wait)
+        return super().drain_once(wait)
 
     # The schedule.
 
@@ -301,8 +325,6 @@ class AudienceWorker(StreamConsumer):
         """Evaluate the profiles whose moment has come, each at its moment."""
         now = self.clock()
         due = self.claim_due(now)
-        if due:
-            self.refresh()
         for _, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
         self.evaluate_batches([Asked(pid, at, "time", None) for pid, at in due])
@@ -316,74 +338,108 @@ class AudienceWorker(StreamConsumer):
 
     # Profiles.
 
-    def evaluate_batches(self, asked: list[Asked]) -> None:
-        """`evaluate_all`, a batch of profiles at a time."""
+    def evaluate_batches(self, asked: list[Asked], entries: Sequence[Entry] = ()) -> bool:
+        """`evaluate_all`, a batch of profiles at a time; the stream `entries` that asked for
+        them acknowledged by the last batch's write if it wrote all its profiles (True)."""
+        acked = False
         for start in range(0, len(asked), EVALUATION_BATCH):
-            self.evaluate_all(asked[start : start + EVALUATION_BATCH])
+            last = start + EVALUATION_BATCH >= len(asked)
+            _, acked = self.evaluate_all(asked[start : start + EVALUATION_BATCH],
+                                         entries if last else ())  # fmt: skip
+        return acked
 
-    def evaluate_all(self, asked: list[Asked]) -> list[Outcome | None]:
-        """`evaluate` for many profiles in two round trips (read, write); those another
-        worker changed meanwhile, or not live, are decided again each alone."""
+    def evaluate_all(
+        self, asked: list[Asked], entries: Sequence[Entry] = ()
+    ) -> tuple[list[Outcome | None], bool]:
+        """`evaluate` for many profiles in two round trips (read, write), and whether the
+        write acknowledged the `entries` (only when it wrote every profile: those another
+        worker changed meanwhile, or not live, are decided again each alone)."""
         if len(asked) > 1:
-            outcomes = self._evaluate_once(self.plan(), asked)
+            outcomes, acked = self._evaluate_once(asked, entries)
             asked_again = [a for a, o in zip(asked, outcomes, strict=True)
                            if o is None or o is MISSING]  # fmt: skip
             if not asked_again:
-                return outcomes
-            again = {a.profile_id: self.evaluate_all([a])[0] for a in asked_again}
+                return outcomes, acked
+            again = {a.profile_id: self.evaluate_all([a])[0][0] for a in asked_again}
             return [again[a.profile_id] if o is None or o is MISSING else o
-                    for a, o in zip(asked, outcomes, strict=True)]  # fmt: skip
+                    for a, o in zip(asked, outcomes, strict=True)], False  # fmt: skip
         [one] = asked
         for _ in range(10):
-            [outcome] = self._evaluate_once(self.plan(), [one])
+            [outcome], acked = self._evaluate_once([one], entries)
             if outcome is None:
                 continue  # another worker changed its memberships: read again
             if outcome is not MISSING:
-                return [outcome]
+                return [outcome], acked
             live = self.reader.live_id(one.profile_id)
             self.retire(one.profile_id, live, one.now)
             if live is None or live == one.profile_id:
-                return [None]
+                return [None], False
             one = Asked(live, one.now, one.cause, None)
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
-    def _evaluate_once(self, plan: Plan, asked: list[Asked]) -> list[Outcome | None]:
-        """Read the profiles, evaluate, write what changed (one script call each way).
+    def _evaluate_once(
+        self, asked: list[Asked], entries: Sequence[Entry]
+    ) -> tuple[list[Outcome | None], bool]:
+        """Read the profiles, evaluate, write what changed (one script call each way), with
+        the acknowledgement of the `entries` if every profile is live and written (then True).
         MISSING for a profile that is not live (merged away or erased); None for one whose
         memberships another worker changed meanwhile (nothing of it written)."""
+        generation, stock_version, profiles = self.read(asked)
+        plan = self.taken(generation, stock_version)
         outcomes: list[Outcome | None] = []
         batch: list[list[Any]] = []  # the commit script's profiles
         placed: list[int] = []  # their places in `asked`
         watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
-        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, self.read(asked), strict=True)):
+        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, profiles, strict=True)):
             writes = Writes()
             outcome = self._decide(writes, plan, a, stored, due, inputs, watching)
             outcomes.append(outcome)
             if outcome is not MISSING and (writes.commands or writes.moment):
                 seen, new = writes.moment or (None, None)
-                batch.append([self.keys.of(a.profile_id), _version(stored), writes.commands,
-                              a.profile_id, _text(seen), _text(new), int(bool(writes.moment))])
+                batch.append(
+                    [
+                        self.keys.of(a.profile_id),
+                        _version(stored),
+                        writes.commands,
+                        a.profile_id,
+                        _text(seen),
+                        _text(new),
+                        int(bool(writes.moment)),
+                    ]
+                )
                 placed.append(n)  # fmt: skip
-        if batch or watching:
-            for place in self._commit(keys=[self.keys.due], args=[
-                orjson.dumps(batch), orjson.dumps(watching), VERSION
-            ]):  # fmt: skip
+        ack = (
+            [entry_id for entry_id, _ in entries] if all(o is not MISSING for o in outcomes) else []
+        )
+        acked = False
+        if batch or watching or ack:
+            keys = [self.keys.due]
+            args: list[Any] = [orjson.dumps(batch), orjson.dumps(watching), VERSION]
+            if ack:
+                keys, args = [*keys, self.stream], [*args, self.group, *ack]
+            conflicts = self._commit(keys=keys, args=args)
+            for place in conflicts:
                 outcomes[placed[int(place) - 1]] = None
+            acked = bool(ack) and not conflicts
         for a, outcome in zip(asked, outcomes, strict=True):
             if outcome is not MISSING and outcome is not None:
                 EVALUATIONS.labels(a.cause).inc()
                 _count(outcome)
-        return outcomes
+        return outcomes, acked
 
-    def read(self, asked: list[Asked]) -> list[tuple[dict[bytes, bytes], int | None, Any]]:
-        """Each profile's memberships hash, next moment and inputs (None: not live), in one
-        call."""
-        keys, args = [self.keys.due], list[str | int]()
+    def read(self, asked: list[Asked]) -> BatchRead:
+        """The definitions' generation, the stock version, and each profile's memberships
+        hash, next moment and inputs (None: not live), in one call."""
+        keys = [self.keys.due, self.keys.generation, self.catalog.keys.stock_version]
+        args = list[str | int]()
         for a in asked:
             keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
             args += [a.profile_id, a.now - self.history_days * DAY_MS]
-        return [(_pairs(stored), None if due is None else int(due), audience_inputs_of(inputs))
-                for stored, due, inputs in self._read_batch(keys=keys, args=args)]  # fmt: skip
+        generation, stock_version, *profiles = self._read_batch(keys=keys, args=args)
+        return BatchRead(generation, stock_version, [
+            (_pairs(stored), None if due is None else int(due), audience_inputs_of(inputs))
+            for stored, due, inputs in profiles
+        ])  # fmt: skip
 
     def _decide(
         self,
@@ -435,8 +491,9 @@ class AudienceWorker(StreamConsumer):
                                               "rows": orjson.dumps(rows).decode()})  # fmt: skip
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
-        """A profile merged into another (or erased): it leaves its audiences."""
-        plan = self.plan()
+        """A profile merged into another (or erased): it leaves its audiences (recorded
+        under the definitions of now)."""
+        plan = self.refresh()
         reason = [{"path": "root", "condition": "merge", "value": survivor,
                    "threshold": "", "holds": False}] if survivor else []  # fmt: skip
         key = self.keys.of(merged)
