@@ -100,6 +100,8 @@ class Subject:
         """The events of that name that pass the filters, with their times: made once per
         subject for the references that select alike."""
         found = self._timelines.get(ref.selector)
+        if found is None and not ref.where:
+            found = self._timelines[ref.selector] = self.named(ref.event)
         if found is None:
             named = self.by_event.get(ref.event, [])
             first = ref.where[0] if len(ref.where) == 1 else None
@@ -108,6 +110,15 @@ class Subject:
             elif ref.where:
                 named = [h for h in named if all(matches(w, h.properties) for w in ref.where)]
             found = self._timelines[ref.selector] = Timeline(named, [h.at for h in named])
+        return found
+
+    def named(self, event: str) -> Timeline:
+        """Every event of that name, with their times (made once per subject)."""
+        key = (event, ())
+        found = self._timelines.get(key)
+        if found is None:
+            named = self.by_event.get(event, [])
+            found = self._timelines[key] = Timeline(named, [h.at for h in named])
         return found
 
     def _by_text(self, event: str, prop: str) -> dict[str, list[Happened]]:
@@ -368,15 +379,22 @@ def trait_holds(spec: Trait, traits: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[str], int | None]:
-    seen = sorted((h for event in spec.events for h in s.by_event.get(event, [])),
-                  key=lambda h: h.at)  # fmt: skip
-    inside = [h for h in seen if now - spec.within < h.at <= now]
-    products = sorted(
-        {p for h in inside if (p := product_of(h.properties)) and p in s.out_of_stock}
-    )
-    watched = [h for h in inside if product_of(h.properties) in s.out_of_stock]
-    later = [h for h in seen if h.at > now]
-    return products, _soonest(_leaves_window(watched, spec.within), _arrivals(later, now))
+    """The products out of stock seen within the window, and the next moment that may
+    change: the first of them sliding out, or the next of these events arriving."""
+    products: set[str] = set()
+    slides = arrives = None
+    for event in spec.events:
+        timeline = s.named(event)
+        start, end = timeline.upto(now - spec.within), timeline.upto(now)
+        arrives = _soonest(arrives, timeline.first_after(end))
+        if not s.out_of_stock:
+            continue
+        for h in timeline.events[start:end]:
+            product = product_of(h.properties)
+            if product is not None and product in s.out_of_stock:
+                products.add(product)
+                slides = _soonest(slides, h.at + spec.within)
+    return sorted(products), _soonest(slides, arrives)
 
 
 def threshold_of(spec: Any) -> str:
