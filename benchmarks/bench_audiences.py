@@ -9,7 +9,8 @@
 2. Latency from the HTTP 200 of an event to its `audience_changes` record, at 1,000 events/s
    (100 requests/s of 10 events) from returning visitors, with the 50 audiences and two
    measured ones defined, on `cdp serve` with its own worker processes: p50/p99, split at
-   the profile worker's announcement of the change.
+   the profile worker's announcement of the change. (`--fsync everysec` runs it with Valkey
+   fsyncing once a second instead of at every write: what the fsyncs cost; not the product.)
 3. Lag of time-based transitions behind their due moment: each visitor is in "viewed in the
    last 5 s" until 5 s after their last view; the exit's record time minus its moment.
 4. Memory: Redis bytes per profile for 100,000 profiles with their history, and the part the
@@ -207,14 +208,18 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
 
 
-def latency(rate: int, seconds: int, port: int, visitors: int, workers: int = 1) -> None:
+def latency(
+    rate: int, seconds: int, port: int, visitors: int, workers: int = 1, fsync: str = "always"
+) -> None:
     """Returning visitors, with the 50 audiences defined and two more measured: each visitor
     has viewed a product once before; then each views one every `visitors / rate` seconds;
     the third view makes them enter "viewed 3 times" (measured from its HTTP 200), and 5 s
     after their last they leave "viewed in the last 5 s" (a time-based exit, measured behind
-    its moment). Every view is read by 20 of the 52 audiences."""
+    its moment). Every view is read by 20 of the 52 audiences. `fsync`: Valkey's
+    appendfsync (the product's is `always`; `everysec` shows what its fsyncs cost)."""
     process, url, data_dir = serve(port, CDP_AUDIENCE_WORKERS=str(workers))
     client = redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock"))
+    client.config_set("appendfsync", fsync)
     admin = {"Authorization": f"Bearer {API_KEY}"}
     try:
         measured = [
@@ -297,7 +302,7 @@ def latency(rate: int, seconds: int, port: int, visitors: int, workers: int = 1)
             if audience == b"recent" and change == b"exit" and fields[b"cause"] == b"time":
                 exit_lag.append(recorded - int(fields[b"at"]))
         print(f"sent {len(answered):,} events at {rate}/s from {visitors:,} returning visitors, "
-              f"{workers} audience worker process(es)")  # fmt: skip
+              f"{workers} audience worker process(es), Valkey appendfsync {fsync}")  # fmt: skip
         report("HTTP 200 of the 3rd event -> its audience_changes enter", enter_latency)
         report("  of which HTTP 200 -> profile change announced", profile_part)
         report("  and profile change -> audience_changes enter", audience_part)
@@ -337,9 +342,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--returning", type=int, default=2000, help="visitors in the latency run")
     parser.add_argument("--audience-workers", type=int, default=1, help="in the latency run")
+    parser.add_argument("--fsync", choices=("always", "everysec"), default="always",
+                        help="appendfsync of Valkey in the latency run")  # fmt: skip
     args = parser.parse_args()
     evaluations(args.visitors)
-    latency(args.rate, args.seconds, args.port, args.returning, args.audience_workers)
+    latency(args.rate, args.seconds, args.port, args.returning, args.audience_workers, args.fsync)
 
 
 if __name__ == "__main__":
