@@ -126,12 +126,17 @@ def migrate() -> None:
 
 
 @app.command()
-def writer(log_level: str = typer.Option("info")) -> None:
+def writer(
+    log_level: str = typer.Option("info"),
+    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
+) -> None:
     """Run a warehouse writer alone (production: a ClickHouse server and a Redis URL)."""
     from cdp.app import Runtime
 
     _logging(log_level)
     settings = _settings()
+    serve_metrics(metrics_port, metrics_host)
     if settings.embedded_clickhouse:
         console.print("[red]the embedded engine is written by `cdp serve`; set CDP_CLICKHOUSE_URL")
         raise typer.Exit(2)
@@ -149,6 +154,8 @@ def writer(log_level: str = typer.Option("info")) -> None:
 def profile_worker(
     log_level: str = typer.Option("info"),
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
+    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
 ) -> None:
     """Run a profile worker alone: it needs Redis only; more of them share the stream."""
     from cdp.catalog import Catalog
@@ -169,6 +176,7 @@ def profile_worker(
             block_ms=settings.writer_block_ms,
         )
 
+    serve_metrics(metrics_port, metrics_host)
     _run_worker(log_level, parent, build)
 
 
@@ -177,6 +185,8 @@ def audience_worker(
     log_level: str = typer.Option("info"),
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
     index: int = typer.Option(0, help="Which of the host's audience workers (0, 1, ...)."),
+    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
 ) -> None:
     """Run an audience worker alone (the rules engine): it needs Redis only. Several share
     the work, each with its own index."""
@@ -200,6 +210,7 @@ def audience_worker(
             index=index,
         )
 
+    serve_metrics(metrics_port, metrics_host)
     _run_worker(log_level, parent, build)
 
 
@@ -232,6 +243,16 @@ def _run_worker(log_level: str, parent: int, build: Any) -> None:
         from cdp.supervisor import FRESH_START
 
         raise SystemExit(FRESH_START)
+
+
+def serve_metrics(port: int, host: str) -> None:
+    """A worker run alone (not by `cdp serve`, whose /metrics shows its workers' counts)
+    serves its own metrics for Prometheus to scrape, on a thread of its own (port 0: none)."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, host)
+        console.print(f"metrics on http://{host}:{port}/metrics")
 
 
 def quiet_collector() -> None:

@@ -4,6 +4,9 @@ and status in /metrics (unrouted paths too), JSON log lines on request."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -14,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdp.access import JSONFormatter
 from cdp.credentials import source_id
+from cdp.metrics import MULTIPROCESS_ENV
 from cdp.settings import Settings
-from tests.conftest import API_KEY, WRITE_KEY, LiveServer
+from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
+from tests.servers import free_port
+from tests.streams import append, rows
 
 
 @pytest.fixture
@@ -91,3 +97,34 @@ def test_the_worker_processes_counters_are_in_metrics(live_server: LiveServer) -
     assert all(value >= 1 for value in theirs), list(zip(wanted, theirs, strict=True))
     names = [family.name for family in text_string_to_metric_families(metrics)]
     assert len(names) == len(set(names))  # one family a name, merged
+
+
+def test_a_worker_run_alone_serves_its_own_metrics(settings: Settings) -> None:
+    """As docker-compose runs the profile worker (a service of its own, no `cdp serve` to
+    gather its counts): `--metrics-port` serves what it counted."""
+    port = free_port()
+    env = {**os.environ, "CDP_REDIS_URL": settings.redis_url,
+           "CDP_REDIS_PREFIX": settings.redis_prefix, "CDP_DATA_DIR": str(settings.data_dir),
+           "CDP_WRITE_KEYS": WRITE_KEY}  # fmt: skip
+    env.pop(MULTIPROCESS_ENV, None)
+    append(settings, rows(3, anonymousId="counted-alone"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cdp", "profile-worker", "--metrics-port", str(port),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def applied() -> float:
+            assert worker.poll() is None, "the worker exited"
+            try:
+                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return 0.0
+            return served(metrics, "cdp_profile_events_total", outcome="applied")
+
+        assert wait_for(lambda: applied() >= 3, timeout=60, interval=0.2)
+        assert applied() == 3  # its own count: the test's process counted nothing there
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
