@@ -231,13 +231,13 @@ class AudienceWorker(StreamConsumer):
 
     def refresh(self) -> Plan:
         """The definitions and the catalog's stock as they are now (a batch's read brings
-        what this needs along: `taken`)."""
+        what this needs along: `plan_of`)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.generation)
         pipe.get(self.catalog.keys.stock_version)
-        return self.taken(*pipe.execute())
+        return self.plan_of(*pipe.execute())
 
-    def taken(self, generation_raw: bytes | None, stock_version: bytes | None) -> Plan:
+    def plan_of(self, generation_raw: bytes | None, stock_version: bytes | None) -> Plan:
         """The definitions, rebuilt when their generation moved on, and the catalog's
         products out of stock, read again when its stock version moved on."""
         generation = int(generation_raw or 0)
@@ -311,10 +311,6 @@ class AudienceWorker(StreamConsumer):
 
     # The schedule.
 
-    def next_due(self) -> int | None:
-        first = self.client.zrange(self.keys.due, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
-
     def claim_due(self, now: int) -> list[tuple[str, int]]:
         """The profiles whose moment has come (up to a batch), each with its moment, leased
         to this worker."""
@@ -385,7 +381,7 @@ class AudienceWorker(StreamConsumer):
         MISSING for a profile that is not live (merged away or erased); None for one whose
         memberships another worker changed meanwhile (nothing of it written)."""
         generation, stock_version, profiles = self.read(asked)
-        plan = self.taken(generation, stock_version)
+        plan = self.plan_of(generation, stock_version)
         outcomes: list[Outcome | None] = []
         batch: list[list[Any]] = []  # the commit script's profiles
         placed: list[int] = []  # their places in `asked`
@@ -396,21 +392,12 @@ class AudienceWorker(StreamConsumer):
             outcomes.append(outcome)
             if outcome is not MISSING and (writes.commands or writes.moment):
                 seen, new = writes.moment or (None, None)
-                batch.append(
-                    [
-                        self.keys.of(a.profile_id),
-                        _version(stored),
-                        writes.commands,
-                        a.profile_id,
-                        _text(seen),
-                        _text(new),
-                        int(bool(writes.moment)),
-                    ]
-                )
-                placed.append(n)  # fmt: skip
-        ack = (
-            [entry_id for entry_id, _ in entries] if all(o is not MISSING for o in outcomes) else []
-        )
+                moved = int(bool(writes.moment))
+                batch.append([self.keys.of(a.profile_id), _version(stored), writes.commands,
+                              a.profile_id, _text(seen), _text(new), moved])  # fmt: skip
+                placed.append(n)
+        live = all(o is not MISSING for o in outcomes)
+        ack = [entry_id for entry_id, _ in entries] if live else []
         acked = False
         if batch or watching or ack:
             keys = [self.keys.due]
