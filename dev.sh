@@ -84,7 +84,7 @@ case "$command" in
     echo "==> ruff"
     .venv/bin/ruff check .
     echo "==> mypy"
-    .venv/bin/mypy cdp ingestion rules activation
+    .venv/bin/mypy cdp ingestion rules activation benchmarks
     echo "==> pytest"
     exec .venv/bin/pytest "$@"
     ;;

@@ -146,7 +146,7 @@ def evaluations(visitors: int) -> None:
 
         # The shop's traffic as the worker sees it: the profile changes its events made (each
         # entry a profile-script call of 500 events: the profiles it changed, and what).
-        changes = client.xrange(settings.profile_changes_stream)
+        changes: list[Any] = client.xrange(settings.profile_changes_stream)  # type: ignore[assignment]
 
         def shop_traffic() -> int:
             return sum(worker.handle([entry], recovered=False) for entry in changes)
@@ -270,7 +270,7 @@ def latency(
         def follow() -> None:
             last = b"$"
             while not following.is_set():
-                found = client.xread({"cdp:stream:profile_changes": last}, block=100)
+                found: Any = client.xread({"cdp:stream:profile_changes": last}, block=100)
                 for _, entries in found or []:
                     for entry_id, fields in entries:
                         last = entry_id
@@ -286,8 +286,12 @@ def latency(
         follower.join()
         pids = client.mget([f"cdp:identity:a:v{v}" for v in range(visitors)])
         visitor_of = {pid: v for v, pid in enumerate(pids) if pid}
-        enter_latency, exit_lag, profile_part, audience_part = [], [], [], []
-        for entry_id, fields in client.xrange("cdp:stream:audience_changes"):
+        enter_latency: list[float] = []
+        exit_lag: list[float] = []
+        profile_part: list[float] = []
+        audience_part: list[float] = []
+        recorded_changes: Any = client.xrange("cdp:stream:audience_changes")
+        for entry_id, fields in recorded_changes:
             recorded = int(entry_id.split(b"-")[0])
             audience, change = fields[b"audience"], fields[b"change"]
             if audience == b"viewed-3x" and change == b"enter":

@@ -47,7 +47,7 @@ wrk.headers["Authorization"] = "Basic %s"
 """
 
 
-def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
+def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen[bytes]:
     errors = open(os.environ.get("BENCH_STDERR", os.devnull), "w")  # noqa: SIM115 (the child's)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     deadline = time.monotonic() + 60
@@ -61,7 +61,7 @@ def start(command: list[str], env: dict[str, str], url: str) -> subprocess.Popen
     raise SystemExit(f"{command} did not start")
 
 
-def serve(port: int, **settings: str) -> tuple[subprocess.Popen, str, Path]:
+def serve(port: int, **settings: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     """`cdp serve` on the embedded defaults in a fresh data directory; the process, its URL
     and the directory."""
     data_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))

@@ -21,6 +21,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -74,7 +75,7 @@ def worker_throughput(visitors: int) -> None:
     valkey.start()
     client = connect_redis(valkey.url)
     try:
-        results = {}
+        results: dict[str, Any] = {}
         for mode in ("read and decode only", "apply to profiles"):
             prefix = "bench" + str(len(results))
             stream = f"{prefix}:stream:events"
@@ -85,7 +86,7 @@ def worker_throughput(visitors: int) -> None:
             )
             worker.ensure_group()
             if mode == "read and decode only":
-                worker.handle = lambda entries, recovered: (  # type: ignore[method-assign]
+                worker.handle = lambda entries, recovered: (  # type: ignore[method-assign,misc]
                     sum(len(entry_events(f)) for _, f in entries if f)
                 )
             started = time.perf_counter()
