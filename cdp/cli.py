@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import redis
@@ -34,6 +34,10 @@ from cdp.storage import connect_redis
 
 app = typer.Typer(help="Customer data platform for web shops.", no_args_is_help=True)
 console = Console()
+
+# A worker run on its own serves its metrics (`serve_metrics`).
+MetricsPort = Annotated[int, typer.Option(help="Serve this process's /metrics on this port.")]
+MetricsHost = Annotated[str, typer.Option(help="The address to serve metrics on.")]
 
 
 def _settings() -> Settings:
@@ -128,8 +132,8 @@ def migrate() -> None:
 @app.command()
 def writer(
     log_level: str = typer.Option("info"),
-    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run a warehouse writer alone (production: a ClickHouse server and a Redis URL)."""
     from cdp.app import Runtime
@@ -154,8 +158,8 @@ def writer(
 def profile_worker(
     log_level: str = typer.Option("info"),
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
-    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run a profile worker alone: it needs Redis only; more of them share the stream."""
     from cdp.catalog import Catalog
@@ -185,8 +189,8 @@ def audience_worker(
     log_level: str = typer.Option("info"),
     parent: int = typer.Option(0, help="Exit when this process is gone (set by cdp serve)."),
     index: int = typer.Option(0, help="Which of the host's audience workers (0, 1, ...)."),
-    metrics_port: int = typer.Option(0, help="Serve this process's /metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", help="The address to serve metrics on."),
+    metrics_port: MetricsPort = 0,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Run an audience worker alone (the rules engine): it needs Redis only. Several share
     the work, each with its own index."""

@@ -100,20 +100,21 @@ class Subject:
         """The events of that name that pass the filters, with their times: made once per
         subject for the references that select alike."""
         found = self._timelines.get(ref.selector)
-        if found is None and not ref.where:
-            found = self._timelines[ref.selector] = self.named(ref.event)
         if found is None:
-            named = self.by_event.get(ref.event, [])
+            if not ref.where:
+                return self.named(ref.event)  # kept under the same key
             first = ref.where[0] if len(ref.where) == 1 else None
             if first is not None and first.op == "==" and isinstance(first.value, str):
                 named = self._by_text(ref.event, first.property).get(first.value, [])  # one pass
-            elif ref.where:
-                named = [h for h in named if all(matches(w, h.properties) for w in ref.where)]
+            else:
+                named = [h for h in self.by_event.get(ref.event, [])
+                         if all(matches(w, h.properties) for w in ref.where)]  # fmt: skip
             found = self._timelines[ref.selector] = Timeline(named, [h.at for h in named])
         return found
 
     def named(self, event: str) -> Timeline:
-        """Every event of that name, with their times (made once per subject)."""
+        """Every event of that name, with their times (made once per subject; the key is
+        the selector of a reference with no filter)."""
         key = (event, ())
         found = self._timelines.get(key)
         if found is None:
