@@ -80,6 +80,30 @@ def test_entries_handled_again_after_a_crash_record_each_transition_once(
         assert warehouse.query_rows(logged)[0][0] == 3
 
 
+class NoSeparateAck(AudienceWorker):
+    """Killed whenever it would acknowledge entries in a call of their own."""
+
+    def ack(self, entries):  # type: ignore[no-untyped-def]
+        raise RuntimeError("killed before a separate acknowledgement")
+
+
+def test_the_entries_are_acknowledged_by_the_script_that_writes_their_effects(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """No moment lies between a batch's writes and its entries' acknowledgement: a worker
+    killed after the write has nothing to redo."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        for who in ("a", "b"):
+            shop.track(who, "Product Viewed", at=shop.now - 1)
+            shop.track(who, "Product Viewed")
+        shop.worker = shop.audience_worker(NoSeparateAck, consumer="atomic")
+        shop.settle()  # no separate acknowledgement was needed
+        assert shop.members("twice") == {shop.profile_of("a"), shop.profile_of("b")}
+        pending = redis_client.xpending(settings.profile_changes_stream, "audiences")
+        assert pending["pending"] == 0
+
+
 def test_definitions_change_while_events_flow(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
