@@ -140,11 +140,13 @@ def writer(
 
     _logging(log_level)
     settings = _settings()
-    serve_metrics(metrics_port, metrics_host)
     if settings.embedded_clickhouse:
         console.print("[red]the embedded engine is written by `cdp serve`; set CDP_CLICKHOUSE_URL")
         raise typer.Exit(2)
-    runtime = Runtime.start(settings.model_copy(update={"run_writer": True}))
+    serve_metrics(metrics_port, metrics_host)
+    # The writers only: the profile and audience workers run as commands of their own.
+    alone = {"run_writer": True, "run_profile_worker": False, "run_audience_worker": False}
+    runtime = Runtime.start(settings.model_copy(update=alone))
     try:
         while True:
             time.sleep(3600)
