@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from rules.changes import Change
 from rules.conditions import Prepared, Reading, decider, prepare
 from rules.definition import (
     AggregateNode,
@@ -153,12 +154,17 @@ class Compiled:
         """The fact the rules match: the member flag, each leaf's value, and whether there
         is a value at all for the leaves that may have none (aggregates): every property
         costs the engine, so there are no others."""
-        fact: dict[str, float] = {self.member_field: int(member)}
+        fact: dict[str, float] = {}
+        self.fill(fact, readings, member)
+        return fact
+
+    def fill(self, fact: dict[str, float], readings: list[Reading], member: bool) -> None:
+        """Put the snapshot's fields in `fact` (the fact of the audience's shard)."""
+        fact[self.member_field] = int(member)
         for (value_field, present_field), reading in zip(self.fields, readings, strict=True):
             fact[value_field] = reading.value
             if present_field:
                 fact[present_field] = int(reading.present)
-        return fact
 
     @cached_property
     def member_field(self) -> str:
@@ -187,10 +193,10 @@ class Matcher:
 
     generation: int
     audiences: list[Compiled]
-    _fired: set[tuple[str, str]] = field(default_factory=set)
-    _shard_of: dict[str, int] = field(default_factory=dict)
+    _fired: dict[str, Change] = field(default_factory=dict)
+    shard_of: dict[str, int] = field(default_factory=dict)  # audience -> its shard
     _names: list[str] = field(default_factory=list)
-    _rules: list[dict[str, tuple[str, str]]] = field(default_factory=list)  # name -> transition
+    _rules: list[dict[str, tuple[str, Change]]] = field(default_factory=list)  # name -> transition
 
     def __post_init__(self) -> None:
         from durable import lang
@@ -199,10 +205,10 @@ class Matcher:
         for s, start in enumerate(range(0, len(self.audiences), SHARD_SIZE)):
             name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
             shard = ruleset(name)
-            rules: dict[str, tuple[str, str]] = {}
+            rules: dict[str, tuple[str, Change]] = {}
             with shard:
                 for compiled in self.audiences[start : start + SHARD_SIZE]:
-                    self._shard_of[compiled.audience] = s
+                    self.shard_of[compiled.audience] = s
                     member = compiled.member_field
                     enter = (
                         "and",
@@ -210,7 +216,11 @@ class Matcher:
                     )
                     negation = print_tree(compiled.root, compiled.prefix, negated=True)
                     leave = ("and", [_cmp(member, "==", 1), negation])
-                    for expr, change in ((enter, "enter"), (leave, "exit")):
+                    transitions: tuple[tuple[Expr, Change], ...] = (
+                        (enter, "enter"),
+                        (leave, "exit"),
+                    )
+                    for expr, change in transitions:
                         rules[f"r_{len(rules)}"] = (compiled.audience, change)  # the DSL's names
                         when_all(durable(expr))(_no_action)
             lang._rulesets.pop(name, None)  # ours alone, not the DSL's global host's
@@ -219,23 +229,27 @@ class Matcher:
             self._rules.append(rules)
 
     def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
-        """(audience, "enter" | "exit") for each audience whose snapshot shows a transition.
-        Snapshots of audiences in one shard are asserted as one fact, then retracted. The
+        """(audience, "enter" | "exit") for each audience whose snapshot shows a transition."""
+        by_shard: dict[int, dict[str, float]] = {}
+        for audience, fact in snapshots.items():
+            by_shard.setdefault(self.shard_of[audience], {}).update(fact)
+        return set(self.match_facts(by_shard).items())
+
+    def match_facts(self, by_shard: dict[int, dict[str, float]]) -> dict[str, Change]:
+        """Audience -> "enter" | "exit" for each transition the shards' facts (the snapshots
+        of a shard's audiences, `Compiled.fill`) show. Each is asserted, then retracted. The
         fact goes to the engine's native calls as orjson text: the Python binding would
         encode it with the json module twice, which costs more than the matching."""
         import durable_rules_engine as native
 
         host = quiet_host()
-        by_shard: dict[int, dict[str, float]] = {}
-        for audience, fact in snapshots.items():
-            by_shard.setdefault(self._shard_of[audience], {}).update(fact)
         self._fired.clear()
         for shard, fact in by_shard.items():
             handle = host.get_ruleset(self._names[shard])._handle
             text = orjson.dumps(fact).decode()
             if self._run(shard, handle, native.assert_fact(handle, text)):
                 self._run(shard, handle, native.retract_fact(handle, text))
-        return set(self._fired)
+        return dict(self._fired)
 
     def _run(self, shard: int, handle: Any, result: tuple[int, int]) -> bool:
         """Take the actions an assert or retract started off the engine's queue, each the
@@ -253,7 +267,8 @@ class Matcher:
         message = started[1] if started else None
         while message:
             for rule in orjson.loads(message):
-                self._fired.add(self._rules[shard][rule])
+                audience, change = self._rules[shard][rule]
+                self._fired[audience] = change
             message = native.complete_and_start_action(handle, state)
         return True
 

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
-from rules.changes import AudienceChange, Cause, Change
+from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, Reading, Subject, next_change, read
 from rules.definition import (
     CartNode,
@@ -158,24 +158,25 @@ def _match(
     """One layer's audiences matched by the engine: their readings and transitions added to
     the outcome, the subject's memberships changed; the audiences entered or left."""
     members = subject.memberships
-    snapshots = {}
+    facts: dict[int, dict[str, float]] = {}  # shard -> its audiences' snapshots
+    shard_of = plan.matcher.shard_of
     for compiled in layer:
-        readings = read(compiled.root, subject, now, compiled.prepared)
-        outcome.readings[compiled.audience] = readings
-        snapshots[compiled.audience] = compiled.snapshot(readings, compiled.audience in members)
-    fired = plan.matcher.match(snapshots)
+        audience = compiled.audience
+        readings = outcome.readings[audience] = read(compiled.root, subject, now, compiled.prepared)
+        fact = facts.get(shard_of[audience])
+        if fact is None:
+            fact = facts[shard_of[audience]] = {}
+        compiled.fill(fact, readings, audience in members)
+    fired = plan.matcher.match_facts(facts)
     moved = set()
     for compiled in layer:
         audience = compiled.audience
         readings = outcome.readings[audience]
         expected = compiled.decide(readings)
         was = audience in members
-        change: Change | None = (
-            "enter" if (audience, "enter") in fired
-            else "exit" if (audience, "exit") in fired else None
-        )  # fmt: skip
-        if (change == "enter") != (expected and not was) or (change == "exit") != (
-            was and not expected
+        change = fired.get(audience)
+        if change != (
+            "enter" if expected and not was else "exit" if was and not expected else None
         ):
             DISAGREEMENTS.inc()
             log.error("engine and tree disagree on %s for %s", audience, subject.profile_id)
