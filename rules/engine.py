@@ -8,7 +8,7 @@ carries at most about 125 properties (error 303 past that) and a ruleset's cost 
 its rules, so audiences are put in shards of `SHARD_SIZE`, a ruleset each, and a profile's
 snapshot is asserted and retracted once per shard; a ruleset cannot be redefined, so each
 generation of definitions gets new names; an OR fires once per satisfied branch (the
-actions are collected in a set); a fact that matches no rule raises
+transitions are kept by audience, once each); a fact that matches no rule raises
 MessageNotHandledException, which means "no transition"."""
 
 from __future__ import annotations
