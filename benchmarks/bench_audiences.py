@@ -348,9 +348,13 @@ def main() -> None:
     parser.add_argument("--audience-workers", type=int, default=1, help="in the latency run")
     parser.add_argument("--fsync", choices=("always", "everysec"), default="always",
                         help="appendfsync of Valkey in the latency run")  # fmt: skip
+    parser.add_argument("--latency-rounds", type=int, default=1,
+                        help="latency runs one after another (moments vary)")  # fmt: skip
     args = parser.parse_args()
     evaluations(args.visitors)
-    latency(args.rate, args.seconds, args.port, args.returning, args.audience_workers, args.fsync)
+    for _ in range(args.latency_rounds):
+        latency(args.rate, args.seconds, args.port, args.returning, args.audience_workers,
+                args.fsync)  # fmt: skip
 
 
 if __name__ == "__main__":
