@@ -121,7 +121,7 @@ def evaluations(visitors: int) -> None:
         worker = AudienceWorker(client, settings.profile_changes_stream, store, audiences,
                                 Catalog(client, "bench", ""), settings.records_stream,
                                 settings.history_days)  # fmt: skip
-        plan = worker.plan()
+        plan = worker.refresh()
         profiles = sorted(text(p) for p in client.smembers(f"{settings.redis_prefix}:profiles"))
         now = int(time.time() * 1000)
         print(f"{len(events):,} events, {len(profiles):,} profiles, {len(plan.definitions)} "

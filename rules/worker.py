@@ -253,9 +253,6 @@ class AudienceWorker(StreamConsumer):
             self._stock_version = stock_version
         return self._plan
 
-    def plan(self) -> Plan:
-        return self._plan or self.refresh()
-
     # The stream.
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
