@@ -93,7 +93,9 @@ NUMERIC = frozenset({">", ">=", "<", "<="})
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinity or NaN: a stored definition is JSON, which has neither (and the engine and
+    # ClickHouse would each compare them their own way).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Where(Strict):

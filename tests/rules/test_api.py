@@ -94,6 +94,22 @@ def test_an_invalid_definition_is_refused_naming_the_path(
     assert api.get("/api/v1/audiences/bad").status_code == 404
 
 
+def test_a_number_past_the_float_range_is_refused_and_hurts_no_other_audience(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """`1e400` is valid JSON and reads as infinity: kept, it would be stored as JSON's null,
+    and every read of the definitions (the list, the worker's rules) would fail on it."""
+    _, api = clients
+    body = ('{"id": "huge", "name": "Huge", "root": {"aggregate": {"event": "Order Completed", '
+            '"property": "revenue", "within": "P1D", "value": 1e400}}}')  # fmt: skip
+    answer = api.post("/api/v1/audiences", content=body,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0].startswith("body.root.aggregate.value: "), answer.json()
+    assert api.get("/api/v1/audiences/huge").status_code == 404
+    assert api.get("/api/v1/audiences").status_code == 200
+
+
 def test_a_reference_cycle_is_refused(clients: tuple[httpx.Client, httpx.Client]) -> None:
     _, api = clients
     assert api.post("/api/v1/audiences", json={"id": "a", "name": "A", "root": VIEWS_2}).is_success
