@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -316,11 +317,11 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
     values = [number(h.properties[spec.property]) or 0.0 for h in inside]
     present = bool(values) or spec.fn in ("sum", "count")
     result = {
-        "sum": lambda: math.fsum(values), "count": lambda: float(len(values)),
-        "avg": lambda: math.fsum(values) / len(values), "min": lambda: min(values),
+        "sum": lambda: total(values), "count": lambda: float(len(values)),
+        "avg": lambda: total(values) / len(values), "min": lambda: min(values),
         "max": lambda: max(values),
     }[spec.fn]() if present else 0.0  # fmt: skip
-    value = round(result, 6)
+    value = max(-sys.float_info.max, min(sys.float_info.max, round(result, 6)))
     holds = present and COMPARE[spec.op](value, spec.value)
     return (
         value,
@@ -329,6 +330,15 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
         value if present else None,
         _soonest(_leaves_window(inside, spec.within), _arrivals(later, now)),
     )
+
+
+def total(values: list[float]) -> float:
+    """The exact sum; past the float range, the infinity ClickHouse's sum gives (its reading
+    is then the largest float: JSON, the engine's and the records', has no infinity)."""
+    try:
+        return math.fsum(values)
+    except OverflowError:  # fsum refuses an intermediate overflow
+        return sum(values)
 
 
 def cart_units(history: list[Happened], now: int) -> int:

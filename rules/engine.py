@@ -9,11 +9,17 @@ its rules, so audiences are put in shards of `SHARD_SIZE`, a ruleset each, and a
 snapshot is asserted and retracted once per shard; a ruleset cannot be redefined, so each
 generation of definitions gets new names; an OR fires once per satisfied branch (the
 transitions are kept by audience, once each); a fact that matches no rule raises
-MessageNotHandledException, which means "no transition"."""
+MessageNotHandledException, which means "no transition"; a number written `1e+16` (exponent,
+no fraction) is refused, in a rule and in a fact (`engine_json` writes `1.0e+16`). The
+rulesets are made and matched through the native module alone: the library's Host runs
+background threads that would dispatch our actions from another thread (the engine loses or
+misplaces actions when threads share it), and its Python layer encodes every fact with the
+json module twice, which costs more than the matching."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -195,10 +201,11 @@ class Matcher:
     audiences: list[Compiled]
     _fired: dict[str, Change] = field(default_factory=dict)
     shard_of: dict[str, int] = field(default_factory=dict)  # audience -> its shard
-    _names: list[str] = field(default_factory=list)
+    _handles: list[Any] = field(default_factory=list)  # each shard's native ruleset
     _rules: list[dict[str, tuple[str, Change]]] = field(default_factory=list)  # name -> transition
 
     def __post_init__(self) -> None:
+        import durable_rules_engine as native
         from durable import lang
         from durable.lang import ruleset, when_all
 
@@ -224,8 +231,10 @@ class Matcher:
                         rules[f"r_{len(rules)}"] = (compiled.audience, change)  # the DSL's names
                         when_all(durable(expr))(_no_action)
             lang._rulesets.pop(name, None)  # ours alone, not the DSL's global host's
-            quiet_host().register_rulesets(dict([shard.define()]))
-            self._names.append(name)
+            _, definition = shard.define()
+            for rule in definition.values():
+                del rule["run"]  # the transition is read off the queue: `_run`
+            self._handles.append(native.create_ruleset(name, engine_json(definition)))
             self._rules.append(rules)
 
     def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
@@ -237,16 +246,13 @@ class Matcher:
 
     def match_facts(self, by_shard: dict[int, dict[str, float]]) -> dict[str, Change]:
         """Audience -> "enter" | "exit" for each transition the shards' facts (the snapshots
-        of a shard's audiences, `Compiled.fill`) show. Each is asserted, then retracted. The
-        fact goes to the engine's native calls as orjson text: the Python binding would
-        encode it with the json module twice, which costs more than the matching."""
+        of a shard's audiences, `Compiled.fill`) show. Each is asserted, then retracted."""
         import durable_rules_engine as native
 
-        host = quiet_host()
         self._fired.clear()
         for shard, fact in by_shard.items():
-            handle = host.get_ruleset(self._names[shard])._handle
-            text = orjson.dumps(fact).decode()
+            handle = self._handles[shard]
+            text = engine_json(fact)
             if self._run(shard, handle, native.assert_fact(handle, text)):
                 self._run(shard, handle, native.retract_fact(handle, text))
         return dict(self._fired)
@@ -273,7 +279,7 @@ class Matcher:
         return True
 
     def shard_count(self) -> int:
-        return len(self._names)
+        return len(self._handles)
 
 
 def _no_action(c: Any) -> None:
@@ -281,24 +287,18 @@ def _no_action(c: Any) -> None:
     engine's queue); one parameter, as durable_rules takes a two-parameter one as async."""
 
 
-_HOST: Any = None
+# A number in exponent form with no fraction (`1e+16`, `1e-05`): durable_rules' parser
+# refuses it (error 204) in a ruleset and in a fact alike, and takes `1.0e+16`.
+_BARE_EXPONENT = re.compile(rb"(?<=[:,\[])(-?[0-9]+)(?=[eE])")
 
 
-def quiet_host() -> Any:
-    """The process's durable_rules host, without the background threads the library's own
-    host runs: they dispatch every ruleset's pending actions from another thread, which would
-    run our enter/exit actions there, late, into another profile's match (the engine loses or
-    misplaces actions when threads share it). We match synchronously and use no timers."""
-    global _HOST
-    if _HOST is None:
-        from durable.engine import Host
-
-        class QuietHost(Host):  # type: ignore[misc]
-            def _run(self) -> None:
-                pass
-
-        _HOST = QuietHost()
-    return _HOST
+def engine_json(value: Any) -> str:
+    """JSON text durable_rules parses: orjson's, each number in exponent form given a
+    fraction (our field and rule names hold no `e`, so most texts are taken as they are)."""
+    text = orjson.dumps(value)
+    if b"e" in text or b"E" in text:
+        text = _BARE_EXPONENT.sub(rb"\1.0", text)
+    return text.decode()
 
 
 def compile_all(definitions: Iterable[tuple[str, Node]], start_slot: int = 0) -> list[Compiled]:

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.conditions import Reading, holds
+from rules.conditions import COMPARE, Reading, holds
 from rules.definition import leaves, parse_node
 from rules.engine import Compiled, Matcher, complexity
 
@@ -33,6 +33,7 @@ tree = st.recursive(
     ),
     max_leaves=5,
 )
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([1e16, -1e-05, 1e300])
 VALUES = {  # values around each leaf's threshold, and "never" (-1)
     "performed": [0, 1, 2, 3], "not_followed_by": [-1, 0, 3_599_999, 3_600_000],
     "last_performed": [-1, 0, 3_599_999, 3_600_000, 86_400_000],
@@ -80,6 +81,22 @@ def test_the_engine_fires_what_the_tree_implies(document: dict[str, Any], data: 
         assert fired == {("x", "exit")}
     else:
         assert fired == set()
+
+
+@settings(max_examples=300, deadline=None)
+@given(threshold=FLOATS, value=FLOATS, op=st.sampled_from(sorted(COMPARE)))
+def test_any_float_threshold_and_value_are_compared_exactly(
+    threshold: float, value: float, op: str
+) -> None:
+    """The engine's parser refuses numbers written `1e+16` (an exponent, no fraction): in a
+    rule, every evaluation would fail; in a fact, that profile's."""
+    root = parse_node({"aggregate": {"event": "O", "property": "revenue", "within": "P1D",
+                                     "op": op, "value": threshold}})  # fmt: skip
+    compiled = Compiled("x", 0, root)
+    ok = COMPARE[op](value, threshold)
+    read = Reading("root", "aggregate", value, True, ok, root.aggregate, value, None)
+    fired = Matcher(0, [compiled]).match({"x": compiled.snapshot([read], member=False)})
+    assert fired == ({("x", "enter")} if ok else set())
 
 
 def test_many_audiences_are_sharded_and_each_answers_alone() -> None:
