@@ -2,6 +2,8 @@
 set aside with the error so the entries behind them go on. Each is one entry in the Redis
 stream `<prefix>:stream:dead_letters`, written in the same transaction that acknowledges
 the original, so an entry is either still pending or set aside, never both, never lost.
+A worker whose entries name many things (the audience worker: profiles) sets aside the one
+that fails, not the entry: its letter has no entry id, and its payload names it.
 Operators see them in `/metrics`, `/healthz` and `GET /api/v1/dead-letters`."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import orjson
 import redis
 from prometheus_client import Counter
+from redis.typing import EncodableT, FieldT
 
 from cdp.storage import text
 from cdp.streams import entry_id
@@ -51,20 +54,29 @@ def set_aside(
     """Keep the entry with the reason, and acknowledge it, in one transaction."""
     entry_id, fields = entry
     payload = {text(k): text_of(v)[:PAYLOAD_LIMIT] for k, v in (fields or {}).items()}
-    record = {
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(dead_letter_stream(stream), letter(stream, group, text(entry_id), error, tries,
+                                                 payload))  # fmt: skip
+    pipe.xack(stream, group, entry_id)
+    pipe.execute()
+    SET_ASIDE.labels(group).inc()
+
+
+def letter(
+    stream: str, group: str, entry_id: str, error: BaseException, tries: int,
+    payload: dict[str, str],
+) -> dict[FieldT, EncodableT]:  # fmt: skip
+    """A dead letter's fields: what failed where, and the payload to look at (an entry's
+    fields; for a part of an entry, what names that part)."""
+    return {
         "stream": stream,
         "group": group,
-        "entry_id": text(entry_id),
+        "entry_id": entry_id,
         "error": f"{type(error).__name__}: {error}"[:2000],
         "tries": str(tries),
         "at": str(int(time.time() * 1000)),
         "payload": orjson.dumps(payload),
     }
-    pipe = client.pipeline(transaction=True)
-    pipe.xadd(dead_letter_stream(stream), record)  # type: ignore[arg-type]
-    pipe.xack(stream, group, entry_id)
-    pipe.execute()
-    SET_ASIDE.labels(group).inc()
 
 
 def text_of(value: bytes) -> str:

@@ -253,22 +253,28 @@ class Matcher:
         for shard, fact in by_shard.items():
             handle = self._handles[shard]
             text = engine_json(fact)
-            if self._run(shard, handle, native.assert_fact(handle, text)):
+            asserted = native.assert_fact(handle, text)
+            if asserted[0] == NOT_HANDLED:
+                continue  # no rule matched: the engine kept nothing
+            try:
+                self._run(shard, handle, asserted)
+            finally:  # even after a failure: a fact left asserted would fail every profile
+                # whose snapshot is the same text
                 self._run(shard, handle, native.retract_fact(handle, text))
         return dict(self._fired)
 
-    def _run(self, shard: int, handle: Any, result: tuple[int, int]) -> bool:
+    def _run(self, shard: int, handle: Any, result: tuple[int, int]) -> None:
         """Take the actions an assert or retract started off the engine's queue, each the
-        transition its rule names; False when no rule matched (the engine then keeps nothing
-        of the fact). The library's own dispatch would call an action per rule through its
-        JSON round trips of the session state, which costs more than the matching."""
+        transition its rule names (none when no rule matched). The library's own dispatch
+        would call an action per rule through its JSON round trips of the session state,
+        which costs more than the matching."""
         import durable_rules_engine as native
 
         code, state = result
         if code == NOT_HANDLED:
-            return False
-        if code == OBSERVED:  # an identical fact is still asserted: a retract was lost
-            raise RuntimeError("the engine holds this snapshot already")
+            return
+        if code == OBSERVED:  # an identical fact was still asserted: `match_facts` takes it back
+            raise RuntimeError("the engine held this snapshot already")
         started = native.start_action_for_state(handle, state)
         message = started[1] if started else None
         while message:
@@ -276,7 +282,6 @@ class Matcher:
                 audience, change = self._rules[shard][rule]
                 self._fired[audience] = change
             message = native.complete_and_start_action(handle, state)
-        return True
 
     def shard_count(self) -> int:
         return len(self._handles)

@@ -13,9 +13,11 @@ A batch's transitions, new memberships, next moments and audit rows are written 
 script call, atomically, before the stream entry is acknowledged; a profile whose
 memberships another worker wrote since they were read (its version moved on) is not
 written but decided again alone. After a crash the entry is handled again and finds
-nothing left to change, so a transition is recorded once. One thread per process owns the
-engine (durable_rules
-loses actions when threads share it); more processes share the consumer group."""
+nothing left to change, so a transition is recorded once. A profile that cannot be evaluated
+(in its batch, then alone) is set aside as a dead letter and looked at again an hour later;
+the others of its entry or its schedule go on. One thread per process owns the engine
+(durable_rules loses actions when threads share it); more processes share the consumer
+group."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
 from cdp.consumer import Entries, Entry, StreamConsumer
+from cdp.deadletters import SET_ASIDE, dead_letter_stream, letter
 from cdp.profiles.reader import INPUTS_LUA, AudienceInputs, ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
@@ -61,6 +64,7 @@ DUE_BATCH = 500
 # dies holding it leaves it due again when the lease ends.
 LEASE_MS = 10_000  # a batch of due profiles takes well under a second
 EVALUATION_BATCH = 50  # profiles read and written together
+RETRY_MS = 3_600_000  # a profile that could not be evaluated is looked at again this much later
 
 
 # A batch's writes in one call, instead of a transaction WATCHing the memberships: each
@@ -193,6 +197,8 @@ def now_ms() -> int:
 
 class AudienceWorker(StreamConsumer):
     group = AUDIENCES_GROUP
+    # Valkey away or slow: wait for it (nothing set aside); any other failure is a profile's.
+    storage_errors = (redis.ConnectionError, redis.TimeoutError)
 
     def __init__(
         self,
@@ -348,7 +354,14 @@ class AudienceWorker(StreamConsumer):
         write acknowledged the `entries` (only when it wrote every profile: those another
         worker changed meanwhile, or not live, are decided again each alone)."""
         if len(asked) > 1:
-            outcomes, acked = self._evaluate_once(asked, entries)
+            try:
+                outcomes, acked = self._evaluate_once(asked, entries)
+            except self.storage_errors:
+                raise
+            except Exception as error:  # one profile's failure holds back nobody: each alone
+                log.warning("audiences: a batch of %d profiles failed (%s); deciding each alone",
+                            len(asked), error)  # fmt: skip
+                outcomes, acked = [None] * len(asked), False
             asked_again = [a for a, o in zip(asked, outcomes, strict=True)
                            if o is None or o is MISSING]  # fmt: skip
             if not asked_again:
@@ -356,7 +369,17 @@ class AudienceWorker(StreamConsumer):
             again = {a.profile_id: self.evaluate_all([a])[0][0] for a in asked_again}
             return [again[a.profile_id] if o is None or o is MISSING else o
                     for a, o in zip(asked, outcomes, strict=True)], False  # fmt: skip
-        [one] = asked
+        try:
+            return self._evaluate_alone(asked[0], entries)
+        except self.storage_errors:
+            raise
+        except Exception as error:
+            self.set_aside_profile(asked[0], error)
+            return [None], False
+
+    def _evaluate_alone(
+        self, one: Asked, entries: Sequence[Entry]
+    ) -> tuple[list[Outcome | None], bool]:
         for _ in range(10):
             [outcome], acked = self._evaluate_once([one], entries)
             if outcome is None:
@@ -410,6 +433,24 @@ class AudienceWorker(StreamConsumer):
                 EVALUATIONS.labels(a.cause).inc()
                 _count(outcome)
         return outcomes, acked
+
+    def set_aside_profile(self, a: Asked, error: Exception) -> None:
+        """A profile that failed in its batch and alone: a dead letter with the reason, and
+        its next look `RETRY_MS` on (a passing cause heals; a lasting one writes a letter
+        each time), in one transaction. Its memberships stay as they were."""
+        retry_at = self.clock() + RETRY_MS
+        log.error("audiences: profile %s set aside (looked at again at %s): %s",
+                  a.profile_id, retry_at, error)  # fmt: skip
+        payload = {"profile": a.profile_id, "cause": a.cause, "now": str(a.now),
+                   "changed": "*" if a.changed is None else ",".join(sorted(a.changed)),
+                   "retry_at": str(retry_at)}  # fmt: skip
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(dead_letter_stream(self.stream),
+                  letter(self.stream, self.group, "", error, 2, payload))  # fmt: skip
+        pipe.zadd(self.keys.due, {a.profile_id: retry_at})
+        pipe.execute()
+        SET_ASIDE.labels(self.group).inc()
+        self.set_aside += 1
 
     def read(self, asked: list[Asked]) -> BatchRead:
         """The definitions' generation, the stock version, and each profile's memberships

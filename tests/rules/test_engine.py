@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import durable_rules_engine as native
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.conditions import COMPARE, Reading, holds
 from rules.definition import leaves, parse_node
-from rules.engine import Compiled, Matcher, complexity
+from rules.engine import Compiled, Matcher, complexity, engine_json
 
 LEAVES = [
     {"performed": {"event": "V", "within": "P1D", "op": ">=", "times": 2}},
@@ -112,6 +114,21 @@ def test_many_audiences_are_sharded_and_each_answers_alone() -> None:
     assert fired == {(f"a{i}", "enter") for i in (1, 3, 5)} | {
         (f"a{i}", "exit") for i in range(6, 20, 2)
     }
+
+
+def test_a_snapshot_a_failure_left_in_the_engine_is_taken_back() -> None:
+    """A fact left asserted (its actions failed before the retract) would make every later
+    identical snapshot fail: the all-zero one is most profiles'."""
+    compiled = Compiled("x", 0, parse_node({"performed": {"event": "V", "within": "P1D",
+                                                          "times": 1}}))  # fmt: skip
+    matcher = Matcher(0, [compiled])
+    snapshot = compiled.snapshot([Reading("root", "performed", 1, True, True, None, 1, None)],
+                                 member=False)  # fmt: skip
+    native.assert_fact(matcher._handles[0], engine_json(snapshot))  # and never retracted
+    with pytest.raises(RuntimeError, match="held this snapshot already"):
+        matcher.match({"x": snapshot})
+    assert matcher.match({"x": snapshot}) == {("x", "enter")}
+    assert matcher.match({"x": snapshot}) == {("x", "enter")}
 
 
 def test_complexity_counts_the_alternatives_the_engine_expands() -> None:

@@ -7,12 +7,13 @@ import contextlib
 
 import redis
 
+from cdp import deadletters
 from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.definition import Definition
 from rules.keyspace import VERSION
-from rules.worker import LEASE_MS, AudienceWorker
+from rules.worker import LEASE_MS, RETRY_MS, AudienceWorker
 from tests.rules.shop import Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
@@ -44,13 +45,17 @@ def test_a_merge_moves_memberships_to_the_survivor(
         assert not redis_client.exists(shop.keys.of(merged))
 
 
+class Killed(BaseException):
+    """The process ends here (no `except Exception` of the worker's takes it for a failure)."""
+
+
 class CrashBeforeAck(AudienceWorker):
     """Killed after a batch's writes, before the entries are acknowledged (as between two
     batches of one read: only the last one's write acknowledges them)."""
 
     def _evaluate_once(self, asked, entries):  # type: ignore[no-untyped-def]
         super()._evaluate_once(asked, ())
-        raise RuntimeError("killed before acknowledging")
+        raise Killed("before acknowledging")
 
 
 def test_entries_handled_again_after_a_crash_record_each_transition_once(
@@ -63,7 +68,7 @@ def test_entries_handled_again_after_a_crash_record_each_transition_once(
             shop.track(who, "Product Viewed")
         crashing = shop.audience_worker(CrashBeforeAck, consumer="crashing")
         shop.worker = crashing
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(Killed):
             shop.settle()
         enters = [c for c in shop.changes() if c["change"] == "enter" and c["audience"] == "twice"]
         assert len(enters) == 3  # the effect is stored, the entries not acknowledged
@@ -84,7 +89,7 @@ class NoSeparateAck(AudienceWorker):
     """Killed whenever it would acknowledge entries in a call of their own."""
 
     def ack(self, entries):  # type: ignore[no-untyped-def]
-        raise RuntimeError("killed before a separate acknowledgement")
+        raise Killed("before a separate acknowledgement")
 
 
 def test_the_entries_are_acknowledged_by_the_script_that_writes_their_effects(
@@ -254,3 +259,49 @@ def test_a_due_profile_is_leased_to_the_worker_that_took_it(
         assert second.claim_due(moment) == []  # leased to the first: not taken twice
         # The first died holding it: when the lease ends, it is due again, at its moment.
         assert second.claim_due(moment + LEASE_MS) == [(ann, moment + LEASE_MS)]
+
+
+class Allergic(AudienceWorker):
+    """Cannot evaluate one profile, as when a condition meets data it was not made for."""
+
+    allergen = ""
+
+    def _decide(self, writes, plan, a, *rest):  # type: ignore[no-untyped-def]
+        if a.profile_id == self.allergen:
+            raise ValueError("a condition failed on this profile")
+        return super()._decide(writes, plan, a, *rest)
+
+
+def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        for who in ("ann", "bad", "bob"):  # one entry of the profile changes names all three
+            shop.track(who, "Product Viewed", at=shop.now - 1)
+            shop.track(who, "Product Viewed")
+        shop.apply()
+        bad = shop.profile_of("bad")
+        shop.worker = shop.audience_worker(Allergic)
+        shop.worker.allergen = bad  # type: ignore[attr-defined]
+        shop.settle()
+        others = {shop.profile_of("ann"), shop.profile_of("bob")}
+        assert shop.members("twice") == others
+        assert redis_client.xpending(settings.profile_changes_stream, "audiences")["pending"] == 0
+        [letter] = deadletters.listed(redis_client, settings.dead_letter_stream)
+        assert (letter.group, letter.payload["profile"], letter.entry_id) == ("audiences", bad, "")
+        assert letter.error == "ValueError: a condition failed on this profile"
+        assert redis_client.zscore(shop.keys.due, bad) == shop.now + RETRY_MS
+
+        shop.advance(days(1))  # the schedule: the others leave on time; it fails again, alone
+        assert shop.members("twice") == set()
+        assert deadletters.count(redis_client, settings.dead_letter_stream) == 2
+        assert redis_client.zscore(shop.keys.due, bad) == shop.now + RETRY_MS
+        shop.worker.allergen = ""  # type: ignore[attr-defined]  # (fixed): it heals on its look
+        shop.advance(RETRY_MS)
+        assert deadletters.count(redis_client, settings.dead_letter_stream) == 2
+        ann = shop.profile_of("ann")  # evaluated: its next moment is its history's, as ann's
+        assert redis_client.zscore(shop.keys.due, bad) == redis_client.zscore(shop.keys.due, ann)
+        changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(changes) == sorted([(p, "enter") for p in others]
+                                         + [(p, "exit") for p in others])  # fmt: skip
