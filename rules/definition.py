@@ -188,7 +188,7 @@ class Cart(Strict):
     """Units in the cart: added less removed, per product, since the last order."""
 
     op: Compare = ">"
-    units: int = Field(default=0, ge=0)
+    units: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class Consent(Strict):

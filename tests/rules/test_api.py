@@ -83,6 +83,7 @@ def test_predefined_audiences_are_listed_and_cannot_be_deleted(
     ({"member_of": {"audience": "nobody"}}, "body.root: member_of names an unknown audience"),
     ({"performed": {"event": "X"}}, "body.root.performed.within: Field required"),
     ({"and": [VIEWS_2], "or": [VIEWS_2]}, "body.root: a node is an object with one key"),
+    ({"cart": {"units": 10**30}}, "body.root.cart.units: Input should be less than or equal"),
 ])  # fmt: skip
 def test_an_invalid_definition_is_refused_naming_the_path(
     clients: tuple[httpx.Client, httpx.Client], root: dict[str, Any], problem: str
