@@ -210,6 +210,7 @@ class Runtime:
             settings.dead_letter_stream,
             running,
             settings.health_max_lag_seconds,
+            self.audiences.keys.due,
         )
 
     def stop_workers(self) -> None:

@@ -1,7 +1,10 @@
 """What `/healthz` tells: whether the storage answers, each worker's backlog (how many
-stream entries wait for it and how old the oldest is), the worker processes and threads, and
-the dead letters. Not healthy (503) when storage is away, a worker is not running, or a
-worker's oldest waiting entry is older than the allowed lag: stuck or far behind."""
+stream entries wait for it and how old the oldest is), the audience schedule's (profiles
+whose moment has come and nobody took: time-based transitions waiting), the worker
+processes and threads, and the dead letters. Not healthy (503) when storage is away, a
+worker is not running, or a worker's oldest waiting entry, or the schedule's oldest moment,
+is older than the allowed lag: stuck or far behind (a schedule nobody runs shows no other
+way while no event comes)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class Health:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffered_entries: int = 0
     dead_letters: int = 0
+    schedule: dict[str, Any] = field(default_factory=lambda: {"due": 0, "oldest_seconds": 0.0})
 
     def problem(self, text: str) -> None:
         self.status = "unhealthy"
@@ -40,9 +44,11 @@ def check(
     dead_letter_stream: str,
     running: dict[str, bool],
     max_lag_seconds: float,
+    schedule: str | None = None,
 ) -> Health:
     """`streams` maps a short name to its stream key; `running` names the workers this
-    process runs (or watches) and whether each is alive."""
+    process runs (or watches) and whether each is alive; `schedule`, the audience schedule's
+    key (a sorted set: profile -> its moment; a profile taken is leased, its moment ahead)."""
     health = Health()
     try:
         warehouse.query_rows("SELECT 1")
@@ -66,8 +72,24 @@ def check(
                     f"{name}: the oldest of {state['waiting']} waiting entries is {lag:.0f}s "
                     f"old (allowed: {max_lag_seconds:.0f}s)"
                 )
+    if schedule is not None:
+        _check_schedule(health, client, schedule, now_ms, max_lag_seconds)
     for name, alive in running.items():
         if not alive:
             health.problem(f"{name} is not running")
     health.dead_letters = deadletters.count(client, dead_letter_stream)
     return health
+
+
+def _check_schedule(
+    health: Health, client: redis.Redis, schedule: str, now_ms: int, max_lag_seconds: float
+) -> None:
+    due = int(client.zcount(schedule, "-inf", now_ms))
+    first: Any = client.zrange(schedule, 0, 0, withscores=True)
+    late = max(0.0, (now_ms - first[0][1]) / 1000) if first else 0.0
+    health.schedule = {"due": due, "oldest_seconds": late}
+    if late > max_lag_seconds:
+        health.problem(
+            f"audience schedule: {due} profiles are due, the oldest {late:.0f}s past its "
+            f"moment (allowed: {max_lag_seconds:.0f}s): is an audience worker running?"
+        )

@@ -23,6 +23,12 @@ DEAD_LETTERS = Gauge("cdp_dead_letters_waiting", "Entries set aside, kept for an
 WORKER_WAITING = Gauge(
     "cdp_worker_waiting_entries", "Stream entries a worker has not acknowledged yet", ["worker"]
 )
+SCHEDULE_DUE = Gauge(
+    "cdp_audience_schedule_due", "Profiles whose moment has come and no audience worker took"
+)
+SCHEDULE_LAG = Gauge(
+    "cdp_audience_schedule_lag_seconds", "How far past its moment the oldest due profile is"
+)
 WORKER_LAG = Gauge(
     "cdp_worker_lag_seconds", "Age of the oldest entry a worker has not acknowledged", ["worker"]
 )
@@ -43,12 +49,18 @@ class WorkerOut(BaseModel):
     oldest_seconds: float = Field(description="Age of the oldest of them")
 
 
+class ScheduleOut(BaseModel):
+    due: int = Field(description="Profiles whose moment has come and no audience worker took")
+    oldest_seconds: float = Field(description="How far past its moment the oldest of them is")
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="ok or unhealthy")
     problems: list[str]
     workers: dict[str, WorkerOut] = Field(description="stream/consumer group → backlog")
     buffered_entries: int = Field(description="Entries in the events stream not trimmed yet")
     dead_letters: int = Field(description="Entries set aside: GET /api/v1/dead-letters")
+    schedule: ScheduleOut = Field(description="The audience schedule: time-based transitions")
     writer: bool = Field(description="This process runs the warehouse writers")
     profile_worker: dict[str, Any] | None = Field(description="The profile worker process")
 
@@ -97,6 +109,8 @@ def metrics(api: OperationsApi = API) -> PlainTextResponse:
     found = api.health()
     STREAM_ENTRIES.set(found.buffered_entries)
     DEAD_LETTERS.set(found.dead_letters)
+    SCHEDULE_DUE.set(found.schedule["due"])
+    SCHEDULE_LAG.set(found.schedule["oldest_seconds"])
     for name, state in found.workers.items():
         WORKER_WAITING.labels(name).set(state["waiting"])
         WORKER_LAG.labels(name).set(state["oldest_seconds"])

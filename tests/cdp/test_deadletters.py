@@ -17,8 +17,11 @@ import redis
 
 from cdp.consumer import Entries, StreamConsumer
 from cdp.deadletters import dead_letter_stream, listed, set_aside
+from cdp.health import Health, check
 from cdp.settings import Settings
+from cdp.storage import Warehouse
 from cdp.streams import forget
+from rules.keyspace import AudienceKeys
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 from tests.streams import append, rows
 
@@ -161,6 +164,27 @@ def test_health_answers_503_when_a_worker_falls_behind(
     body = health.json()
     assert body["status"] == "unhealthy" and body["workers"]["events/idle"]["waiting"] == 1
     assert body["problems"][0].startswith("events/idle: the oldest of 1 waiting entries is")
+
+
+def test_health_answers_503_when_the_audience_schedule_is_overdue(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """With no audience worker running and no event coming, only the schedule shows that
+    the time-based transitions (an abandoned cart's hour passing) stopped."""
+    due = AudienceKeys(settings.redis_prefix).due
+    now = int(time.time() * 1000)
+
+    def health() -> Health:
+        return check(redis_client, warehouse, {}, settings.dead_letter_stream, {}, 60.0, due)
+
+    redis_client.zadd(due, {"p-leased": now + 10_000, "p-soon": now - 30_000})
+    fine = health()
+    assert fine.http_status == 200 and fine.schedule["due"] == 1
+    assert 30 <= fine.schedule["oldest_seconds"] < 60
+    redis_client.zadd(due, {"p-forgotten": now - 120_000})
+    late = health()
+    assert late.http_status == 503 and late.schedule["due"] == 2
+    assert late.problems[0].startswith("audience schedule: 2 profiles are due, the oldest 12")
 
 
 def test_erasure_forgets_the_dead_letters_that_mention_a_person(
