@@ -211,7 +211,6 @@ def audience_worker(
             Catalog(client, prefix, settings.profile_changes_stream),
             settings.records_stream,
             settings.history_days,
-            generations_per_process=settings.audience_generations_per_process,
             block_ms=settings.writer_block_ms,
             index=index,
         )
@@ -245,10 +244,6 @@ def _run_worker(log_level: str, parent: int, build: Any) -> None:
             worker.run(stop)
         except KeyboardInterrupt:
             stop.set()
-    if worker.wants_fresh_start:
-        from cdp.supervisor import FRESH_START
-
-        raise SystemExit(FRESH_START)
 
 
 def serve_metrics(port: int, host: str) -> None:

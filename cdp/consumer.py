@@ -55,7 +55,6 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.tries = tries  # before an entry is set aside
         self.set_aside = 0
-        self.wants_fresh_start = False  # set by a worker that should end its process
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Store the effect of the entries and acknowledge them; returns events handled.
@@ -159,7 +158,7 @@ class StreamConsumer:
     def run(self, stop: threading.Event) -> None:
         recovering = True
         last_trim = time.monotonic()
-        while not stop.is_set() and not self.wants_fresh_start:
+        while not stop.is_set():
             try:
                 if recovering:  # also after an outage: the group may have to be made again
                     self.ensure_group()

@@ -41,9 +41,6 @@ class Settings(BaseSettings):
     # Each profile's track events as audiences read them (windows reach back this far).
     history_days: int = Field(default=400, ge=1, le=3660)
     vip_revenue: float = Field(default=500.0, ge=0)  # the `vip` audience's 90-day revenue
-    # The engine cannot free the rules of old definitions: after this many generations of
-    # definitions the audience worker's process is replaced by a fresh one.
-    audience_generations_per_process: int = Field(default=20, ge=1)
     erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)

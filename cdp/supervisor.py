@@ -16,11 +16,6 @@ from cdp.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The exit code of a worker that asks for a fresh process (it holds what it cannot free):
-# restarted at once, not counted as a failure.
-FRESH_START = 75
-
-
 class WorkerProcess:
     def __init__(self, name: str, command: list[str], settings: Settings, redis_url: str) -> None:
         self.name = name
@@ -57,10 +52,6 @@ class WorkerProcess:
             code = process.wait()
             if self._stopping.is_set():
                 return
-            if code == FRESH_START:
-                log.info("%s asked for a fresh process; restarting", self.name)
-                self._process = self._spawn()
-                continue
             log.error("%s exited with %s; restarting", self.name, code)
             self.restarts += 1
             if self._stopping.wait(min(30.0, 0.5 * 2 ** min(self.restarts, 6))):

@@ -210,12 +210,8 @@ class AudienceWorker(StreamConsumer):
         records_stream: str,
         history_days: int,
         clock: Any = now_ms,
-        generations_per_process: int = 0,
         **options: Any,
     ) -> None:
-        """`generations_per_process`: after building rules for that many generations of
-        definitions, ask for a fresh process (0: never); durable_rules keeps every ruleset
-        it was given for the life of the process."""
         super().__init__(client, stream, **options)
         self.reader = reader
         self.audiences = audiences
@@ -229,8 +225,6 @@ class AudienceWorker(StreamConsumer):
         self._commit = client.register_script(COMMIT)
         self._claim = client.register_script(CLAIM)
         self._read_batch = client.register_script(READ_BATCH)
-        self.generations_per_process = generations_per_process
-        self._plans_built = 0
         self._out_of_stock: frozenset[str] = frozenset()
 
     # What the evaluations of a batch share, read once a batch.
@@ -244,14 +238,14 @@ class AudienceWorker(StreamConsumer):
         return self.plan_of(*pipe.execute())
 
     def plan_of(self, generation_raw: bytes | None, stock_version: bytes | None) -> Plan:
-        """The definitions, rebuilt when their generation moved on, and the catalog's
-        products out of stock, read again when its stock version moved on."""
+        """The definitions, rebuilt when their generation moved on (the engine's rules of the
+        one before freed), and the catalog's products out of stock, read again when its stock
+        version moved on."""
         generation = int(generation_raw or 0)
         if self._plan is None or self._plan.generation != generation:
-            self._plan = Plan.of(generation, self.audiences.enabled())
-            self._plans_built += 1
-            if self.generations_per_process and self._plans_built > self.generations_per_process:
-                self.wants_fresh_start = True  # after this batch
+            before, self._plan = self._plan, Plan.of(generation, self.audiences.enabled())
+            if before is not None:
+                before.matcher.close()
             log.info("audiences: generation %s, %s audiences, %s engine shards", generation,
                      len(self._plan.definitions), self._plan.matcher.shard_count())  # fmt: skip
         if self._plan.reads_stock and stock_version != self._stock_version:

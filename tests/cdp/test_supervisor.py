@@ -3,19 +3,14 @@ it dies, stopped with the server."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from cdp.settings import Settings
 from cdp.storage import Warehouse
-from cdp.streams import group_states, last_entry, settled
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 
 
@@ -53,53 +48,6 @@ def test_a_dead_profile_worker_is_restarted_and_stops_with_the_server(
         )
     live_server.__exit__(None, None, None)
     wait_for(lambda: not alive(second))
-
-
-def test_a_worker_asking_for_a_fresh_process_gets_one_at_once(
-    settings: Settings, warehouse: Warehouse, redis_client: redis.Redis
-) -> None:
-    from cdp.app import create_app
-
-    # The audience worker replaces its process after each new generation of definitions.
-    fresh = settings.model_copy(update={"audience_generations_per_process": 1})
-    admin = {"Authorization": f"Bearer {API_KEY}"}
-    with LiveServer(create_app(fresh), fresh) as server:
-        supervised = server.app.state.runtime.audience_process
-        first = wait_for(lambda: supervised.pid)
-        with httpx.Client(base_url=server.url, timeout=10) as client:  # it builds its rules
-            sent = client.post("/v1/track", json={"event": "Seen", "anonymousId": "v0"},
-                               auth=(WRITE_KEY, ""))  # fmt: skip
-            assert sent.status_code == 200
-        stream = fresh.profile_changes_stream
-        wait_for(lambda: redis_client.exists(stream)
-                 and "audiences" in group_states(redis_client, stream, 0)
-                 and settled(redis_client, stream, last_entry(redis_client, stream)))  # fmt: skip
-        root = {"performed": {"event": "Seen", "within": "P1D", "times": 1}}
-        created = httpx.post(f"{server.url}/api/v1/audiences", headers=admin, timeout=30,
-                             json={"id": "seen", "name": "Seen", "root": root})  # fmt: skip
-        assert created.status_code == 201
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            sent = client.post("/v1/track", json={"event": "Seen", "anonymousId": "v1"},
-                               auth=(WRITE_KEY, ""))  # fmt: skip
-            assert sent.status_code == 200
-            members = lambda: client.get("/api/v1/audiences/seen/members",  # noqa: E731
-                                         headers=admin).json()["members"]  # fmt: skip
-            due = f"{fresh.redis_prefix}:audiences:due"
-            with explained(lambda: {"members": members(), **supervised.state(), "first": first,
-                                    "due": redis_client.zrange(due, 0, -1, withscores=True),
-                                    "health": client.get("/healthz").json()}):  # fmt: skip
-                wait_for(lambda: supervised.pid != first)
-                assert supervised.restarts == 0  # a planned restart is no failure
-                wait_for(lambda: len(members()) == 2)  # v0 by backfill, v1 by its event
-
-
-@contextlib.contextmanager
-def explained(state: Any) -> Iterator[None]:
-    """A failure inside says what `state()` was then (for a failure seen rarely in CI)."""
-    try:
-        yield
-    except (AssertionError, pytest.fail.Exception) as failure:
-        raise AssertionError(f"{failure}; state: {state()}") from failure
 
 
 def test_several_audience_workers_share_the_work_each_in_its_process(

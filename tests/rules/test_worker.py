@@ -114,6 +114,7 @@ def test_definitions_change_while_events_flow(
 ) -> None:
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
+        plans = []
         for round_ in range(6):
             for who in range(5):
                 shop.track(f"v{who}", "Product Viewed", at=shop.now - round_ * 1000 - who)
@@ -122,10 +123,14 @@ def test_definitions_change_while_events_flow(
             changed = Definition.model_validate({"id": "twice", "name": "Twice", "root": root})
             shop.audiences.save(changed, create=False)
             shop.settle()
+            plans.append(shop.worker.refresh())
         # The last definition (3 views) holds for everyone; every profile was decided by it
         # once its events arrived.
         everyone = {shop.profile_of(f"v{who}") for who in range(5)}
         assert shop.members("twice") == everyone == shop.sql_members("twice") & everyone
+        # Each generation's rules were freed when the next came (the engine keeps them else).
+        assert len({id(plan) for plan in plans}) == 6
+        assert [plan.matcher.shard_count() for plan in plans] == [0] * 5 + [2]
         enters = [c for c in shop.changes() if c["change"] == "enter"]
         exits = [c for c in shop.changes() if c["change"] == "exit"]
         assert len(enters) - len(exits) == 5
