@@ -175,7 +175,8 @@ class Runtime:
                                        Sources(self.warehouse, self.redis, self.profiles,
                                                self.catalog, self.audiences.keys,
                                                settings.history_days),
-                                       settings.events_stream),
+                                       settings.events_stream,
+                                       settings.profile_changes_stream),
             ReportsApi: ReportsApi(self.warehouse, self.redis, settings.streams),
             OperationsApi: OperationsApi(
                 self.redis,

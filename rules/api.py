@@ -26,7 +26,7 @@ from rules.conditions import holds, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
 from rules.keyspace import AudienceKeys, memberships
-from rules.membership import Sources, candidates_at, members_at
+from rules.membership import Sources, audit, candidates_at, members_at
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,21 @@ class SizesOut(BaseModel):
     sizes: list[SizeOut]
 
 
+class AuditOut(BaseModel):
+    audience: str
+    at: str = Field(description="The moment both sides were read at")
+    agree: bool = Field(description="No profile is a member on one side only")
+    live: int = Field(description="Members kept in real time")
+    sql: int = Field(description="Members by the definition's SQL over the warehouse")
+    differences: int = Field(description="Profiles a member on one side only")
+    only_live: list[str] = Field(description=f"Up to {SAMPLE} of them kept live only")
+    only_sql: list[str] = Field(description=f"Up to {SAMPLE} of them by the SQL only")
+    pending: int = Field(description="Profiles on one side only whose evaluation was due (time "
+                         "passed, not yet run): not counted as differences")
+    settled: bool = Field(description="What was received before the audit was processed "
+                          "(else events on their way may show as differences)")
+
+
 class MembershipOut(BaseModel):
     audience: str
     since: str
@@ -139,6 +154,7 @@ class AudiencesApi:
     # What the tracking API took before a backfill is stored first (the SQL reads ClickHouse),
     # waiting for this stream's consumers at most `settle_seconds`.
     events_stream: str = ""
+    changes_stream: str = ""  # the audience worker's: settled before an audit
     settle_seconds: float = 10.0
 
     @property
@@ -190,6 +206,21 @@ class AudiencesApi:
             raise Unprocessable("invalid definition", ["body." + p for p in problems])
         members = members_at(self.sources, root, at)
         return {"size": len(members), "sample": members[:SAMPLE], "at": iso(at)}
+
+    def audit(self, audience_id: str) -> dict[str, Any]:
+        """Once what was received is processed (up to `settle_seconds`), the members kept in
+        real time against the definition's SQL at one moment."""
+        definition = self.audiences.get(audience_id).definition
+        streams = [s for s in (self.events_stream, self.changes_stream) if s]
+        settled = wait_until_settled(self.redis, streams, self.settle_seconds) is not None
+        now = int(time.time() * 1000)
+        found = audit(self.sources, definition, now)
+        only_live, only_sql = found.only_live, found.only_sql
+        return {"audience": audience_id, "at": iso(now), "agree": not only_live and not only_sql,
+                "live": len(found.live), "sql": len(found.sql),
+                "differences": len(only_live) + len(only_sql), "only_live": only_live[:SAMPLE],
+                "only_sql": only_sql[:SAMPLE], "pending": found.pending,
+                "settled": settled}  # fmt: skip
 
     def members(self, audience_id: str, cursor: str | None, limit: int) -> dict[str, Any]:
         """A page of members by (since, profile id), after the cursor's. Many members can
@@ -370,6 +401,13 @@ def audience_sizes(
     interval: Literal["hour", "day"] = "day",
 ) -> dict[str, Any]:  # fmt: skip
     return api.sizes(audience_id, interval)
+
+
+@router.get("/audiences/{audience_id}/audit", tags=["audiences"],
+            summary="Do the members kept in real time agree with the definition's SQL now?",
+            response_model=AuditOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def audit_audience(audience_id: str, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    return api.audit(audience_id)
 
 
 @router.get("/profiles/{profile_id}/audiences", tags=["audiences"],

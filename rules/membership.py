@@ -2,7 +2,8 @@
 (`rules/sql.py`), with what the events cannot say read from live state: the members of
 referenced audiences, the catalog's stock, and consent (asked of Redis only for the
 profiles the events already let through). Preview shows it; backfill hands its superset
-to the real-time path, which decides each profile and records the transitions."""
+to the real-time path, which decides each profile and records the transitions; audit
+holds the members kept in real time against it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cdp.catalog import Catalog
 from cdp.profiles.reader import ProfileReader
 from cdp.storage import Warehouse, text
 from rules.audiences import DAY_MS
-from rules.definition import Node
+from rules.definition import Definition, Node
 from rules.keyspace import AudienceKeys
 from rules.sql import Query, members_query
 
@@ -63,3 +64,36 @@ def candidates_at(sources: Sources, root: Node, now: int) -> list[str]:
     query = members_query(root, sources.history_days * DAY_MS, now,
                           relaxed=frozenset({"consent", "member"}))  # fmt: skip
     return sorted(sources.run(query))
+
+
+@dataclass(frozen=True)
+class Audit:
+    """The members kept in real time against the definition's SQL at one moment."""
+
+    live: frozenset[str]
+    sql: frozenset[str]
+    due: frozenset[str]  # profiles whose evaluation was due then: not counted against either
+
+    @property
+    def only_live(self) -> list[str]:
+        return sorted(self.live - self.sql - self.due)
+
+    @property
+    def only_sql(self) -> list[str]:
+        return sorted(self.sql - self.live - self.due)
+
+    @property
+    def pending(self) -> int:
+        """Profiles on one side only whose evaluation was due (time passed, not yet run)."""
+        return len((self.live ^ self.sql) & self.due)
+
+
+def audit(sources: Sources, definition: Definition, now: int) -> Audit:
+    """The audience's members now, and who its SQL holds for at the same moment (a disabled
+    audience holds for nobody)."""
+    pipe = sources.redis.pipeline(transaction=True)
+    pipe.zrange(sources.keys.members(definition.id), 0, -1)
+    pipe.zrange(sources.keys.due, "-inf", now, byscore=True)
+    live, due = pipe.execute()
+    sql = members_at(sources, definition.root, now) if definition.enabled else []
+    return Audit(frozenset(text(m) for m in live), frozenset(sql), frozenset(text(p) for p in due))

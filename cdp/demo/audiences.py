@@ -66,6 +66,7 @@ def print_audiences(console: Console, base_url: str, api_key: str) -> dict[str, 
             table.add_row(audience["id"], f"{audience['size']:,}", f"{entered:,}", f"{exited:,}",
                           audience["description"])  # fmt: skip
         console.print(table)
+        print_audit(console, api, [audience["id"] for audience in audiences])
         shown = next((a for a in SHOWN_FIRST if sizes.get(a)), None)
         if shown is None:
             return sizes
@@ -78,6 +79,20 @@ def print_audiences(console: Console, base_url: str, api_key: str) -> dict[str, 
             console.print(f"  {mark} {condition['path']} {condition['condition']}: "
                           f"{_shown(condition['value'])} ({condition['threshold']})")  # fmt: skip
     return sizes
+
+
+def print_audit(console: Console, api: httpx.Client, audience_ids: list[str]) -> None:
+    """Each audience's members kept in real time against its SQL over the warehouse."""
+    audits = [api.get(f"/api/v1/audiences/{a}/audit").raise_for_status().json()
+              for a in audience_ids]  # fmt: skip
+    agreeing = sum(audit["agree"] for audit in audits)
+    console.print(f"Real time and the SQL over ClickHouse agree on [bold]{agreeing} of "
+                  f"{len(audits)}[/] audiences (GET /api/v1/audiences/{{id}}/audit)")  # fmt: skip
+    for audit in audits:
+        if not audit["agree"]:
+            console.print(f"  [red]{audit['audience']}[/]: {audit['live']:,} live, "
+                          f"{audit['sql']:,} by SQL, {audit['differences']:,} differ "
+                          f"(e.g. {(audit['only_live'] + audit['only_sql'])[:3]})")  # fmt: skip
 
 
 def _shown(value: Any) -> str:

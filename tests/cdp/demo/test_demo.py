@@ -30,6 +30,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "merges" in result.stdout and "identified" in result.stdout
     assert "Audiences, kept live by the rules engine" in result.stdout
     assert "abandoned-cart" in result.stdout and "Why is p_" in result.stdout
+    assert "Real time and the SQL over ClickHouse agree on 8 of 8 audiences" in result.stdout
     assert "watchers left back-in-stock-watchers" in result.stdout
 
     # Again on the same data: the report is of this run, not of everything kept.
