@@ -14,7 +14,8 @@
 3. Lag of time-based transitions behind their due moment: each visitor is in "viewed in the
    last 5 s" until 5 s after their last view; the exit's record time minus its moment.
 4. Memory: Redis bytes per profile for 100,000 profiles with their history, and the part the
-   audiences add (memberships, members, schedule, watchers).
+   audiences add (memberships, members, schedule, watchers); the worker's resident memory
+   across new generations of the definitions.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def evaluations(visitors: int) -> None:
         print(f"per profile: conditions read {reading_s * 1e6:,.0f} µs, engine "
               f"{engine_s * 1e6:,.0f} µs (50 audiences, all shards)")  # fmt: skip
         memory(client, settings.redis_prefix, len(profiles), worker)
+        generations(worker, 200)
     finally:
         client.close()
         valkey.stop()
@@ -206,6 +208,25 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
     print(f"redis memory: {total / profiles:,.0f} bytes per profile in all "
           f"({total / profiles * 100_000 / 2**20:,.0f} MiB per 100,000 profiles), of which "
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
+
+
+def generations(worker: AudienceWorker, count: int) -> None:
+    """The worker's resident memory across new generations of the definitions (each one's
+    rules built, the one before deleted from the engine)."""
+
+    def resident_mib() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+    start = worker.refresh().generation + 1
+    for generation in range(start, start + 50):  # the allocator settles first
+        worker.plan_of(str(generation).encode(), None)
+    before = resident_mib()
+    for generation in range(start + 50, start + 50 + count):
+        worker.plan_of(str(generation).encode(), None)
+    grown = resident_mib() - before
+    print(f"rules of {count} more generations of definitions: {grown:+,.1f} MiB resident "
+          f"({grown / count * 1024:+,.0f} KiB a generation)")  # fmt: skip
 
 
 def latency(
