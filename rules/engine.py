@@ -4,18 +4,20 @@ the tree holds) and *exit* (a member, the tree does not hold, printed with the n
 pushed down to the comparisons). Only transitions fire an action.
 
 What durable-rules 2.0.28 allows, and how this stays inside it (measured here): a fact
-carries at most about 125 properties (error 303 past that) and a ruleset's cost grows with
-its rules, so audiences are put in shards of `SHARD_SIZE`, a ruleset each, and a profile's
-snapshot is asserted and retracted once per shard; a ruleset cannot be redefined, so each
-generation of definitions gets new names (the one before is deleted: `Matcher.close`; the
-engine keeps a ruleset until then); an OR fires once per satisfied branch (the transitions
-are kept by audience, once each); a fact that matches no rule means "no transition"; a
-number written `1e+16` (exponent, no fraction) is refused, in a rule and in a fact
-(`engine_json` writes `1.0e+16`). The rulesets are made and matched through the native
-module alone: the library's Host runs background threads that would dispatch our actions
-from another thread (the engine loses or misplaces actions when threads share it), and its
-Python layer encodes every fact with the json module twice, which costs more than the
-matching."""
+carries at most 252 properties (error 302 past that) and a ruleset's cost grows with its
+rules, so audiences are put in shards of at most `SHARD_SIZE` whose snapshots fit in one
+fact, a ruleset each, and a profile's snapshot is asserted and retracted once per shard
+(each audience's alone when many alternatives holding at once overflow the engine's
+matching stack, error 303); a
+ruleset cannot be redefined, so each generation of definitions gets new names (the one
+before is deleted: `Matcher.close`; the engine keeps a ruleset until then); an OR fires
+once per satisfied branch (the transitions are kept by audience, once each); a fact that
+matches no rule means "no transition"; a number written `1e+16` (exponent, no fraction) is
+refused, in a rule and in a fact (`engine_json` writes `1.0e+16`). The rulesets are made
+and matched through the native module alone: the library's Host runs background threads
+that would dispatch our actions from another thread (the engine loses or misplaces actions
+when threads share it), and its Python layer encodes every fact with the json module twice,
+which costs more than the matching."""
 
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ from rules.definition import (
 )
 
 SHARD_SIZE = 8
+# The properties of one fact: error 302 past that (measured). An audience within MAX_TERMS
+# has at most 128 fields (each `and` or `or` multiplies the alternatives of the tree or of
+# its negation), so one always fits alone.
+FACT_FIELDS = 252
+# The engine's matching stack overflows when many alternatives hold at once (two audiences
+# of 64 alternatives, all holding, in one fact: measured); one audience alone fits.
+STACK_OVERFLOW = "error code: 303"
+_SLOT = re.compile(r"a[0-9]+")
 # The native engine's answers to an assert or retract (durable/engine.py's _handle_result).
 NOT_HANDLED, OBSERVED = 1, 2
 RULESETS = itertools.count()  # names are for the process's life: a ruleset cannot be redefined
@@ -120,6 +130,12 @@ def terms(expr: Expr) -> int:
     return product
 
 
+def width(node: Node) -> int:
+    """The fields of the tree's snapshot: its member flag, each leaf's value, and presence
+    for the leaves that may have none (aggregates)."""
+    return 1 + sum(1 + isinstance(leaf, AggregateNode) for _, leaf in leaves(node))
+
+
 def complexity(node: Node) -> int:
     return max(terms(print_tree(node, "x")), terms(print_tree(node, "x", negated=True)))
 
@@ -174,6 +190,10 @@ class Compiled:
                 fact[present_field] = int(reading.present)
 
     @cached_property
+    def width(self) -> int:
+        return width(self.root)
+
+    @cached_property
     def member_field(self) -> str:
         return f"{self.prefix}m"
 
@@ -193,6 +213,30 @@ class Compiled:
         return decider(self.root)
 
 
+def by_audience(fact: dict[str, float]) -> list[dict[str, float]]:
+    """A shard's fact split into its audiences' snapshots (fields `a<slot>...`)."""
+    parts: dict[str, dict[str, float]] = {}
+    for name, value in fact.items():
+        slot = _SLOT.match(name)
+        assert slot, name
+        parts.setdefault(slot.group(), {})[name] = value
+    return list(parts.values())
+
+
+def shards(audiences: list[Compiled]) -> list[list[Compiled]]:
+    """The audiences in order, a shard at most `SHARD_SIZE` of them whose snapshots fit in one
+    fact (`FACT_FIELDS`)."""
+    found: list[list[Compiled]] = []
+    width = 0
+    for compiled in audiences:
+        if not found or len(found[-1]) == SHARD_SIZE or width + compiled.width > FACT_FIELDS:
+            found.append([])
+            width = 0
+        found[-1].append(compiled)
+        width += compiled.width
+    return found
+
+
 @dataclass
 class Matcher:
     """The audiences of one generation, matched by durable_rules, in shards. Used by one
@@ -210,12 +254,12 @@ class Matcher:
         from durable import lang
         from durable.lang import ruleset, when_all
 
-        for s, start in enumerate(range(0, len(self.audiences), SHARD_SIZE)):
+        for s, audiences in enumerate(shards(self.audiences)):
             name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
             shard = ruleset(name)
             rules: dict[str, tuple[str, Change]] = {}
             with shard:
-                for compiled in self.audiences[start : start + SHARD_SIZE]:
+                for compiled in audiences:
                     self.shard_of[compiled.audience] = s
                     member = compiled.member_field
                     enter = (
@@ -252,17 +296,30 @@ class Matcher:
 
         self._fired.clear()
         for shard, fact in by_shard.items():
-            handle = self._handles[shard]
-            text = engine_json(fact)
-            asserted = native.assert_fact(handle, text)
-            if asserted[0] == NOT_HANDLED:
-                continue  # no rule matched: the engine kept nothing
             try:
-                self._run(shard, handle, asserted)
-            finally:  # even after a failure: a fact left asserted would fail every profile
-                # whose snapshot is the same text
-                self._run(shard, handle, native.retract_fact(handle, text))
+                self._match_fact(shard, fact)
+            except native.error as error:
+                if STACK_OVERFLOW not in str(error):
+                    raise
+                # Many alternatives holding at once overflowed the engine's matching stack
+                # (nothing was kept): the shard's audiences each alone.
+                for part in by_audience(fact):
+                    self._match_fact(shard, part)
         return dict(self._fired)
+
+    def _match_fact(self, shard: int, fact: dict[str, float]) -> None:
+        import durable_rules_engine as native
+
+        handle = self._handles[shard]
+        text = engine_json(fact)
+        asserted = native.assert_fact(handle, text)
+        if asserted[0] == NOT_HANDLED:
+            return  # no rule matched: the engine kept nothing
+        try:
+            self._run(shard, handle, asserted)
+        finally:  # even after a failure: a fact left asserted would fail every profile whose
+            # snapshot is the same text
+            self._run(shard, handle, native.retract_fact(handle, text))
 
     def _run(self, shard: int, handle: Any, result: tuple[int, int]) -> None:
         """Take the actions an assert or retract started off the engine's queue, each the

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.conditions import COMPARE, Reading, holds
-from rules.definition import leaves, parse_node
-from rules.engine import Compiled, Matcher, complexity, engine_json
+from rules.definition import Node, leaves, parse_node
+from rules.engine import MAX_TERMS, Compiled, Matcher, complexity, engine_json
 
 LEAVES = [
     {"performed": {"event": "V", "within": "P1D", "op": ">=", "times": 2}},
@@ -142,6 +142,25 @@ def test_a_closed_matcher_frees_its_rulesets() -> None:
     assert matcher.shard_count() == 0
     with pytest.raises(native.error, match="error code: 111"):  # an invalid handle: gone
         native.assert_fact(handle, engine_json({"a0m": 0, "a0v0": 1}))
+
+
+def wide(n: int, event: str) -> Node:
+    """n alternatives (two `or`s of n/2: a definition takes at most 50 items a list)."""
+    half = [[{"performed": {"event": f"{event}{i}", "within": "P1D", "times": 1}}
+             for i in range(start, start + n // 2)] for start in (0, n // 2)]  # fmt: skip
+    return parse_node({"or": [{"or": half[0]}, {"or": half[1]}]})
+
+
+def test_wide_audiences_get_shards_their_snapshots_fit_in_and_all_holding_still_match() -> None:
+    """The engine refuses a fact of more than 252 properties (error 302), and overflows its
+    matching stack when two audiences of 64 alternatives all hold in one fact (error 303)."""
+    compiled = [Compiled(f"w{k}", k, wide(64 if k < 2 else 50, f"E{k}-")) for k in range(8)]
+    assert all(complexity(c.root) <= MAX_TERMS for c in compiled)
+    matcher = Matcher(0, compiled)
+    assert matcher.shard_count() == 2  # 65 + 65 + 51 + 51 fields, then 4 x 51
+    seen = Reading("x", "performed", 1, True, True, None, 1, None)
+    snapshots = {c.audience: c.snapshot([seen] * len(c.found), member=False) for c in compiled}
+    assert matcher.match(snapshots) == {(c.audience, "enter") for c in compiled}
 
 
 def test_complexity_counts_the_alternatives_the_engine_expands() -> None:
