@@ -101,6 +101,38 @@ def test_any_float_threshold_and_value_are_compared_exactly(
     assert fired == ({("x", "enter")} if ok else set())
 
 
+forests = st.lists(
+    st.recursive(tree, lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=6).map(lambda c: {"and": c}),
+        st.lists(children, min_size=1, max_size=6).map(lambda c: {"or": c}),
+    ), max_leaves=8),
+    min_size=1, max_size=14,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents=forests, data=st.data())
+def test_audiences_sharing_shards_each_fire_what_their_tree_implies(
+    documents: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    roots = [root for root in map(parse_node, documents) if complexity(root) <= MAX_TERMS]
+    compiled = [Compiled(f"x{i}", i, root) for i, root in enumerate(roots)]
+    snapshots, expected = {}, set()
+    for c in compiled:
+        readings = []
+        for path, leaf in leaves(c.root):
+            kind = next(iter(type(leaf).model_fields))
+            value = data.draw(st.sampled_from(VALUES[kind]))
+            present = kind != "aggregate" or data.draw(st.booleans())
+            readings.append(reading(path, kind, value, present, getattr(leaf, kind)))
+        member = data.draw(st.booleans())
+        tree_holds = holds(c.root, {r.path: r for r in readings})
+        if tree_holds != member:
+            expected.add((c.audience, "enter" if tree_holds else "exit"))
+        snapshots[c.audience] = c.snapshot(readings, member)
+    assert Matcher(0, compiled).match(snapshots) == expected
+
+
 def test_many_audiences_are_sharded_and_each_answers_alone() -> None:
     roots = [parse_node({"performed": {"event": "V", "within": "P1D", "times": i}})
              for i in range(20)]  # fmt: skip
