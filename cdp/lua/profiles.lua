@@ -4,7 +4,8 @@
 --       5 days of daily counts kept, 6 now (ms), 7 records stream, 8 '1' when replaying
 --       (the audit rows exist already: only identity mappings are recorded again),
 --       9 JSON array of markers: the stream entries whose events these changes are,
---       10 days of audience history kept, 11 the profile-changes stream ('' for none).
+--       10 days of audience history kept, 11 the profile-changes stream ('' for none),
+--       12 events of audience history kept per profile (the newest).
 -- A change is {kind="event"|"consent"|"suppress"|"unsuppress", ...}. An event change may
 -- stand for `n` events of the same identifiers (counts summed, `t0` the earliest time, `t`
 -- the latest). If any marker exists the call changes nothing and returns -1: those entries
@@ -28,6 +29,7 @@ local replaying = ARGV[8] == '1'
 local markers = cjson.decode(ARGV[9])
 local history_days = tonumber(ARGV[10])
 local changes_stream = ARGV[11]
+local history_cap = tonumber(ARGV[12])
 local first_day = math.floor(now / 86400000) - keep_days + 1
 local history_from = now - history_days * 86400000
 local VIEWED_KEPT = 20
@@ -346,6 +348,7 @@ local function move_history(from, to)
   if redis.call('EXISTS', history) == 1 then
     redis.call('ZUNIONSTORE', key(to, 'history'), 2, key(to, 'history'), history,
                'AGGREGATE', 'MIN')
+    redis.call('ZREMRANGEBYRANK', key(to, 'history'), 0, -history_cap - 1)
   end
 end
 
@@ -574,6 +577,9 @@ local function apply_event(e)
     end
     if #scored > 0 then
       redis.call('ZADD', key(pid, 'history'), unpack(scored))
+      -- The newest alone past the cap: a client sending without end (a bot on the public
+      -- write key) would make every evaluation of its profile read all of it.
+      redis.call('ZREMRANGEBYRANK', key(pid, 'history'), 0, -history_cap - 1)
       if not history_trimmed[pid] then  -- once a call per profile: what ages out, goes
         redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
         history_trimmed[pid] = true

@@ -72,6 +72,7 @@ class ProfileStore(ProfileReader):
         identity_cap: int = 50,
         days: int = 90,
         history_days: int = 400,
+        history_events: int = 10_000,
         changes_stream: str = "",
     ) -> None:
         super().__init__(client, prefix)
@@ -80,6 +81,7 @@ class ProfileStore(ProfileReader):
         self.identity_cap = identity_cap
         self.days = days
         self.history_days = history_days
+        self.history_events = history_events
         self.changes_stream = changes_stream
         source = resources.files("cdp").joinpath("lua/profiles.lua").read_text()
         self._script = client.register_script(source)
@@ -96,6 +98,7 @@ class ProfileStore(ProfileReader):
             identity_cap=settings.identity_cap,
             days=settings.profile_days,
             history_days=settings.history_days,
+            history_events=settings.history_events,
             changes_stream=settings.profile_changes_stream,
         )
 
@@ -200,7 +203,7 @@ class ProfileStore(ProfileReader):
         return [self.prefix, orjson.dumps(batch), self.marker_seconds, self.identity_cap,
                 self.days, int(time.time() * 1000), self.records_stream,
                 "1" if replaying else "0", orjson.dumps(markers), self.history_days,
-                self.changes_stream]  # fmt: skip
+                self.changes_stream, self.history_events]  # fmt: skip
 
     def _run(
         self, batch: Sequence[Mapping[str, object]], replaying: bool, markers: list[str]

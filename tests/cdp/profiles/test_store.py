@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cdp.profiles.store import ProfileStore
 from cdp.settings import Settings
-from tests.events import stored
+from tests.events import BASE_MS, stored
 
 
 @pytest.fixture
@@ -219,3 +219,28 @@ def test_every_order_of_a_small_story_converges(
         ("anonymous_id", "phone"), ("anonymous_id", "laptop"), ("user_id", "u1"),
         ("email", "ann@x.io"),
     }  # fmt: skip
+
+
+def test_the_audience_history_keeps_a_profiles_newest_events_up_to_its_cap(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A client sending without end (a bot on the public write key) would otherwise make
+    every evaluation of its profile read all it ever sent."""
+    store = ProfileStore(redis_client, settings.redis_prefix, settings.records_stream,
+                         history_events=100)  # fmt: skip
+    store.apply_events([stored("track", "Product Viewed", at=i, anonymous_id="bot")
+                        for i in range(150)])  # fmt: skip
+    bot = profile_of(store, "a", "bot")
+    inputs = store.audience_inputs(bot, 0)
+    assert inputs is not None
+    assert [at for at, *_ in inputs.history] == [BASE_MS + i * 1000 for i in range(50, 150)]
+
+    # Merged with another device's: the newest 100 of both.
+    store.apply_events([stored("track", "Product Viewed", at=200 + i, anonymous_id="phone")
+                        for i in range(80)])  # fmt: skip
+    store.apply_events([stored("identify", at=300, anonymous_id=who, user_id="u")
+                        for who in ("bot", "phone")])  # fmt: skip
+    merged = store.audience_inputs(profile_of(store, "u", "u"), 0)
+    assert merged is not None
+    assert [at for at, *_ in merged.history] == [BASE_MS + i * 1000 for i in
+                                                 [*range(130, 150), *range(200, 280)]]  # fmt: skip
