@@ -128,11 +128,29 @@ def _scalar(value: Any) -> bool:
     )
 
 
-def history_member(event: StoredEvent) -> str:
+# An event as the audience history keeps it, at most, in JSON bytes (a shop's events take a
+# few hundred): the history lives in memory and each evaluation reads it whole.
+HISTORY_MEMBER_BYTES = 2048
+
+
+def history_member(event: StoredEvent, warnings: list[str]) -> str:
     """The event as the audience history keeps it: its id, name and scalar properties
-    (`rules/` reads them; nested values are not comparable in a definition)."""
+    (`rules/` reads them; nested values are not comparable in a definition), in the event's
+    order while they fit `HISTORY_MEMBER_BYTES`; a warning names what did not."""
     scalars = {k: v for k, v in event.properties.items() if _scalar(v)}
-    return orjson.dumps([event.message_id, event.event, scalars]).decode()
+    member = orjson.dumps([event.message_id, event.event, scalars])
+    if len(member) <= HISTORY_MEMBER_BYTES:
+        return member.decode()
+    size = len(orjson.dumps([event.message_id, event.event, {}]))
+    kept: dict[str, Any] = {}
+    for name, value in scalars.items():
+        size += len(orjson.dumps({name: value})) - 1  # less its braces, plus a comma
+        if size > HISTORY_MEMBER_BYTES:
+            warnings.append(f"properties from {name!r} on not kept for audiences (past "
+                            f"{HISTORY_MEMBER_BYTES:,} bytes)")  # fmt: skip
+            break
+        kept[name] = value
+    return orjson.dumps([event.message_id, event.event, kept]).decode()
 
 
 def change_of(event: StoredEvent) -> Change:
@@ -165,17 +183,17 @@ def change_of(event: StoredEvent) -> Change:
     if name in SHOPPING:
         _shopping(change, name, product, event, warnings)
     _consent(change, name, traits, properties, warnings)
-    _for_audiences(change, event, name)
+    _for_audiences(change, event, name, warnings)
     if warnings:
         change["warn"] = warnings
     return change
 
 
-def _for_audiences(change: Change, event: StoredEvent, name: str) -> None:
+def _for_audiences(change: Change, event: StoredEvent, name: str, warnings: list[str]) -> None:
     """What the audience worker reads: the track event for the history, and what changed."""
     change["evs"] = [name, "consent"] if "consent" in change else [name]
     if event.type == "track":
-        change["h"] = [[event.timestamp, history_member(event)]]
+        change["h"] = [[event.timestamp, history_member(event, warnings)]]
 
 
 def _identifiers(event: StoredEvent, traits: dict[str, Any]) -> tuple[list[str], list[str]]:

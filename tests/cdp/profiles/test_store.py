@@ -244,3 +244,19 @@ def test_the_audience_history_keeps_a_profiles_newest_events_up_to_its_cap(
     assert merged is not None
     assert [at for at, *_ in merged.history] == [BASE_MS + i * 1000 for i in
                                                  [*range(130, 150), *range(200, 280)]]  # fmt: skip
+
+
+def test_an_events_properties_past_the_history_budget_are_not_kept_and_the_log_says_so(
+    store: ProfileStore,
+) -> None:
+    properties = {"product_id": "p1", **{f"p{i:03d}": "v" * 20 for i in range(200)}}
+    store.apply_events([stored("track", "Product Viewed", anonymous_id="wide",
+                               properties=properties)])  # fmt: skip
+    wide = profile_of(store, "a", "wide")
+    inputs = store.audience_inputs(wide, 0)
+    assert inputs is not None
+    [(_, _, _, kept)] = inputs.history
+    assert list(kept) == list(properties)[: len(kept)] and 50 < len(kept) < 100
+    profile = store.read(wide)
+    assert profile is not None
+    assert profile.log[0]["message"].startswith(f"properties from 'p{len(kept) - 1:03d}' on not")
