@@ -28,7 +28,8 @@ Entries = list[Entry]
 
 class StreamConsumer:
     group: ClassVar[str]
-    # Failures that mean "storage is away, wait": the loop retries quietly after them.
+    # Failures that mean "storage is away (or the like), wait": the loop retries after them,
+    # and sets nothing aside.
     storage_errors: ClassVar[tuple[type[BaseException], ...]] = (redis.ConnectionError,)
 
     def __init__(
@@ -169,7 +170,7 @@ class StreamConsumer:
                     trim_consumed(self.client, self.stream)
                     last_trim = time.monotonic()
             except self.storage_errors as error:
-                log.warning("%s waiting for storage: %s", self.group, error)
+                log.warning("%s waiting: %s", self.group, error)
                 recovering = True
                 stop.wait(1.0)
             except Exception as error:

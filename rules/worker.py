@@ -195,10 +195,16 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class RulesUnavailable(Exception):
+    """The definitions cannot be made into rules: no profile can be evaluated until they
+    change (nothing is set aside; the entries wait, and health shows them waiting)."""
+
+
 class AudienceWorker(StreamConsumer):
     group = AUDIENCES_GROUP
-    # Valkey away or slow: wait for it (nothing set aside); any other failure is a profile's.
-    storage_errors = (redis.ConnectionError, redis.TimeoutError)
+    # Valkey away or slow, or no rules to evaluate with: wait (nothing set aside). Any other
+    # failure is a profile's.
+    storage_errors = (redis.ConnectionError, redis.TimeoutError, RulesUnavailable)
 
     def __init__(
         self,
@@ -243,7 +249,11 @@ class AudienceWorker(StreamConsumer):
         version moved on."""
         generation = int(generation_raw or 0)
         if self._plan is None or self._plan.generation != generation:
-            before, self._plan = self._plan, Plan.of(generation, self.audiences.enabled())
+            try:
+                built = Plan.of(generation, self.audiences.enabled())
+            except Exception as error:
+                raise RulesUnavailable(f"generation {generation}: {error}") from error
+            before, self._plan = self._plan, built
             if before is not None:
                 before.matcher.close()
             log.info("audiences: generation %s, %s audiences, %s engine shards", generation,

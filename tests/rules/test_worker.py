@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import redis
 
 from cdp import deadletters
@@ -12,11 +13,19 @@ from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.definition import Definition
+from rules.evaluation import Plan
 from rules.keyspace import VERSION
-from rules.worker import LEASE_MS, RETRY_MS, AudienceWorker
+from rules.worker import LEASE_MS, RETRY_MS, AudienceWorker, RulesUnavailable
 from tests.rules.shop import Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
+
+
+def viewed_twice(shop: Shop, *visitors: str) -> None:
+    """Each visitor views twice, a millisecond apart: in TWICE once evaluated."""
+    for who in visitors:
+        shop.track(who, "Product Viewed", at=shop.now - 1)
+        shop.track(who, "Product Viewed")
 
 
 def test_a_merge_moves_memberships_to_the_survivor(
@@ -63,9 +72,7 @@ def test_entries_handled_again_after_a_crash_record_each_transition_once(
 ) -> None:
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        for who in ("a", "b", "c"):
-            shop.track(who, "Product Viewed", at=shop.now - 1)
-            shop.track(who, "Product Viewed")
+        viewed_twice(shop, "a", "b", "c")
         crashing = shop.audience_worker(CrashBeforeAck, consumer="crashing")
         shop.worker = crashing
         with contextlib.suppress(Killed):
@@ -99,9 +106,7 @@ def test_the_entries_are_acknowledged_by_the_script_that_writes_their_effects(
     killed after the write has nothing to redo."""
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        for who in ("a", "b"):
-            shop.track(who, "Product Viewed", at=shop.now - 1)
-            shop.track(who, "Product Viewed")
+        viewed_twice(shop, "a", "b")
         shop.worker = shop.audience_worker(NoSeparateAck, consumer="atomic")
         shop.settle()  # no separate acknowledgement was needed
         assert shop.members("twice") == {shop.profile_of("a"), shop.profile_of("b")}
@@ -200,9 +205,7 @@ def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
         shop.define("twice", TWICE)
         shop.worker = shop.audience_worker(Interrupted)
         shop.worker.decided = []
-        for who in ("a", "b", "c"):
-            shop.track(who, "Product Viewed", at=shop.now - 1)
-            shop.track(who, "Product Viewed")
+        viewed_twice(shop, "a", "b", "c")
         shop.settle()
         interrupted = shop.worker.interrupted
         assert shop.worker.decided.count(interrupted) == 2  # its first decision not written
@@ -282,9 +285,7 @@ def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(
 ) -> None:
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        for who in ("ann", "bad", "bob"):  # one entry of the profile changes names all three
-            shop.track(who, "Product Viewed", at=shop.now - 1)
-            shop.track(who, "Product Viewed")
+        viewed_twice(shop, "ann", "bad", "bob")  # one entry of the profile changes names all three
         shop.apply()
         bad = shop.profile_of("bad")
         shop.worker = shop.audience_worker(Allergic)
@@ -310,3 +311,24 @@ def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(
         changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
         assert sorted(changes) == sorted([(p, "enter") for p in others]
                                          + [(p, "exit") for p in others])  # fmt: skip
+
+
+def test_definitions_that_cannot_be_made_into_rules_set_nobody_aside(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """No profile can be evaluated then: each set aside would flood the dead letters and
+    lose the entries; they wait instead (the worker's loop retries; health shows the lag)."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        viewed_twice(shop, "ann")
+        shop.apply()
+        built = Plan.of
+        monkeypatch.setattr(Plan, "of", lambda *_: (_ for _ in ()).throw(ValueError("no")))
+        with pytest.raises(RulesUnavailable, match="generation 1: no"):
+            step(shop.worker)
+        assert deadletters.count(redis_client, settings.dead_letter_stream) == 0
+        assert redis_client.xpending(settings.profile_changes_stream, "audiences")["pending"] == 1
+        monkeypatch.setattr(Plan, "of", built)
+        assert shop.worker.recover() == 1
+        assert shop.members("twice") == {shop.profile_of("ann")}
