@@ -446,9 +446,15 @@ def _consent(spec: Consent, s: Subject, now: int) -> Measure:
     return float(ok), True, ok, "granted" if ok else "not granted", None
 
 
+SHOWN_PRODUCTS = 20  # of a reason: it goes with every transition record and "why" answer
+
+
 def _out_of_stock(spec: OutOfStock, s: Subject, now: int) -> Measure:
     products, next_at = watched_out_of_stock(spec, s, now)
-    return float(bool(products)), True, bool(products), products, next_at
+    shown = products[:SHOWN_PRODUCTS]
+    if len(products) > SHOWN_PRODUCTS:
+        shown.append(f"and {len(products) - SHOWN_PRODUCTS} more")
+    return float(bool(products)), True, bool(products), shown, next_at
 
 
 def _bucket(spec: Bucket, s: Subject, now: int) -> Measure:

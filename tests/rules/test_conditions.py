@@ -1,0 +1,20 @@
+"""What conditions read on a subject, beyond what both membership paths check."""
+
+from __future__ import annotations
+
+from rules.conditions import SHOWN_PRODUCTS, Happened, Subject, read
+from rules.definition import parse_node
+
+NOW = 1_790_000_000_000
+
+
+def test_a_reason_names_a_bounded_number_of_out_of_stock_products() -> None:
+    """The reason goes with every transition record and "why" answer."""
+    viewed = [Happened(f"m{i}", "Product Viewed", NOW - 1000 + i, {"product_id": f"p{i:02d}"})
+              for i in range(SHOWN_PRODUCTS + 10)]  # fmt: skip
+    subject = Subject("p", viewed, out_of_stock=frozenset(h.properties["product_id"]
+                                                          for h in viewed))  # fmt: skip
+    root = parse_node({"out_of_stock": {"within": "P1D"}})
+    [reading] = read(root, subject, NOW)
+    assert reading.holds and reading.value == 1
+    assert reading.shown == [f"p{i:02d}" for i in range(SHOWN_PRODUCTS)] + ["and 10 more"]
