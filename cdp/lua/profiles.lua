@@ -5,7 +5,8 @@
 --       (the audit rows exist already: only identity mappings are recorded again),
 --       9 JSON array of markers: the stream entries whose events these changes are,
 --       10 days of audience history kept, 11 the profile-changes stream ('' for none),
---       12 events of audience history kept per profile (the newest).
+--       12 events of audience history kept per profile (the newest; a call may add one
+--       call's worth past it, trimmed by the next).
 -- A change is {kind="event"|"consent"|"suppress"|"unsuppress", ...}. An event change may
 -- stand for `n` events of the same identifiers (counts summed, `t0` the earliest time, `t`
 -- the latest). If any marker exists the call changes nothing and returns -1: those entries
@@ -577,11 +578,11 @@ local function apply_event(e)
     end
     if #scored > 0 then
       redis.call('ZADD', key(pid, 'history'), unpack(scored))
-      -- The newest alone past the cap: a client sending without end (a bot on the public
-      -- write key) would make every evaluation of its profile read all of it.
-      redis.call('ZREMRANGEBYRANK', key(pid, 'history'), 0, -history_cap - 1)
-      if not history_trimmed[pid] then  -- once a call per profile: what ages out, goes
+      if not history_trimmed[pid] then  -- once a call per profile: what ages out goes, and
+        -- what is past the cap (the newest stay: a client sending without end, a bot on the
+        -- public write key, would make every evaluation of its profile read all of it)
         redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
+        redis.call('ZREMRANGEBYRANK', key(pid, 'history'), 0, -history_cap - 1)
         history_trimmed[pid] = true
       end
     end
