@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     profile_days: int = Field(default=90, ge=1)  # daily counts kept
     # Each profile's track events as audiences read them (windows reach back this far).
     history_days: int = Field(default=400, ge=1, le=3660)
-    # At most this many of them per profile, the newest: an endless sender's profile (a bot)
-    # would make each of its evaluations read everything it ever sent.
+    # About this many of them per profile, the newest (trimmed at each profile-script call):
+    # an endless sender's profile (a bot) would make each evaluation read all it ever sent.
     history_events: int = Field(default=10_000, ge=100, le=1_000_000)
     vip_revenue: float = Field(default=500.0, ge=0)  # the `vip` audience's 90-day revenue
     erase_wait_seconds: float = Field(default=30.0, gt=0)
