@@ -15,7 +15,8 @@
    last 5 s" until 5 s after their last view; the exit's record time minus its moment.
 4. Memory: Redis bytes per profile for 100,000 profiles with their history, and the part the
    audiences add (memberships, members, schedule, watchers); the worker's resident memory
-   across new generations of the definitions.
+   across new generations of the definitions; what one evaluation of a visitor who sends
+   without end costs (its history keeps the newest `CDP_HISTORY_EVENTS`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,7 @@ def evaluations(visitors: int) -> None:
               f"{engine_s * 1e6:,.0f} µs (50 audiences, all shards)")  # fmt: skip
         memory(client, settings.redis_prefix, len(profiles), worker)
         generations(worker, 200)
+        endless_sender(store, worker, profiles[0], settings.history_events + 2_000)
     finally:
         client.close()
         valkey.stop()
@@ -208,6 +210,37 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
     print(f"redis memory: {total / profiles:,.0f} bytes per profile in all "
           f"({total / profiles * 100_000 / 2**20:,.0f} MiB per 100,000 profiles), of which "
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
+
+
+def endless_sender(
+    store: ProfileStore, worker: AudienceWorker, shopper: str, sent: int
+) -> None:
+    """A visitor that sends without end (a bot on the public write key): what one evaluation
+    of its profile costs, against a shop's profile; its history keeps the newest events."""
+    now = datetime.now(UTC)
+    events = []
+    for i in range(sent):
+        raw = {"type": "track", "event": "Product Viewed", "anonymousId": "endless",
+               "timestamp": (now - timedelta(seconds=60 * i)).isoformat(),
+               "properties": {"product_id": f"sku-{i % 100}", "category": "Bags"}}  # fmt: skip
+        row = to_row(SegmentEvent.model_validate(raw), received_at=now, source_id="s",
+                     ip="127.0.0.1")  # fmt: skip
+        events.append(StoredEvent.of(row.columns, row.properties, row.traits, row.context))
+    for start in range(0, len(events), 500):
+        store.apply_events(events[start : start + 500])
+    endless = store.find("a", "endless")
+    assert endless is not None
+    at = int(time.time() * 1000)
+    cost = {}
+    for name, pid in (("endless", endless), ("shop", shopper)):
+        started = time.perf_counter()
+        for _ in range(5):
+            worker.evaluate_all([Asked(pid, at, "event", frozenset({"Product Viewed"}))])
+        cost[name] = (time.perf_counter() - started) / 5 * 1000
+    inputs = store.audience_inputs(endless, 0)
+    kept = len(inputs.history) if inputs else 0
+    print(f"a visitor who sent {sent:,} events (history keeps {kept:,}): "
+          f"{cost['endless']:.1f} ms an evaluation (a shop's visitor: {cost['shop']:.1f} ms)")
 
 
 def generations(worker: AudienceWorker, count: int) -> None:
