@@ -280,7 +280,7 @@ class AudienceWorker(StreamConsumer):
             if not fields:
                 continue
             for merged, survivor in _list(fields.get(b"m")):
-                self.retire(merged, survivor, now)
+                self.retire_merged(merged, survivor, now)
                 changed(survivor, None)
             for product in _list(fields.get(b"products")):  # in or out of stock now
                 for pid in self.watchers(product):
@@ -518,6 +518,16 @@ class AudienceWorker(StreamConsumer):
         if rows:
             writes.xadd(self.records_stream, {"table": "audience_log",
                                               "rows": orjson.dumps(rows).decode()})  # fmt: skip
+
+    def retire_merged(self, merged: str, survivor: str, now: int) -> None:
+        """`retire`, or set the merged profile aside: its look again finds it merged away,
+        and retires it then."""
+        try:
+            self.retire(merged, survivor, now)
+        except self.storage_errors:
+            raise
+        except Exception as error:
+            self.set_aside_profile(Asked(merged, now, "merge", None), error)
 
     def retire(self, merged: str, survivor: str | None, now: int) -> None:
         """A profile merged into another (or erased): it leaves its audiences (recorded

@@ -332,3 +332,38 @@ def test_definitions_that_cannot_be_made_into_rules_set_nobody_aside(
         monkeypatch.setattr(Plan, "of", built)
         assert shop.worker.recover() == 1
         assert shop.members("twice") == {shop.profile_of("ann")}
+
+
+class RetireFails(AudienceWorker):
+    """Cannot retire a merged profile (as when its memberships keep changing under it)."""
+
+    failing = True
+
+    def retire(self, merged, survivor, now):  # type: ignore[no-untyped-def]
+        if self.failing:
+            raise ValueError("memberships kept changing")
+        super().retire(merged, survivor, now)
+
+
+def test_a_merge_that_cannot_be_retired_is_set_aside_and_the_survivor_goes_on(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.track("phone", "Product Viewed", at=shop.now - 1000)
+        shop.track("laptop", "Product Viewed")
+        shop.settle()
+        laptop = shop.profile_of("laptop")  # its first event is the later: it is merged
+        shop.worker = shop.audience_worker(RetireFails)
+        shop.identify("laptop", "sam")
+        shop.identify("phone", "sam")
+        shop.settle()
+        survivor = shop.profile_of("phone")
+        assert survivor != laptop and shop.members("twice") == {survivor}  # two views now
+        [letter] = deadletters.listed(redis_client, settings.dead_letter_stream)
+        assert (letter.payload["profile"], letter.payload["cause"]) == (laptop, "merge")
+        assert redis_client.exists(shop.keys.of(laptop))  # not retired yet
+        shop.worker.failing = False  # type: ignore[attr-defined]
+        shop.advance(RETRY_MS)  # its look again finds it merged away: retired
+        assert not redis_client.exists(shop.keys.of(laptop))
+        assert shop.members("twice") == {survivor}
