@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 import redis
 from prometheus_client import Counter
-from redis.typing import EncodableT, FieldT
 
 from cdp.storage import text
 from cdp.streams import entry_id
@@ -24,6 +23,7 @@ SET_ASIDE = Counter(
     "cdp_dead_letters", "Stream entries set aside after failing every try, by group", ["group"]
 )
 PAYLOAD_LIMIT = 64 * 1024  # characters of each field kept; the entry itself is at most 500 KB
+KEPT = 100_000  # dead letters: a failure that repeats for every profile would grow them forever
 
 
 @dataclass(frozen=True)
@@ -55,20 +55,20 @@ def set_aside(
     entry_id, fields = entry
     payload = {text(k): text_of(v)[:PAYLOAD_LIMIT] for k, v in (fields or {}).items()}
     pipe = client.pipeline(transaction=True)
-    pipe.xadd(dead_letter_stream(stream), letter(stream, group, text(entry_id), error, tries,
-                                                 payload))  # fmt: skip
+    add_letter(pipe, stream, group, text(entry_id), error, tries, payload)
     pipe.xack(stream, group, entry_id)
     pipe.execute()
     SET_ASIDE.labels(group).inc()
 
 
-def letter(
-    stream: str, group: str, entry_id: str, error: BaseException, tries: int,
-    payload: dict[str, str],
-) -> dict[FieldT, EncodableT]:  # fmt: skip
-    """A dead letter's fields: what failed where, and the payload to look at (an entry's
-    fields; for a part of an entry, what names that part)."""
-    return {
+def add_letter(
+    pipe: redis.client.Pipeline, stream: str, group: str, entry_id: str, error: BaseException,
+    tries: int, payload: dict[str, str],
+) -> None:  # fmt: skip
+    """Queue a dead letter on the caller's transaction: what failed where, and what to look
+    at (an entry's fields; for a part of an entry, what names that part). The newest `KEPT`
+    are kept; `cdp_dead_letters` counts them all."""
+    pipe.xadd(dead_letter_stream(stream), {
         "stream": stream,
         "group": group,
         "entry_id": entry_id,
@@ -76,7 +76,7 @@ def letter(
         "tries": str(tries),
         "at": str(int(time.time() * 1000)),
         "payload": orjson.dumps(payload),
-    }
+    }, maxlen=KEPT, approximate=False)  # fmt: skip
 
 
 def text_of(value: bytes) -> str:

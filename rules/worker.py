@@ -33,7 +33,7 @@ from prometheus_client import Counter, Histogram
 
 from cdp.catalog import Catalog
 from cdp.consumer import Entries, Entry, StreamConsumer
-from cdp.deadletters import SET_ASIDE, dead_letter_stream, letter
+from cdp.deadletters import SET_ASIDE, add_letter
 from cdp.profiles.reader import INPUTS_LUA, AudienceInputs, ProfileReader, audience_inputs_of
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
@@ -449,8 +449,7 @@ class AudienceWorker(StreamConsumer):
                    "changed": "*" if a.changed is None else ",".join(sorted(a.changed)),
                    "retry_at": str(retry_at)}  # fmt: skip
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(dead_letter_stream(self.stream),
-                  letter(self.stream, self.group, "", error, 2, payload))  # fmt: skip
+        add_letter(pipe, self.stream, self.group, "", error, 2, payload)
         pipe.zadd(self.keys.due, {a.profile_id: retry_at})
         pipe.execute()
         SET_ASIDE.labels(self.group).inc()

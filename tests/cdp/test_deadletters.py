@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from cdp import deadletters
 from cdp.consumer import Entries, StreamConsumer
 from cdp.deadletters import dead_letter_stream, listed, set_aside
 from cdp.health import Health, check
@@ -185,6 +186,18 @@ def test_health_answers_503_when_the_audience_schedule_is_overdue(
     late = health()
     assert late.http_status == 503 and late.schedule["due"] == 2
     assert late.problems[0].startswith("audience schedule: 2 profiles are due, the oldest 12")
+
+
+def test_the_newest_dead_letters_are_kept_up_to_a_bound(
+    settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that repeats for every profile would grow them without end."""
+    monkeypatch.setattr(deadletters, "KEPT", 3)
+    for n in range(5):
+        set_aside(redis_client, settings.events_stream, "g", (f"1-{n}".encode(), {b"n": b"x"}),
+                  ValueError(str(n)), 3)  # fmt: skip
+    kept = listed(redis_client, settings.dead_letter_stream)
+    assert [letter.error for letter in kept] == ["ValueError: 4", "ValueError: 3", "ValueError: 2"]
 
 
 def test_erasure_forgets_the_dead_letters_that_mention_a_person(
