@@ -83,6 +83,7 @@ case "$command" in
     setup_jemalloc
     echo "==> ruff"
     .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
     echo "==> mypy"
     .venv/bin/mypy cdp ingestion rules activation benchmarks
     echo "==> pytest"

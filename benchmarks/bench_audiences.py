@@ -212,9 +212,7 @@ def memory(client: redis.Redis, prefix: str, profiles: int, worker: AudienceWork
           f"audiences {audience_bytes / profiles:,.0f} bytes")  # fmt: skip
 
 
-def endless_sender(
-    store: ProfileStore, worker: AudienceWorker, shopper: str, sent: int
-) -> None:
+def endless_sender(store: ProfileStore, worker: AudienceWorker, shopper: str, sent: int) -> None:
     """A visitor that sends without end (a bot on the public write key): what one evaluation
     of its profile costs, against a shop's profile; its history keeps the newest events."""
     now = datetime.now(UTC)
@@ -239,8 +237,10 @@ def endless_sender(
         cost[name] = (time.perf_counter() - started) / 5 * 1000
     inputs = store.audience_inputs(endless, 0)
     kept = len(inputs.history) if inputs else 0
-    print(f"a visitor who sent {sent:,} events (history keeps {kept:,}): "
-          f"{cost['endless']:.1f} ms an evaluation (a shop's visitor: {cost['shop']:.1f} ms)")
+    print(
+        f"a visitor who sent {sent:,} events (history keeps {kept:,}): "
+        f"{cost['endless']:.1f} ms an evaluation (a shop's visitor: {cost['shop']:.1f} ms)"
+    )
 
 
 def generations(worker: AudienceWorker, count: int) -> None:

@@ -16,6 +16,7 @@ from cdp.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 class WorkerProcess:
     def __init__(self, name: str, command: list[str], settings: Settings, redis_url: str) -> None:
         self.name = name

@@ -437,8 +437,10 @@ def openapi_paths(components: dict[str, Any]) -> dict[str, Any]:
                 "security": [{"writeKey": []}, {"writeKeyQuery": []}, {}],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": body},
-                                "text/plain": {"schema": body}},  # fmt: skip
+                    "content": {
+                        "application/json": {"schema": body},
+                        "text/plain": {"schema": body},
+                    },
                 },
                 "responses": answers,
             }

@@ -111,10 +111,14 @@ class AuditOut(BaseModel):
     differences: int = Field(description="Profiles a member on one side only")
     only_live: list[str] = Field(description=f"Up to {SAMPLE} of them kept live only")
     only_sql: list[str] = Field(description=f"Up to {SAMPLE} of them by the SQL only")
-    pending: int = Field(description="Profiles on one side only whose evaluation was due (time "
-                         "passed, not yet run): not counted as differences")
-    settled: bool = Field(description="What was received before the audit was processed "
-                          "(else events on their way may show as differences)")
+    pending: int = Field(
+        description="Profiles on one side only whose evaluation was due (time "
+        "passed, not yet run): not counted as differences"
+    )
+    settled: bool = Field(
+        description="What was received before the audit was processed "
+        "(else events on their way may show as differences)"
+    )
 
 
 class MembershipOut(BaseModel):

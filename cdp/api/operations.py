@@ -69,13 +69,17 @@ class DeadLetterOut(BaseModel):
     id: str = Field(description="The dead letter's id; pass as `before` to page on")
     stream: str = Field(description="The stream the entry came from")
     group: str = Field(description="The worker that set it aside")
-    entry_id: str = Field(description="The entry set aside; empty for a profile the audience "
-                          "worker set aside (the payload names it)")
+    entry_id: str = Field(
+        description="The entry set aside; empty for a profile the audience "
+        "worker set aside (the payload names it)"
+    )
     error: str = Field(description="What failed, on the last try")
     tries: int
     at: int = Field(description="When it was set aside, epoch milliseconds")
-    payload: dict[str, str] = Field(description="The entry's fields, as text (for a profile: "
-                                    "profile, cause, now, changed, retry_at)")
+    payload: dict[str, str] = Field(
+        description="The entry's fields, as text (for a profile: "
+        "profile, cause, now, changed, retry_at)"
+    )
 
 
 class DeadLettersOut(BaseModel):

@@ -62,8 +62,15 @@ def test_several_audience_workers_share_the_work_each_in_its_process(
         assert len(processes) == 2
         pids = [wait_for(lambda p=p: p.pid) for p in processes]
         assert len(set(pids)) == 2 and all(alive(pid) for pid in pids)
-        orders = [{"type": "track", "event": "Order Completed", "userId": f"buyer-{n}",
-                   "properties": {"order_id": f"o{n}", "revenue": 10}} for n in range(20)]
+        orders = [
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": f"buyer-{n}",
+                "properties": {"order_id": f"o{n}", "revenue": 10},
+            }
+            for n in range(20)
+        ]
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for order in orders:  # one request each: many profile changes to share
                 assert client.post("/v1/batch", json={"batch": [order]},
@@ -76,7 +83,9 @@ def test_several_audience_workers_share_the_work_each_in_its_process(
         stream, group = two.profile_changes_stream, "audiences"
         consumers = lambda: {c["name"] for c in redis_client.xinfo_consumers(stream, group)}  # noqa: E731
         wait_for(lambda: len(consumers()) == 2)  # each reads the group under its own name
-        entered = [fields[b"profile"] for _, fields in redis_client.xrange(
-            f"{two.redis_prefix}:stream:audience_changes")
-            if fields[b"audience"] == b"recent-purchasers" and fields[b"change"] == b"enter"]
+        entered = [
+            fields[b"profile"]
+            for _, fields in redis_client.xrange(f"{two.redis_prefix}:stream:audience_changes")
+            if fields[b"audience"] == b"recent-purchasers" and fields[b"change"] == b"enter"
+        ]
         assert len(entered) == len(set(entered)) == 20  # each once

@@ -177,8 +177,14 @@ def test_an_audit_holds_the_live_members_against_the_sql(
     eve, fay = profile_id(api, "eve"), profile_id(api, "fay")
     wait_for(lambda: members(api, "audited") == {eve, fay})
     audit = api.get("/api/v1/audiences/audited/audit").json()
-    assert {k: audit[k] for k in ("agree", "live", "sql", "differences", "pending", "settled")} \
-        == {"agree": True, "live": 2, "sql": 2, "differences": 0, "pending": 0, "settled": True}
+    assert {k: audit[k] for k in ("agree", "live", "sql", "differences", "pending", "settled")} == {
+        "agree": True,
+        "live": 2,
+        "sql": 2,
+        "differences": 0,
+        "pending": 0,
+        "settled": True,
+    }
 
     # A transition lost (a bug, a restore of an older Redis): the audit names who.
     redis_client.zrem(AudienceKeys(settings.redis_prefix).members("audited"), fay)

@@ -42,6 +42,7 @@ def test_product_updated_from_the_server_key_updates_the_catalog_over_http(
 
     shop = settings.model_copy(update={"catalog_write_keys": [SERVER_KEY]})
     with LiveServer(create_app(shop), shop) as server:
+
         def updated(key: str, product: str, stock: int) -> None:
             event = {"event": "Product Updated", "userId": "shop-backend",
                      "properties": {"product_id": product, "name": product.title(),
