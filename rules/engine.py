@@ -7,17 +7,16 @@ What durable-rules 2.0.28 allows, and how this stays inside it (measured here): 
 carries at most 252 properties (error 302 past that) and a ruleset's cost grows with its
 rules, so audiences are put in shards of at most `SHARD_SIZE` whose snapshots fit in one
 fact, a ruleset each, and a profile's snapshot is asserted and retracted once per shard
-(each audience's alone when many alternatives holding at once overflow the engine's
-matching stack, error 303); a
-ruleset cannot be redefined, so each generation of definitions gets new names (the one
-before is deleted: `Matcher.close`; the engine keeps a ruleset until then); an OR fires
-once per satisfied branch (the transitions are kept by audience, once each); a fact that
-matches no rule means "no transition"; a number written `1e+16` (exponent, no fraction) is
-refused, in a rule and in a fact (`engine_json` writes `1.0e+16`). The rulesets are made
-and matched through the native module alone: the library's Host runs background threads
-that would dispatch our actions from another thread (the engine loses or misplaces actions
-when threads share it), and its Python layer encodes every fact with the json module twice,
-which costs more than the matching."""
+(each audience's alone when many alternatives holding at once overflow the engine's matching
+stack, error 303); a ruleset cannot be redefined, so each generation of definitions gets new
+names (the one before is deleted: `Matcher.close`; the engine keeps a ruleset until then);
+an OR fires once per satisfied branch (the transitions are kept by audience, once each); a
+fact that matches no rule means "no transition"; a number written `1e+16` (exponent, no
+fraction) is refused, in a rule and in a fact (`engine_json` writes `1.0e+16`). The rulesets
+are made and matched through the native module alone: the library's Host runs background
+threads that would dispatch our actions from another thread (the engine loses or misplaces
+actions when threads share it), and its Python layer encodes every fact with the json module
+twice, which costs more than the matching."""
 
 from __future__ import annotations
 
@@ -227,13 +226,13 @@ def shards(audiences: list[Compiled]) -> list[list[Compiled]]:
     """The audiences in order, a shard at most `SHARD_SIZE` of them whose snapshots fit in one
     fact (`FACT_FIELDS`)."""
     found: list[list[Compiled]] = []
-    width = 0
+    used = 0  # fields of the last shard
     for compiled in audiences:
-        if not found or len(found[-1]) == SHARD_SIZE or width + compiled.width > FACT_FIELDS:
+        if not found or len(found[-1]) == SHARD_SIZE or used + compiled.width > FACT_FIELDS:
             found.append([])
-            width = 0
+            used = 0
         found[-1].append(compiled)
-        width += compiled.width
+        used += compiled.width
     return found
 
 
