@@ -63,18 +63,24 @@ def reading(path: str, kind: str, value: float, present: bool, spec: Any) -> Rea
     return Reading(path, kind, value, present, ok, spec, value, None)
 
 
-@settings(max_examples=300, deadline=None)
-@given(document=tree, data=st.data(), member=st.booleans())
-def test_the_engine_fires_what_the_tree_implies(document: dict[str, Any], data: st.DataObject,
-                                                member: bool) -> None:  # fmt: skip
-    root = parse_node(document)
-    matcher = Matcher(0, [Compiled("x", 0, root)])
+def drawn_readings(root: Node, data: st.DataObject) -> list[Reading]:
+    """A reading for each leaf, its value drawn around the leaf's threshold."""
     readings = []
     for path, leaf in leaves(root):
         kind = next(iter(type(leaf).model_fields))
         value = data.draw(st.sampled_from(VALUES[kind]))
         present = kind != "aggregate" or data.draw(st.booleans())
         readings.append(reading(path, kind, value, present, getattr(leaf, kind)))
+    return readings
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=tree, data=st.data(), member=st.booleans())
+def test_the_engine_fires_what_the_tree_implies(document: dict[str, Any], data: st.DataObject,
+                                                member: bool) -> None:  # fmt: skip
+    root = parse_node(document)
+    matcher = Matcher(0, [Compiled("x", 0, root)])
+    readings = drawn_readings(root, data)
     expected = holds(root, {r.path: r for r in readings})
     fired = matcher.match({"x": Compiled("x", 0, root).snapshot(readings, member)})
     if expected and not member:
@@ -119,12 +125,7 @@ def test_audiences_sharing_shards_each_fire_what_their_tree_implies(
     compiled = [Compiled(f"x{i}", i, root) for i, root in enumerate(roots)]
     snapshots, expected = {}, set()
     for c in compiled:
-        readings = []
-        for path, leaf in leaves(c.root):
-            kind = next(iter(type(leaf).model_fields))
-            value = data.draw(st.sampled_from(VALUES[kind]))
-            present = kind != "aggregate" or data.draw(st.booleans())
-            readings.append(reading(path, kind, value, present, getattr(leaf, kind)))
+        readings = drawn_readings(c.root, data)
         member = data.draw(st.booleans())
         tree_holds = holds(c.root, {r.path: r for r in readings})
         if tree_holds != member:
