@@ -212,6 +212,7 @@ class Runtime:
             running,
             settings.health_max_lag_seconds,
             self.audiences.keys.due,
+            self.audiences.invalid,
         )
 
     def stop_workers(self) -> None:

@@ -9,6 +9,7 @@ way while no event comes)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +46,13 @@ def check(
     running: dict[str, bool],
     max_lag_seconds: float,
     schedule: str | None = None,
+    invalid_audiences: Callable[[], dict[str, str]] | None = None,
 ) -> Health:
     """`streams` maps a short name to its stream key; `running` names the workers this
     process runs (or watches) and whether each is alive; `schedule`, the audience schedule's
-    key (a sorted set: profile -> its moment; a profile taken is leased, its moment ahead)."""
+    key (a sorted set: profile -> its moment; a profile taken is leased, its moment ahead);
+    `invalid_audiences`, the stored audience definitions that are not valid (id -> why: such
+    an audience is not kept)."""
     health = Health()
     try:
         warehouse.query_rows("SELECT 1")
@@ -60,6 +64,24 @@ def check(
         health.problem(f"Redis: {error}"[:300])
         return health
     now_ms = int(time.time() * 1000)
+    _check_streams(health, client, streams, now_ms, max_lag_seconds)
+    if schedule is not None:
+        _check_schedule(health, client, schedule, now_ms, max_lag_seconds)
+    for audience, why in sorted((invalid_audiences() if invalid_audiences else {}).items()):
+        health.problem(
+            f"audience {audience} is not evaluated: its stored definition is not valid "
+            f"({why}); PUT it anew or DELETE it"
+        )
+    for name, alive in running.items():
+        if not alive:
+            health.problem(f"{name} is not running")
+    health.dead_letters = deadletters.count(client, dead_letter_stream)
+    return health
+
+
+def _check_streams(
+    health: Health, client: redis.Redis, streams: dict[str, str], now_ms: int, max_lag: float
+) -> None:
     for short, stream in streams.items():
         if short == "events":
             health.buffered_entries = int(client.xlen(stream))
@@ -67,18 +89,11 @@ def check(
             name = f"{short}/{group}"
             lag = state["oldest_ms"] / 1000
             health.workers[name] = {"waiting": state["waiting"], "oldest_seconds": lag}
-            if lag > max_lag_seconds:
+            if lag > max_lag:
                 health.problem(
                     f"{name}: the oldest of {state['waiting']} waiting entries is {lag:.0f}s "
-                    f"old (allowed: {max_lag_seconds:.0f}s)"
+                    f"old (allowed: {max_lag:.0f}s)"
                 )
-    if schedule is not None:
-        _check_schedule(health, client, schedule, now_ms, max_lag_seconds)
-    for name, alive in running.items():
-        if not alive:
-            health.problem(f"{name} is not running")
-    health.dead_letters = deadletters.count(client, dead_letter_stream)
-    return health
 
 
 def _check_schedule(

@@ -69,8 +69,19 @@ class AudienceOut(BaseModel):
     updated_at: str | None
 
 
+class InvalidOut(BaseModel):
+    id: str
+    problem: str = Field(description="Why its stored definition is not valid")
+
+
 class AudiencesOut(BaseModel):
     audiences: list[AudienceOut]
+    invalid: list[InvalidOut] = Field(
+        default_factory=list,
+        description="Audiences whose stored definition is not valid (saved by an older "
+        "version, whose checks were looser): not evaluated, their members kept as they are, "
+        "until PUT anew or deleted",
+    )
 
 
 class PreviewOut(BaseModel):
@@ -230,7 +241,7 @@ class AudiencesApi:
         """A page of members by (since, profile id), after the cursor's. Many members can
         share one `since` (a backfill decides them at one moment): those up to the cursor
         are passed over in chunks, so no page is cut short."""
-        self.audiences.get(audience_id)
+        self.audiences.require(audience_id)
         after = decode(cursor) if cursor else None
         low: Any = after[0] if after else "-inf"
         key = self.keys.members(audience_id)
@@ -251,7 +262,7 @@ class AudiencesApi:
                 "next_cursor": next_cursor}  # fmt: skip
 
     def sizes(self, audience_id: str, interval: Literal["hour", "day"]) -> dict[str, Any]:
-        self.audiences.get(audience_id)
+        self.audiences.require(audience_id)
         start = "toStartOfHour" if interval == "hour" else "toStartOfDay"
         rows = self.warehouse.query_rows(
             f"SELECT toUnixTimestamp64Milli(toDateTime64({start}(at), 3, 'UTC')) AS bucket, "
@@ -341,7 +352,8 @@ def _definition(audience_id: str, body: AudienceIn) -> Definition:
 def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
     saved = api.audiences.all()
     ordered = sorted(saved, key=lambda s: (not s.predefined, s.id))
-    return {"audiences": [api.out(s) for s in ordered]}
+    invalid = [{"id": k, "problem": v} for k, v in sorted(api.audiences.invalid().items())]
+    return {"audiences": [api.out(s) for s in ordered], "invalid": invalid}
 
 
 @router.post("/audiences", tags=["audiences"], summary="Define an audience (kept live at once)",

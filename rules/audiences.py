@@ -8,17 +8,19 @@ engine can hold it (its rules expand to at most `MAX_TERMS` conjunctions)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
+from pydantic import ValidationError
 
 from cdp.errors import Conflict, NotFound, Unprocessable
 from cdp.storage import text
-from rules.definition import Definition, InvalidDefinition, Node, references, windows
-from rules.engine import MAX_TERMS, complexity
+from rules.definition import Definition, InvalidDefinition, Node, path_of, references, windows
+from rules.engine import MAX_CONNECTIVES, MAX_TERMS, complexity, connectives
 from rules.keyspace import AudienceKeys
 from rules.predefined import predefined
 
@@ -63,11 +65,24 @@ def problems_of(
     cycle = _cycle(own_id, root, others)
     if cycle:
         problems.append("root: member_of makes a cycle: " + " -> ".join(cycle))
+    return problems + engine_problems(root)
+
+
+def engine_problems(root: Node) -> list[str]:
+    """What makes a tree too big for the engine's rules."""
+    problems = []
     terms = complexity(root)
     if terms > MAX_TERMS:
         problems.append(
             f"root: expands to {terms} alternatives for the engine (at most {MAX_TERMS}); "
             "fewer `or` under `and`, or split it into audiences joined with member_of"
+        )
+    joined = connectives(root)
+    if joined > MAX_CONNECTIVES:
+        problems.append(
+            f"root: makes a rule of {joined} `and`/`or` for the engine (at most "
+            f"{MAX_CONNECTIVES}; a `not` turns each into the other, a `last_performed` with `<` "
+            "and an `aggregate` hold one each); split it into audiences joined with member_of"
         )
     return problems
 
@@ -116,33 +131,54 @@ class Audiences:
         self.shipped = {d.id: d for d in predefined(vip_revenue)}
 
     def all(self) -> list[Saved]:
-        stored = {
-            text(k): orjson.loads(v) for k, v in self.client.hgetall(self.keys.definitions).items()
-        }
-        found = {}
-        for id_, definition in self.shipped.items():
-            if id_ in stored:
-                found[id_] = self._saved(stored.pop(id_), predefined=True)
-            else:
-                found[id_] = Saved(definition, True, None, None)
-        for id_, document in stored.items():
-            found[id_] = self._saved(document, predefined=False)
+        """Every audience whose definition is valid (see `invalid` for the others)."""
+        found, _ = self.read()
         return [found[k] for k in sorted(found)]
 
-    def enabled(self) -> list[Definition]:
-        return [s.definition for s in self.all() if s.definition.enabled]
+    def invalid(self) -> dict[str, str]:
+        """Stored definitions that are not valid (id -> why): saved by an older version whose
+        checks were looser. Each is left out of the rules (its members kept as they are)
+        until it is saved anew or deleted; the others go on."""
+        return self.read()[1]
+
+    def ids(self) -> list[str]:
+        """Every audience id, its definition valid or not."""
+        found, invalid = self.read()
+        return sorted({*found, *invalid})
+
+    def require(self, audience_id: str) -> None:
+        """NotFound unless the audience exists (its definition valid or not)."""
+        if audience_id not in self.ids():
+            raise NotFound(f"no audience {audience_id}")
+
+    def read(self) -> tuple[dict[str, Saved], dict[str, str]]:
+        """The audiences whose definitions are valid, by id, and those that are not (id ->
+        why)."""
+        found: dict[str, Saved] = {}
+        invalid: dict[str, str] = {}
+        for key, raw in self.client.hgetall(self.keys.definitions).items():
+            id_ = text(key)
+            saved = _stored(raw, id_ in self.shipped)
+            if isinstance(saved, Saved):
+                found[id_] = saved
+            else:
+                invalid[id_] = saved
+        for id_, definition in self.shipped.items():
+            if id_ not in found and id_ not in invalid:
+                found[id_] = Saved(definition, True, None, None)
+        return found, invalid
 
     def get(self, audience_id: str) -> Saved:
-        """The audience, or NotFound."""
-        for saved in self.all():
-            if saved.id == audience_id:
-                return saved
-        raise NotFound(f"no audience {audience_id}")
-
-    @staticmethod
-    def _saved(document: dict[str, Any], predefined: bool) -> Saved:
-        return Saved(Definition.model_validate(document["definition"]), predefined,
-                     document.get("created_at"), document.get("updated_at"))  # fmt: skip
+        """The audience, or NotFound (Conflict if its stored definition is not valid)."""
+        found, invalid = self.read()
+        if audience_id in invalid:
+            raise Conflict(
+                f"the stored definition of {audience_id} is not valid "
+                f"({invalid[audience_id]}); PUT it anew or DELETE it"
+            )
+        if audience_id not in found:
+            raise NotFound(f"no audience {audience_id}")
+        return found[audience_id]
 
     def check(self, definition: Definition) -> None:
         """InvalidDefinition (a 422) naming each problem, or nothing."""
@@ -153,7 +189,8 @@ class Audiences:
 
     def save(self, definition: Definition, *, create: bool) -> Saved:
         """Create (Conflict if the id is taken) or replace (NotFound if it is not)."""
-        existing = {s.id: s for s in self.all()}
+        found, invalid = self.read()
+        existing: dict[str, Saved | None] = {**found, **dict.fromkeys(invalid)}
         if create and definition.id in existing:
             raise Conflict(f"an audience {definition.id} exists; PUT changes it")
         if not create and definition.id not in existing:
@@ -173,16 +210,43 @@ class Audiences:
         return Saved(definition, definition.id in self.shipped, created, now)
 
     def delete(self, audience_id: str) -> None:
-        saved = self.get(audience_id)
-        if saved.predefined:
+        """Delete a shop's audience (one whose stored definition is not valid, too)."""
+        if audience_id in self.shipped:
             raise Conflict(
                 f"{audience_id} is predefined and cannot be deleted; disable it instead "
                 '(PUT it with "enabled": false)'
             )
-        users = sorted(s.id for s in self.all() if audience_id in references(s.definition.root))
-        if users:
-            raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
+        if audience_id not in self.invalid():
+            self.get(audience_id)  # NotFound
+            users = sorted(s.id for s in self.all() if audience_id in references(s.definition.root))
+            if users:
+                raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
         pipe = self.client.pipeline(transaction=True)
         pipe.hdel(self.keys.definitions, audience_id)
         pipe.incr(self.keys.generation)
         pipe.execute()
+
+
+@functools.lru_cache(maxsize=2 * MAX_AUDIENCES)
+def _stored(raw: bytes, predefined: bool) -> Saved | str:
+    """A stored audience, or why its definition is not valid (any more: saved by an older
+    version whose checks were looser). Made once per stored text."""
+    try:
+        document = orjson.loads(raw)
+        definition = Definition.model_validate(document["definition"])
+    except (ValueError, KeyError, TypeError) as error:  # JSON, shape, validation
+        return why_invalid(error)
+    problems = engine_problems(definition.root)
+    if problems:
+        return "; ".join(problems)
+    return Saved(definition, predefined, document.get("created_at"), document.get("updated_at"))
+
+
+def why_invalid(error: Exception) -> str:
+    """The first problem of a stored definition that does not validate, with its path."""
+    if isinstance(error, ValidationError):
+        first = error.errors(include_url=False)[0]
+        more = error.error_count() - 1
+        where = path_of(tuple(first["loc"])) or "definition"
+        return f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
+    return f"{type(error).__name__}: {error}"[:300]

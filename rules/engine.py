@@ -12,11 +12,14 @@ stack, error 303); a ruleset cannot be redefined, so each generation of definiti
 names (the one before is deleted: `Matcher.close`; the engine keeps a ruleset until then);
 an OR fires once per satisfied branch (the transitions are kept by audience, once each); a
 fact that matches no rule means "no transition"; a number written `1e+16` (exponent, no
-fraction) is refused, in a rule and in a fact (`engine_json` writes `1.0e+16`). The rulesets
-are made and matched through the native module alone: the library's Host runs background
-threads that would dispatch our actions from another thread (the engine loses or misplaces
-actions when threads share it), and its Python layer encodes every fact with the json module
-twice, which costs more than the matching."""
+fraction) is refused, in a rule and in a fact (`engine_json` writes `1.0e+16`); a rule holds
+at most `MAX_CONNECTIVES` `and`/`or` (error 113; the rules are written as the ruleset's JSON
+with nested ones merged, which the library's DSL does not do). A shard the engine refuses
+is made again audience by audience; an audience refused alone is left out (`refused`).
+The rulesets are made and matched through the native module alone: the library's Host runs
+background threads that would dispatch our actions from another thread (the engine loses or
+misplaces actions when threads share it), and its Python layer encodes every fact with the
+json module twice, which costs more than the matching."""
 
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ _SLOT = re.compile(r"a[0-9]+")
 NOT_HANDLED, OBSERVED = 1, 2
 RULESETS = itertools.count()  # names are for the process's life: a ruleset cannot be redefined
 MAX_TERMS = 64  # the engine expands each rule to its disjunctive form
+# A rule's `and`s and `or`s: the engine keeps two entries for each in a sequence of 31 (error
+# 113 past that: rete.h's MAX_SEQUENCE_EXPRESSIONS, measured).
+MAX_CONNECTIVES = 15
 INVERSE = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
 
 
@@ -139,20 +145,46 @@ def complexity(node: Node) -> int:
     return max(terms(print_tree(node, "x")), terms(print_tree(node, "x", negated=True)))
 
 
-def durable(expr: Expr) -> Any:
-    """The expression in durable_rules' Python DSL."""
-    from durable.lang import m
+def connectives(node: Node) -> int:
+    """The most `and`/`or` one of the audience's two rules holds, as the engine gets them."""
+    return max(_connectives(expr) for expr, _ in transitions(node, "x"))
 
+
+def _connectives(expr: Expr) -> int:
+    return 0 if expr[0] == "cmp" else 1 + sum(_connectives(e) for e in expr[1])
+
+
+def transitions(node: Node, prefix: str) -> tuple[tuple[Expr, Change], ...]:
+    """The audience's two rules: enter (not a member, the tree holds) and exit (a member,
+    the tree does not hold), each an expression with nested `and`s and `or`s merged."""
+    member = f"{prefix}m"
+    tree, negation = print_tree(node, prefix), print_tree(node, prefix, negated=True)
+    return (
+        (merged(("and", [_cmp(member, "==", 0), tree])), "enter"),
+        (merged(("and", [_cmp(member, "==", 1), negation])), "exit"),
+    )
+
+
+def merged(expr: Expr) -> Expr:
+    """The expression with an `and` inside an `and` (an `or` inside an `or`) made one, and
+    a lone part taken for itself: the engine keeps at most `MAX_CONNECTIVES` per rule."""
+    if expr[0] == "cmp":
+        return expr
+    parts: list[Expr] = []
+    for part in map(merged, expr[1]):
+        parts.extend(part[1] if part[0] == expr[0] else [part])
+    return parts[0] if len(parts) == 1 else (expr[0], parts)
+
+
+OPERATORS = {">=": "$gte", ">": "$gt", "<=": "$lte", "<": "$lt", "!=": "$neq"}
+
+
+def rule_json(expr: Expr) -> Any:
+    """The expression as durable_rules' ruleset JSON has it (what its DSL writes)."""
     if expr[0] == "cmp":
         _, name, op, value = expr
-        left = getattr(m, name)
-        return {">=": left >= value, ">": left > value, "<=": left <= value,
-                "<": left < value, "==": left == value, "!=": left != value}[op]  # fmt: skip
-    parts = [durable(e) for e in expr[1]]
-    combined = parts[0]
-    for part in parts[1:]:
-        combined = (combined & part) if expr[0] == "and" else (combined | part)
-    return combined
+        return {name: value} if op == "==" else {OPERATORS[op]: {name: value}}
+    return {f"${expr[0]}": [rule_json(e) for e in expr[1]]}
 
 
 @dataclass(frozen=True)
@@ -247,39 +279,40 @@ class Matcher:
     shard_of: dict[str, int] = field(default_factory=dict)  # audience -> its shard
     _handles: list[Any] = field(default_factory=list)  # each shard's native ruleset
     _rules: list[dict[str, tuple[str, Change]]] = field(default_factory=list)  # name -> transition
+    refused: dict[str, str] = field(default_factory=dict)  # audience -> why the engine would
+    # not take its rules (even alone): it is not matched
 
     def __post_init__(self) -> None:
-        import durable_rules_engine as native
-        from durable import lang
-        from durable.lang import ruleset, when_all
-
         for s, audiences in enumerate(shards(self.audiences)):
             name = f"audiences_{next(RULESETS)}_g{self.generation}_s{s}"
-            shard = ruleset(name)
-            rules: dict[str, tuple[str, Change]] = {}
-            with shard:
-                for compiled in audiences:
-                    self.shard_of[compiled.audience] = s
-                    member = compiled.member_field
-                    enter = (
-                        "and",
-                        [_cmp(member, "==", 0), print_tree(compiled.root, compiled.prefix)],
-                    )
-                    negation = print_tree(compiled.root, compiled.prefix, negated=True)
-                    leave = ("and", [_cmp(member, "==", 1), negation])
-                    transitions: tuple[tuple[Expr, Change], ...] = (
-                        (enter, "enter"),
-                        (leave, "exit"),
-                    )
-                    for expr, change in transitions:
-                        rules[f"r_{len(rules)}"] = (compiled.audience, change)  # the DSL's names
-                        when_all(durable(expr))(_no_action)
-            lang._rulesets.pop(name, None)  # ours alone, not the DSL's global host's
-            _, definition = shard.define()
-            for rule in definition.values():
-                del rule["run"]  # the transition is read off the queue: `_run`
-            self._handles.append(native.create_ruleset(name, engine_json(definition)))
-            self._rules.append(rules)
+            try:
+                self._create(name, audiences)
+            except RulesRefused:
+                for compiled in audiences:  # which one: each alone, the others kept
+                    try:
+                        self._create(f"{name}_{compiled.slot}", [compiled])
+                    except RulesRefused as error:
+                        self.refused[compiled.audience] = str(error)
+
+    def _create(self, name: str, audiences: list[Compiled]) -> None:
+        """One ruleset for these audiences, two rules each (its transitions)."""
+        import durable_rules_engine as native
+
+        rules: dict[str, tuple[str, Change]] = {}
+        definition: dict[str, Any] = {}
+        for compiled in audiences:
+            for expr, change in transitions(compiled.root, compiled.prefix):
+                rule = f"r_{len(rules)}"
+                rules[rule] = (compiled.audience, change)
+                definition[rule] = {"all": [{"m": rule_json(expr)}]}
+        try:
+            handle = native.create_ruleset(name, engine_json(definition))
+        except native.error as error:
+            raise RulesRefused(f"{', '.join(c.audience for c in audiences)}: {error}") from error
+        for compiled in audiences:
+            self.shard_of[compiled.audience] = len(self._handles)
+        self._handles.append(handle)
+        self._rules.append(rules)
 
     def match(self, snapshots: dict[str, dict[str, float]]) -> set[tuple[str, str]]:
         """(audience, "enter" | "exit") for each audience whose snapshot shows a transition."""
@@ -353,9 +386,8 @@ class Matcher:
         self._handles.clear()
 
 
-def _no_action(c: Any) -> None:
-    """Every rule's action: never called (`Matcher._run` reads the transitions off the
-    engine's queue); one parameter, as durable_rules takes a two-parameter one as async."""
+class RulesRefused(Exception):
+    """durable_rules would not create a ruleset."""
 
 
 # A number in exponent form with no fraction (`1e+16`, `1e-05`): durable_rules' parser

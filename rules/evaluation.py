@@ -47,6 +47,9 @@ class Plan:
     watch_ms: int  # how far back they count
     inputs: dict[str, frozenset[str]] = field(default_factory=dict)  # what each audience reads
     refers: dict[str, frozenset[str]] = field(default_factory=dict)  # audiences each references
+    frozen: dict[str, str] = field(default_factory=dict)  # audience -> why it is not matched
+    # (its stored definition is not valid; the engine refused its rules): its memberships
+    # are kept as they are (not left as exits)
 
     _reading: dict[tuple[int, frozenset[str] | None], list[Compiled]] = field(
         default_factory=dict, repr=False
@@ -70,7 +73,23 @@ class Plan:
         return found
 
     @classmethod
-    def of(cls, generation: int, definitions: list[Definition]) -> Plan:
+    def of(
+        cls, generation: int, definitions: list[Definition], frozen: dict[str, str] | None = None
+    ) -> Plan:
+        """The definitions' plan; an audience whose rules the engine refuses is left out of
+        it (frozen), the others kept."""
+        frozen = dict(frozen or {})
+        plan = cls._of(generation, definitions, frozen)
+        while plan.matcher.refused:  # each round leaves out at least one
+            plan.matcher.close()
+            frozen.update((a, f"the engine refused its rules: {why}")
+                          for a, why in plan.matcher.refused.items())  # fmt: skip
+            definitions = [d for d in definitions if d.id not in frozen]
+            plan = cls._of(generation, definitions, frozen)
+        return plan
+
+    @classmethod
+    def _of(cls, generation: int, definitions: list[Definition], frozen: dict[str, str]) -> Plan:
         compiled_layers: list[list[Compiled]] = []
         slot = 0
         for layer in layers(definitions):
@@ -84,7 +103,7 @@ class Plan:
                    frozenset(e for spec in stock for e in spec.events),
                    max((spec.within for spec in stock), default=0),
                    {d.id: inputs_of(d) for d in definitions},
-                   {d.id: frozenset(references(d.root)) for d in definitions})  # fmt: skip
+                   {d.id: frozenset(references(d.root)) for d in definitions}, frozen)  # fmt: skip
 
 
 @dataclass
@@ -132,11 +151,11 @@ def evaluate(
     with `changed` (what changed since the last evaluation; empty when only time passed)
     only those that read it, those `due` (their moment has come), and those that reference
     an audience the profile entered or left. Memberships of audiences the plan does not
-    hold (deleted, disabled) are left as exits."""
+    hold (deleted, disabled) are left as exits; those it holds frozen are kept."""
     outcome = Outcome()
     moved: set[str] = set()
-    members = set(subject.memberships) & set(plan.definitions)
-    for gone in sorted(set(subject.memberships) - set(plan.definitions)):
+    members = set(subject.memberships) & (set(plan.definitions) | set(plan.frozen))
+    for gone in sorted(set(subject.memberships) - members):
         outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
                                               plan.generation, []))  # fmt: skip
     subject.memberships = members

@@ -18,8 +18,8 @@ def erase(client: redis.Redis, warehouse: Warehouse, audiences: Audiences,
     for pid in profile_ids:
         pipe.delete(keys.of(pid))
         pipe.zrem(keys.due, pid)
-        for saved in audiences.all():
-            pipe.zrem(keys.members(saved.id), pid)
+        for audience_id in audiences.ids():  # those whose definition is not valid too
+            pipe.zrem(keys.members(audience_id), pid)
     removed = sum(int(n) for n in pipe.execute())
     for watchers in client.scan_iter(match=keys.watchers("*"), count=1000):
         removed += int(client.zrem(text(watchers), *profile_ids))

@@ -250,7 +250,9 @@ class AudienceWorker(StreamConsumer):
         generation = int(generation_raw or 0)
         if self._plan is None or self._plan.generation != generation:
             try:
-                built = Plan.of(generation, self.audiences.enabled())
+                found, invalid = self.audiences.read()
+                enabled = [s.definition for _, s in sorted(found.items()) if s.definition.enabled]
+                built = Plan.of(generation, enabled, invalid)
             except Exception as error:
                 raise RulesUnavailable(f"generation {generation}: {error}") from error
             before, self._plan = self._plan, built
@@ -258,6 +260,9 @@ class AudienceWorker(StreamConsumer):
                 before.matcher.close()
             log.info("audiences: generation %s, %s audiences, %s engine shards", generation,
                      len(self._plan.definitions), self._plan.matcher.shard_count())  # fmt: skip
+            for audience, problem in sorted(self._plan.frozen.items()):
+                log.error("audience %s is not evaluated (members kept as they are): %s",
+                          audience, problem)  # fmt: skip
         if self._plan.reads_stock and stock_version != self._stock_version:
             self._out_of_stock = frozenset(self.catalog.all_out_of_stock())
             self._stock_version = stock_version

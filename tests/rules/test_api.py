@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -109,6 +110,50 @@ def test_a_number_past_the_float_range_is_refused_and_hurts_no_other_audience(
     assert answer.json()["errors"][0].startswith("body.root.aggregate.value: "), answer.json()
     assert api.get("/api/v1/audiences/huge").status_code == 404
     assert api.get("/api/v1/audiences").status_code == 200
+
+
+def test_a_stored_definition_no_longer_valid_stops_only_its_own_audience(
+    clients: tuple[httpx.Client, httpx.Client], settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A definition saved by an older version whose checks were looser (here `cart.units`
+    past today's bound) is not valid any more: it is named in the list and by health, its members
+    are kept as they are (an erasure still reaches them), and every other audience goes on
+    being kept."""
+    tracking, api = clients
+    for audience, times in (("old", 2), ("thrice", 3)):
+        root = {"performed": {"event": "Product Viewed", "within": "P1D", "times": times}}
+        assert api.post("/api/v1/audiences", json={"id": audience, "name": audience,
+                                                   "root": root}).status_code == 201  # fmt: skip
+    assert tracking.post("/v1/batch", json={"batch": views("cid", 2) + views("dee", 2)}).is_success
+    cid, dee = profile_id(api, "cid"), profile_id(api, "dee")
+    wait_for(lambda: members(api, "old") == {cid, dee})
+
+    keys = AudienceKeys(settings.redis_prefix)
+    stored = orjson.loads(redis_client.hget(keys.definitions, "old"))  # type: ignore[arg-type]
+    stored["definition"]["root"] = {"cart": {"op": ">=", "units": 10**7}}
+    redis_client.hset(keys.definitions, "old", orjson.dumps(stored))
+    redis_client.incr(keys.generation)
+
+    listed = api.get("/api/v1/audiences").json()
+    assert "thrice" in {a["id"] for a in listed["audiences"]}
+    [invalid] = listed["invalid"]
+    assert invalid["id"] == "old" and invalid["problem"].startswith("root.cart.units: ")
+    refused = api.get("/api/v1/audiences/old")
+    assert refused.status_code == 409 and "PUT it anew or DELETE it" in refused.json()["error"]
+    health = api.get("/healthz")
+    assert health.status_code == 503
+    assert any(p.startswith("audience old is not evaluated") for p in health.json()["problems"])
+
+    assert tracking.post("/v1/batch", json={"batch": views("cid", 1)}).is_success
+    wait_for(lambda: members(api, "thrice") == {cid})  # the others are kept
+    assert members(api, "old") == {cid, dee}  # its members stay as they were
+    assert api.delete(f"/api/v1/profiles/{dee}").status_code == 200
+    assert members(api, "old") == {cid}  # erasure finds them there too
+    assert "old" in api.get(f"/api/v1/profiles/{cid}").json()["audiences"]
+
+    assert api.delete("/api/v1/audiences/old").status_code == 200
+    assert api.get("/api/v1/audiences").json()["invalid"] == []
+    wait_for(lambda: "old" not in api.get(f"/api/v1/profiles/{cid}").json()["audiences"])
 
 
 def test_a_reference_cycle_is_refused(clients: tuple[httpx.Client, httpx.Client]) -> None:

@@ -10,9 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.conditions import COMPARE, Reading, holds
-from rules.definition import Node, leaves, parse_node
-from rules.engine import MAX_TERMS, Compiled, Matcher, complexity, engine_json
+from rules.audiences import engine_problems
+from rules.conditions import COMPARE, Reading, Subject, holds
+from rules.definition import Definition, Node, kind_of, leaves, parse_node, spec_of
+from rules.engine import (
+    MAX_CONNECTIVES,
+    MAX_TERMS,
+    Compiled,
+    Matcher,
+    complexity,
+    connectives,
+    engine_json,
+)
+from rules.evaluation import Plan, evaluate
 
 LEAVES = [
     {"performed": {"event": "V", "within": "P1D", "op": ">=", "times": 2}},
@@ -121,7 +131,7 @@ forests = st.lists(
 def test_audiences_sharing_shards_each_fire_what_their_tree_implies(
     documents: list[dict[str, Any]], data: st.DataObject
 ) -> None:
-    roots = [root for root in map(parse_node, documents) if complexity(root) <= MAX_TERMS]
+    roots = [root for root in map(parse_node, documents) if not engine_problems(root)]
     compiled = [Compiled(f"x{i}", i, root) for i, root in enumerate(roots)]
     snapshots, expected = {}, set()
     for c in compiled:
@@ -200,3 +210,59 @@ def test_complexity_counts_the_alternatives_the_engine_expands() -> None:
     a, b = LEAVES[0], LEAVES[1]
     assert complexity(parse_node({"and": [{"or": [a, b]}, {"or": [a, b]}]})) == 4
     assert complexity(parse_node({"not": {"and": [a, b]}})) == 2
+
+
+def test_connectives_count_each_rule_s_and_or_merged_as_the_engine_gets_them() -> None:
+    a, b = LEAVES[0], LEAVES[1]
+    assert connectives(parse_node(a)) == 1  # the member flag's `and`
+    nested = parse_node({"and": [a, {"and": [b, {"and": [a]}]}]})
+    assert connectives(nested) == 2  # enter: and(member, a, b, a); exit: and(member, or(...))
+    assert connectives(parse_node({"not": {"or": [a, {"or": [b]}]}})) == 2
+
+
+def chain(ranges: int, levels: int = 11) -> dict[str, Any]:
+    """`or` and `and` in turn, `levels` deep, a leaf beside each: `and`s and `or`s that expand
+    to few alternatives. The first `ranges` `or`s hold a condition the engine reads as a
+    range (an `and` of two comparisons), one more `and`/`or` each."""
+    node: dict[str, Any] = {"performed": {"event": "V", "within": "P1D", "times": 1}}
+    ops = ["or" if level % 2 == 0 else "and" for level in range(levels)]
+    ranged = [level for level, op in enumerate(ops) if op == "or"][:ranges]
+    for level in reversed(range(levels)):
+        leaf = ({"last_performed": {"event": f"E{level}", "op": "<", "ago": "P1D"}}
+                if level in ranged else
+                {"performed": {"event": f"V{level}", "within": "P1D", "times": 1}})  # fmt: skip
+        node = {ops[level]: [leaf, node]}
+    return node
+
+
+AT_LIMIT, PAST_LIMIT = chain(ranges=3), chain(ranges=4)
+
+
+def test_a_rule_of_more_and_or_than_the_engine_keeps_is_refused_and_hurts_no_other() -> None:
+    """durable_rules keeps 15 `and`/`or` in a rule (error 113 past that): such an audience
+    alone is left out; those sharing its shard are matched."""
+    fits, past = parse_node(AT_LIMIT), parse_node(PAST_LIMIT)
+    assert (connectives(fits), connectives(past)) == (MAX_CONNECTIVES, MAX_CONNECTIVES + 1)
+    assert engine_problems(fits) == []
+    assert engine_problems(past)[0].startswith("root: makes a rule of 16 `and`/`or`")
+    compiled = [Compiled("fits", 0, fits), Compiled("past", 1, past),
+                Compiled("small", 2, parse_node(LEAVES[0]))]  # fmt: skip
+    matcher = Matcher(0, compiled)
+    assert list(matcher.refused) == ["past"] and "error code: 113" in matcher.refused["past"]
+    assert complexity(past) <= MAX_TERMS
+    snapshots = {c.audience: c.snapshot(drawn, member=False) for c in (compiled[0], compiled[2])
+                 for drawn in [[reading(path, kind_of(leaf), 2, True, spec_of(leaf))
+                                for path, leaf in c.found]]}  # fmt: skip
+    assert matcher.match(snapshots) == {("fits", "enter"), ("small", "enter")}
+
+
+def test_an_audience_the_engine_refuses_keeps_its_members_and_the_others_are_matched() -> None:
+    definitions = [Definition.model_validate({"id": i, "name": i, "root": root})
+                   for i, root in (("past", PAST_LIMIT), ("twice", LEAVES[0]))]  # fmt: skip
+    plan = Plan.of(0, definitions)
+    assert list(plan.frozen) == ["past"] and list(plan.definitions) == ["twice"]
+    subject = Subject("p1", memberships={"past", "twice"})  # no views: leaves `twice`
+    changes = evaluate(plan, subject, 1_000, "event").changes
+    assert [(c.audience, c.change) for c in changes] == [("twice", "exit")]
+    assert subject.memberships == {"past"}
+    plan.matcher.close()
