@@ -4,7 +4,9 @@ worker rebuilds its rules when it sees a new one.
 
 A definition is checked against the others before it is saved: what it references exists
 and makes no cycle, its windows reach no further back than the kept history, and the
-engine can hold it (its rules expand to at most `MAX_TERMS` conjunctions)."""
+engine can hold it (its rules expand to at most `MAX_TERMS` conjunctions and hold at most
+`MAX_CONNECTIVES` `and`/`or`). A stored definition is read alone: one that is not valid
+any more (saved under looser checks) is set apart, `invalid`, and stops nothing else."""
 
 from __future__ import annotations
 
