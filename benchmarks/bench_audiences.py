@@ -266,10 +266,12 @@ def latency(
     rate: int, seconds: int, port: int, visitors: int, workers: int = 1, fsync: str = "always"
 ) -> None:
     """Returning visitors, with the 50 audiences defined and two more measured: each visitor
-    has viewed a product once before; then each views one every `visitors / rate` seconds;
-    the third view makes them enter "viewed 3 times" (measured from its HTTP 200), and 5 s
-    after their last they leave "viewed in the last 5 s" (a time-based exit, measured behind
-    its moment). Every view is read by 20 of the 52 audiences. `fsync`: Valkey's
+    has viewed a product once before; then, starting one after another over the first half
+    of the run, each views one a second (`staggered`: `rate` views/s in all); the third
+    view makes them enter "viewed 3 times" (measured from its HTTP 200: views measured all
+    through the run), and 5 s after their last they leave "viewed in the last 5 s" (a
+    time-based exit, measured behind its moment, most of them while views still come).
+    Every view is read by 20 of the 52 audiences. `fsync`: Valkey's
     appendfsync (the product's is `always`; `everysec` shows what its fsyncs cost)."""
     process, url, data_dir = serve(port, CDP_AUDIENCE_WORKERS=str(workers))
     client = redis.Redis(unix_socket_path=str(data_dir / "valkey" / "valkey.sock"))
@@ -334,7 +336,7 @@ def latency(
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
-        asyncio.run(send([(n % visitors, 1 + n // visitors) for n in range(rate * seconds)]))
+        asyncio.run(send(staggered(visitors, rate, seconds)))
         time.sleep(10)  # the last enters are recorded; everyone has left `recent`
         following.set()
         follower.join()
@@ -352,8 +354,11 @@ def latency(
                 third = answered.get((visitor_of.get(fields[b"profile"], -1), 2))
                 if third is not None:
                     enter_latency.append(recorded - third)
-                    change_at = next((at for at in announced.get(fields[b"profile"], [])
-                                      if at >= third - 500), None)  # fmt: skip
+                    change_at = min(
+                        announced.get(fields[b"profile"], []),
+                        key=lambda at: abs(at - third),
+                        default=None,
+                    )  # the view's
                     if change_at is not None:
                         profile_part.append(change_at - third)
                         audience_part.append(recorded - change_at)
@@ -368,6 +373,18 @@ def latency(
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def staggered(visitors: int, rate: int, seconds: int) -> list[tuple[int, int]]:
+    """(visitor, nth view) in the order sent: each visitor's views a period apart, the
+    visitors starting one after another over the first half of the run, so that the views
+    measured (each one's 3rd) come all through the run, not in one slice of it."""
+    per_visitor = rate * seconds // visitors
+    spread = seconds / 2
+    period = (seconds - spread) / per_visitor
+    timed = sorted((v * spread / visitors + j * period, v, 1 + j)
+                   for v in range(visitors) for j in range(per_visitor))  # fmt: skip
+    return [(v, k) for _, v, k in timed]
 
 
 def settle(client: redis.Redis, limit_s: float = 60) -> None:
