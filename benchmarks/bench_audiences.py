@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -336,8 +337,12 @@ def latency(
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
+        cpu_before, own_before = cpu_by_process(process.pid), time.process_time()
         asyncio.run(send(staggered(visitors, rate, seconds)))
         time.sleep(10)  # the last enters are recorded; everyone has left `recent`
+        cpu_after = cpu_by_process(process.pid)
+        cpu = {name: cpu_after[name] - cpu_before.get(name, 0) for name in sorted(cpu_after)}
+        cpu["this client"] = time.process_time() - own_before
         following.set()
         follower.join()
         pids = client.mget([f"cdp:identity:a:v{v}" for v in range(visitors)])
@@ -370,9 +375,35 @@ def latency(
         report("  of which HTTP 200 -> profile change announced", profile_part)
         report("  and profile change -> audience_changes enter", audience_part)
         report("time-based exit behind its moment", exit_lag)
+        print(f"CPU seconds over those {seconds} s and 10 s after (2 cores): "
+              + ", ".join(f"{name} {used:.1f}" for name, used in cpu.items()))  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def cpu_by_process(root: int) -> dict[str, float]:
+    """CPU seconds so far of `cdp serve` (pid `root`) and of its child processes (Valkey,
+    the workers), by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # from the state on
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.parent.name) != root and int(fields[1]) != root:
+            continue
+        name = (
+            "valkey"
+            if "valkey" in command
+            else command.split(" -m cdp ")[-1].split()[0]
+            if " -m cdp " in command
+            else "other"
+        )
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
 
 
 def staggered(visitors: int, rate: int, seconds: int) -> list[tuple[int, int]]:

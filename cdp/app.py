@@ -134,6 +134,7 @@ class Runtime:
             self.warehouse,
             settings.records_stream,
             block_ms=settings.writer_block_ms,
+            max_wait_ms=settings.writer_max_wait_ms,
         )
         self._run(records, "records-writer")
 
@@ -176,7 +177,8 @@ class Runtime:
                                                self.catalog, self.audiences.keys,
                                                settings.history_days),
                                        settings.events_stream,
-                                       settings.profile_changes_stream),
+                                       settings.profile_changes_stream,
+                                       settings.records_stream),
             ReportsApi: ReportsApi(self.warehouse, self.redis, settings.streams),
             OperationsApi: OperationsApi(
                 self.redis,

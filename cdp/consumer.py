@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import redis
@@ -147,6 +148,23 @@ class StreamConsumer:
         """Read new entries (waiting up to block_ms for the first) and handle them."""
         entries = self.read_new(self.block_ms if block_ms is None else block_ms)
         return self.handle(entries, recovered=False) if entries else 0
+
+    def gathered(
+        self, entries: Entries, least: int, wait_ms: int, size: Callable[[Entries], int] = len
+    ) -> Entries:
+        """These entries and more, for ClickHouse's sake (it wants few large inserts): while
+        they hold fewer than `least` (by `size`), one nap of `wait_ms`, then what came
+        meanwhile. One nap, not a wake-up per arriving entry: the event loop keeps the GIL."""
+        held = size(entries)
+        if held < least:
+            time.sleep(wait_ms / 1000)
+            while held < least:
+                more = self.read_new(None)
+                if not more:
+                    break
+                entries += more
+                held += size(more)
+        return entries
 
     def finish(self) -> int:
         """Handle what the stream holds now, without waiting for more: the last step of a

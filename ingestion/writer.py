@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,16 +104,7 @@ class WarehouseWriter(StreamConsumer):
         entries = self.read_new(self.block_ms if block_ms is None else block_ms)
         if not entries:
             return 0
-        events = _events_in(entries)
-        if events < self.min_events:
-            # One nap, not a wake-up per arriving request: the event loop keeps the GIL.
-            time.sleep(self.max_wait_ms / 1000)
-            while events < self.min_events:
-                more = self.read_new(None)
-                if not more:
-                    break
-                entries += more
-                events += _events_in(more)
+        entries = self.gathered(entries, self.min_events, self.max_wait_ms, _events_in)
         return self.handle(entries, recovered=False)
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:

@@ -166,11 +166,18 @@ class AudiencesApi:
     redis: redis.Redis
     warehouse: Warehouse
     sources: Sources
-    # What the tracking API took before a backfill is stored first (the SQL reads ClickHouse),
-    # waiting for this stream's consumers at most `settle_seconds`.
+    # What the tracking API took before a backfill is stored first (the SQL reads ClickHouse:
+    # the events, and the identities that tie them to profiles, which come as records),
+    # waiting for these streams' consumers at most `settle_seconds`.
     events_stream: str = ""
     changes_stream: str = ""  # the audience worker's: settled before an audit
+    records_stream: str = ""
     settle_seconds: float = 10.0
+
+    @property
+    def stored_streams(self) -> list[str]:
+        """What feeds ClickHouse, in order (the records come of the events)."""
+        return [s for s in (self.events_stream, self.records_stream) if s]
 
     @property
     def keys(self) -> AudienceKeys:
@@ -196,8 +203,8 @@ class AudiencesApi:
     def backfill(self, definition: Definition) -> int:
         """Have the real-time path decide now for everyone the definition may hold for, and
         for everyone in the audience now."""
-        if self.events_stream and wait_until_settled(
-            self.redis, [self.events_stream], self.settle_seconds
+        if self.stored_streams and wait_until_settled(
+            self.redis, self.stored_streams, self.settle_seconds
         ) is None:  # fmt: skip
             log.warning("backfill of %s: events not stored in ClickHouse after %ss; a profile "
                         "only they bring in enters with its next event", definition.id,
@@ -226,7 +233,7 @@ class AudiencesApi:
         """Once what was received is processed (up to `settle_seconds`), the members kept in
         real time against the definition's SQL at one moment."""
         definition = self.audiences.get(audience_id).definition
-        streams = [s for s in (self.events_stream, self.changes_stream) if s]
+        streams = [*self.stored_streams, *([self.changes_stream] if self.changes_stream else [])]
         settled = wait_until_settled(self.redis, streams, self.settle_seconds) is not None
         now = int(time.time() * 1000)
         found = audit(self.sources, definition, now)

@@ -3,6 +3,9 @@ after a crash change nothing twice."""
 
 from __future__ import annotations
 
+import threading
+
+import orjson
 import pytest
 import redis
 
@@ -80,3 +83,27 @@ def test_entries_without_events_are_acknowledged(
     redis_client.xdel(settings.events_stream, entry_id)
     assert worker.recover() == 0
     assert redis_client.xpending(settings.events_stream, "profiles")["pending"] == 0
+
+
+def test_records_coming_while_the_writer_naps_go_in_one_insert(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A script call writes an entry of records (a batch's transitions, a new profile's
+    identity): inserted each alone, every few milliseconds under load, they cost the
+    embedded ClickHouse most of a core (a part made and merged each)."""
+    migrate(warehouse)
+    writer = RecordsWriter(redis_client, warehouse, settings.records_stream, max_wait_ms=300)
+    writer.ensure_group()
+
+    def record(n: int) -> None:
+        row = {"kind": "anonymous_id", "value": f"v{n}", "profile_id": f"p{n}", "version": 1,
+               "at": 1_700_000_000_000}  # fmt: skip
+        redis_client.xadd(settings.records_stream, {"table": "identities",
+                                                    "rows": orjson.dumps([row])})  # fmt: skip
+
+    record(0)
+    later = threading.Timer(0.1, lambda: [record(n) for n in range(1, 20)])
+    later.start()
+    assert writer.drain_once(block_ms=10) == 20  # the first, and those that came meanwhile
+    later.join()
+    assert warehouse.query_rows("SELECT count() FROM identities")[0][0] == 20
