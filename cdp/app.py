@@ -125,8 +125,8 @@ class Runtime:
             settings.events_stream,
             batch_size=settings.writer_batch_size,
             block_ms=settings.writer_block_ms,
-            min_events=settings.writer_min_events,
-            max_wait_ms=settings.writer_max_wait_ms,
+            gather=settings.writer_min_events,
+            gather_wait_ms=settings.writer_max_wait_ms,
         )
         self._run(self.writer, "warehouse-writer")
         records = RecordsWriter(
@@ -134,7 +134,7 @@ class Runtime:
             self.warehouse,
             settings.records_stream,
             block_ms=settings.writer_block_ms,
-            max_wait_ms=settings.writer_max_wait_ms,
+            gather_wait_ms=settings.writer_max_wait_ms,
         )
         self._run(records, "records-writer")
 

@@ -13,7 +13,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import redis
@@ -44,8 +43,14 @@ class StreamConsumer:
         claim_idle_ms: int = 60_000,
         tries: int = 3,
         index: int = 0,
+        gather: int = 0,
+        gather_wait_ms: int = 500,
     ) -> None:
-        """`index`: which of the host's workers of this group it is (when several run)."""
+        """`index`: which of the host's workers of this group it is (when several run);
+        `gather`: how much (by `size`) a read gathers before it is handled, for ClickHouse's
+        sake (it wants few large inserts): while less came, one nap of `gather_wait_ms`, then
+        what came meanwhile. One nap, not a wake-up per arriving entry: the event loop keeps
+        the GIL."""
         self.client = client
         self.stream = stream
         self.batch_size = batch_size  # stream entries a read
@@ -56,6 +61,8 @@ class StreamConsumer:
         )
         self.claim_idle_ms = claim_idle_ms
         self.tries = tries  # before an entry is set aside
+        self.gather = gather
+        self.gather_wait_ms = gather_wait_ms
         self.set_aside = 0
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
@@ -145,25 +152,25 @@ class StreamConsumer:
         return list(response[0][1]) if response else []
 
     def drain_once(self, block_ms: int | None = None) -> int:
-        """Read new entries (waiting up to block_ms for the first) and handle them."""
+        """Read new entries (waiting up to block_ms for the first), gather more (`gather`),
+        and handle them."""
         entries = self.read_new(self.block_ms if block_ms is None else block_ms)
-        return self.handle(entries, recovered=False) if entries else 0
+        return self.handle(self.gathered(entries), recovered=False) if entries else 0
 
-    def gathered(
-        self, entries: Entries, least: int, wait_ms: int, size: Callable[[Entries], int] = len
-    ) -> Entries:
-        """These entries and more, for ClickHouse's sake (it wants few large inserts): while
-        they hold fewer than `least` (by `size`), one nap of `wait_ms`, then what came
-        meanwhile. One nap, not a wake-up per arriving entry: the event loop keeps the GIL."""
-        held = size(entries)
-        if held < least:
-            time.sleep(wait_ms / 1000)
-            while held < least:
+    def size(self, entries: Entries) -> int:
+        """How much the entries hold, as `gather` counts it."""
+        return len(entries)
+
+    def gathered(self, entries: Entries) -> Entries:
+        held = self.size(entries)
+        if held < self.gather:
+            time.sleep(self.gather_wait_ms / 1000)
+            while held < self.gather:
                 more = self.read_new(None)
                 if not more:
                     break
                 entries += more
-                held += size(more)
+                held += self.size(more)
         return entries
 
     def finish(self) -> int:

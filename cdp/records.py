@@ -77,29 +77,13 @@ class RecordsWriter(StreamConsumer):
     storage_errors = (redis.ConnectionError, OperationalError)
 
     def __init__(
-        self,
-        client: redis.Redis,
-        warehouse: Warehouse,
-        stream: str,
-        *,
-        min_entries: int = 1_000,
-        max_wait_ms: int = 500,
-        **options: Any,
+        self, client: redis.Redis, warehouse: Warehouse, stream: str, **options: Any
     ) -> None:
-        super().__init__(client, stream, **options)
-        self.warehouse = warehouse
         # An entry per script call (a batch of profiles' transitions, a merge, a consent
-        # statement): gathered as the events are, or every few milliseconds under load would
-        # be an insert (a part for ClickHouse to make and merge).
-        self.min_entries = min_entries
-        self.max_wait_ms = max_wait_ms
-
-    def drain_once(self, block_ms: int | None = None) -> int:
-        entries = self.read_new(self.block_ms if block_ms is None else block_ms)
-        if not entries:
-            return 0
-        return self.handle(self.gathered(entries, self.min_entries, self.max_wait_ms),
-                           recovered=False)  # fmt: skip
+        # statement): a read gathers up to 1,000 as the events writer does, or every few
+        # milliseconds under load would be an insert (a part for ClickHouse to make and merge).
+        super().__init__(client, stream, **{"gather": 1_000, **options})
+        self.warehouse = warehouse
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         by_table: dict[str, list[dict[str, Any]]] = {}

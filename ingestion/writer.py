@@ -80,32 +80,17 @@ class WarehouseWriter(StreamConsumer):
     storage_errors = (redis.ConnectionError, OperationalError)
 
     def __init__(
-        self,
-        client: redis.Redis,
-        warehouse: Warehouse,
-        stream: str,
-        *,
-        min_events: int = 10_000,
-        max_wait_ms: int = 500,
-        **options: Any,
+        self, client: redis.Redis, warehouse: Warehouse, stream: str, **options: Any
     ) -> None:
-        super().__init__(client, stream, **options)
+        # A read gathers up to 10,000 events (`StreamConsumer`'s `gather`).
+        super().__init__(client, stream, **{"gather": 10_000, **options})
         self.warehouse = warehouse
-        # ClickHouse wants few large inserts: gather up to min_events, waiting at most max_wait.
-        self.min_events = min_events
-        self.max_wait_ms = max_wait_ms
         self.written = 0
         self.rejected = 0
         self.skipped_duplicates = 0
 
-    def drain_once(self, block_ms: int | None = None) -> int:
-        """Read new entries (waiting up to block_ms for the first), gather more while they come
-        and the batch is small, write and acknowledge them; returns how many events they held."""
-        entries = self.read_new(self.block_ms if block_ms is None else block_ms)
-        if not entries:
-            return 0
-        entries = self.gathered(entries, self.min_events, self.max_wait_ms, _events_in)
-        return self.handle(entries, recovered=False)
+    def size(self, entries: Entries) -> int:
+        return _events_in(entries)
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         """Insert (what is not stored yet, after a crash), then acknowledge."""

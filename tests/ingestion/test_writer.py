@@ -38,7 +38,7 @@ def test_concurrent_small_requests_are_committed_together_and_once(
 def writer(settings: Settings, client: redis.Redis, warehouse: Warehouse) -> WarehouseWriter:
     migrate(warehouse)
     made = WarehouseWriter(
-        client, warehouse, settings.events_stream, batch_size=50, block_ms=10, max_wait_ms=10
+        client, warehouse, settings.events_stream, batch_size=50, block_ms=10, gather_wait_ms=10
     )
     made.ensure_group()
     return made

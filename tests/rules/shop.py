@@ -51,7 +51,7 @@ class Shop:
         self.writer = WarehouseWriter(client, warehouse, settings.events_stream, block_ms=10)
         self.profiles = ProfileWorker(client, self.store, settings.events_stream, block_ms=10)
         self.records = RecordsWriter(client, warehouse, settings.records_stream, block_ms=10,
-                                     max_wait_ms=settings.writer_max_wait_ms)  # fmt: skip
+                                     gather_wait_ms=settings.writer_max_wait_ms)  # fmt: skip
         self.worker = self.audience_worker()
         self.more_workers: list[AudienceWorker] = []  # beside `worker`, sharing its work
         for consumer in (self.writer, self.profiles, self.records, self.worker):

@@ -92,7 +92,7 @@ def test_records_coming_while_the_writer_naps_go_in_one_insert(
     identity): inserted each alone, every few milliseconds under load, they cost the
     embedded ClickHouse most of a core (a part made and merged each)."""
     migrate(warehouse)
-    writer = RecordsWriter(redis_client, warehouse, settings.records_stream, max_wait_ms=300)
+    writer = RecordsWriter(redis_client, warehouse, settings.records_stream, gather_wait_ms=300)
     writer.ensure_group()
 
     def record(n: int) -> None:
