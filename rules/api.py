@@ -357,10 +357,10 @@ def _definition(audience_id: str, body: AudienceIn) -> Definition:
 @router.get("/audiences", tags=["audiences"], summary="Every audience, predefined ones first",
             response_model=AudiencesOut)  # fmt: skip
 def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
-    saved = api.audiences.all()
-    ordered = sorted(saved, key=lambda s: (not s.predefined, s.id))
-    invalid = [{"id": k, "problem": v} for k, v in sorted(api.audiences.invalid().items())]
-    return {"audiences": [api.out(s) for s in ordered], "invalid": invalid}
+    found, invalid = api.audiences.read()
+    ordered = sorted(found.values(), key=lambda s: (not s.predefined, s.id))
+    return {"audiences": [api.out(s) for s in ordered],
+            "invalid": [{"id": k, "problem": v} for k, v in sorted(invalid.items())]}  # fmt: skip
 
 
 @router.post("/audiences", tags=["audiences"], summary="Define an audience (kept live at once)",

@@ -218,9 +218,12 @@ class Audiences:
                 f"{audience_id} is predefined and cannot be deleted; disable it instead "
                 '(PUT it with "enabled": false)'
             )
-        if audience_id not in self.invalid():
-            self.get(audience_id)  # NotFound
-            users = sorted(s.id for s in self.all() if audience_id in references(s.definition.root))
+        found, invalid = self.read()
+        if audience_id not in invalid:
+            if audience_id not in found:
+                raise NotFound(f"no audience {audience_id}")
+            users = sorted(k for k, s in found.items()
+                           if audience_id in references(s.definition.root))  # fmt: skip
             if users:
                 raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
         pipe = self.client.pipeline(transaction=True)

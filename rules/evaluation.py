@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from prometheus_client import Counter
 
@@ -54,6 +55,11 @@ class Plan:
     _reading: dict[tuple[int, frozenset[str] | None], list[Compiled]] = field(
         default_factory=dict, repr=False
     )
+
+    @cached_property
+    def kept(self) -> frozenset[str]:
+        """The audiences whose memberships a profile keeps: those matched and those frozen."""
+        return frozenset(self.definitions) | frozenset(self.frozen)
 
     @property
     def reads_stock(self) -> bool:
@@ -154,7 +160,7 @@ def evaluate(
     hold (deleted, disabled) are left as exits; those it holds frozen are kept."""
     outcome = Outcome()
     moved: set[str] = set()
-    members = set(subject.memberships) & (set(plan.definitions) | set(plan.frozen))
+    members = set(subject.memberships) & plan.kept
     for gone in sorted(set(subject.memberships) - members):
         outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
                                               plan.generation, []))  # fmt: skip
