@@ -340,10 +340,14 @@ class Matcher:
         return dict(self._fired)
 
     def _match_fact(self, shard: int, fact: dict[str, float]) -> None:
+        self.match_text(shard, engine_json(fact))
+
+    def match_text(self, shard: int, text: str) -> None:
+        """Assert the shard's fact (as `engine_json` writes it), take the transitions it
+        fires, retract it."""
         import durable_rules_engine as native
 
         handle = self._handles[shard]
-        text = engine_json(fact)
         asserted = native.assert_fact(handle, text)
         if asserted[0] == NOT_HANDLED:
             return  # no rule matched: the engine kept nothing
