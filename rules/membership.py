@@ -31,6 +31,7 @@ class Sources:
     catalog: Catalog
     keys: AudienceKeys
     history_days: int
+    history_events: int  # the newest kept a profile (`CDP_HISTORY_EVENTS`)
 
     def live_set(self, name: str, among: list[str] | None) -> list[str]:
         kind, _, rest = name.partition(":")
@@ -51,9 +52,10 @@ class Sources:
 
 def members_at(sources: Sources, root: Node, now: int) -> list[str]:
     """The profiles the tree holds for at `now` (epoch ms), sorted."""
-    history = sources.history_days * DAY_MS
-    candidates = sources.run(members_query(root, history, now, relaxed=frozenset({"consent"})))
-    exact = members_query(root, history, now)
+    history, cap = sources.history_days * DAY_MS, sources.history_events
+    candidates = sources.run(members_query(root, history, cap, now,
+                                           relaxed=frozenset({"consent"})))  # fmt: skip
+    exact = members_query(root, history, cap, now)
     if not any(name.startswith("consent:") for name in exact.needs.values()):
         return sorted(candidates)
     return sorted(sources.run(exact, among=candidates)) if candidates else []
@@ -61,7 +63,7 @@ def members_at(sources: Sources, root: Node, now: int) -> list[str]:
 
 def candidates_at(sources: Sources, root: Node, now: int) -> list[str]:
     """A superset of the members at `now`, with nothing read from live state."""
-    query = members_query(root, sources.history_days * DAY_MS, now,
+    query = members_query(root, sources.history_days * DAY_MS, sources.history_events, now,
                           relaxed=frozenset({"consent", "member"}))  # fmt: skip
     return sorted(sources.run(query))
 

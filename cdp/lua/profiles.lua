@@ -41,7 +41,7 @@ local PARTS = {'ids', 'traits', 'traits_at', 'days', 'cart', 'cart_items', 'view
 
 local applied, merges, refused = 0, 0, 0
 local days_added = {}  -- profile and day pairs this call has put in a profile's days
-local history_trimmed = {}  -- profiles whose history this call has trimmed
+local history_added = {}  -- profiles whose history this call has added to (trimmed at its end)
 local changed = {}  -- profiles this call changed, for the audience worker: pid -> {name=true}
 local merged_pairs = {}  -- {from, to} of each merge, in order
 
@@ -578,13 +578,7 @@ local function apply_event(e)
     end
     if #scored > 0 then
       redis.call('ZADD', key(pid, 'history'), unpack(scored))
-      if not history_trimmed[pid] then  -- once a call per profile: what ages out goes, and
-        -- what is past the cap (the newest stay: a client sending without end, a bot on the
-        -- public write key, would make every evaluation of its profile read all of it)
-        redis.call('ZREMRANGEBYSCORE', key(pid, 'history'), '-inf', history_from)
-        redis.call('ZREMRANGEBYRANK', key(pid, 'history'), 0, -history_cap - 1)
-        history_trimmed[pid] = true
-      end
+      history_added[pid] = true
     end
   end
   local names = changed[pid] or {}
@@ -672,6 +666,26 @@ for _, c in ipairs(changes) do
       changed[pid] = changed[pid] or {}
       changed[pid]['consent'] = true
     end
+  end
+end
+-- Once a call per profile, at its end: what aged out goes, and what is past the cap (a
+-- client sending without end, a bot on the public write key, would make every evaluation of
+-- its profile read all of it). So after every call a history is the newest `history_cap` of
+-- the profile's kept events (by time, then member), whatever the calls' sizes were: what
+-- `rules/sql.py` counts. The events dropped for the cap are changes too (an audience
+-- counting them may be left): their names are announced.
+for pid in pairs(history_added) do
+  local id = live(pid)
+  local history = key(id, 'history')
+  redis.call('ZREMRANGEBYSCORE', history, '-inf', history_from)
+  local excess = redis.call('ZCARD', history) - history_cap
+  if excess > 0 then
+    local names = changed[id] or {}
+    for _, member in ipairs(redis.call('ZRANGE', history, 0, excess - 1)) do
+      names[cjson.decode(member)[2]] = true
+    end
+    changed[id] = names
+    redis.call('ZREMRANGEBYRANK', history, 0, excess - 1)
   end
 end
 send_records()

@@ -57,7 +57,7 @@ class Shop:
         for consumer in (self.writer, self.profiles, self.records, self.worker):
             consumer.ensure_group()
         self.sources = Sources(warehouse, client, self.store, self.catalog, self.keys,
-                               settings.history_days)  # fmt: skip
+                               settings.history_days, settings.history_events)  # fmt: skip
 
     def __enter__(self) -> Shop:
         return self

@@ -141,3 +141,45 @@ def check(shop: Shop, namespace: str, root: dict[str, Any], events: list[dict[st
         real_time = shop.members("generated") & profiles
         in_sql = shop.sql_members("generated") & profiles
         assert real_time == in_sql, repr((root, step, events, identifies, shop.changes()))
+
+
+def test_a_profile_past_the_history_cap_is_judged_alike(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A bot's profile: real time keeps its newest `CDP_HISTORY_EVENTS`, and SQL counts the
+    same ones, also where the cut falls among events of the very same millisecond (which
+    ones stay then is the message ids' order), the events coming in calls of any size."""
+    namespace = "cap" + uuid.uuid4().hex[:8]
+    example = settings.model_copy(update={"redis_prefix": namespace, "history_events": 100})
+    with Shop(example, redis_client, warehouse) as shop:
+        thresholds = {f"signed-up-{n}": n for n in (1, 10, 14, 16, 20)}
+        for audience, n in thresholds.items():
+            shop.define(audience, {"performed": {"event": "Signed Up", "within": "P7D",
+                                                 "times": n}})  # fmt: skip
+        shop.define("viewed-100", {"performed": {"event": "Product Viewed", "within": "P7D",
+                                                 "times": 100}})  # fmt: skip
+        shop.define("viewed-80", {"performed": {"event": "Product Viewed", "within": "P7D",
+                                                "times": 80}})  # fmt: skip
+        bot = f"{namespace}-bot"
+        tied = shop.now - days(1)
+        for i in range(20):  # the oldest, gone from the history whatever the order
+            shop.track(bot, "Signed Up", at=tied - days(1) + i)
+        for i in range(20):  # 40 at one millisecond, of which 30 stay
+            shop.track(bot, "Signed Up", at=tied)
+            shop.track(bot, "Product Viewed", at=tied)
+        shop.settle()
+        for i in range(70):
+            shop.track(bot, "Product Viewed", at=tied + 1 + i)
+            if i % 25 == 0:  # calls of several sizes
+                shop.settle()
+        shop.settle()
+        profile = shop.profile_of(bot)
+        inputs = shop.store.audience_inputs(profile, 0)
+        assert inputs is not None and len(inputs.history) == 100
+        kept = sum(event == "Signed Up" for _, _, event, _ in inputs.history)
+        assert 0 < kept < 20
+        for audience in [*thresholds, "viewed-100", "viewed-80"]:
+            assert shop.members(audience) == shop.sql_members(audience), audience
+        assert shop.members("signed-up-1") == {profile}
+        assert shop.members("viewed-100") == set()  # 90 kept of the 110 sent
+        assert shop.members("viewed-80") == {profile}
