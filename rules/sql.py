@@ -264,32 +264,36 @@ def members_query(
     """The profiles the definition holds for at `now` (epoch ms): `select` over them. With
     `relaxed` kinds of live sets (`consent`, `member`) left open: a superset of them. Each
     profile's track events are those real time keeps: of the kept days, the newest
-    `history_events` (`past_the_cap`)."""
+    `history_events` (`cut_offs`)."""
     printer = Printer(history_ms, relaxed)
     condition = printer.tree(node)
     columns = ", ".join(["profile_id", *printer.inner])
     sql = (
         f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
-        f"WHERE profile_id != '' AND {T} <= {{now:Int64}} "
-        f"AND (profile_id, message_id) NOT IN ({past_the_cap(history_ms, history_events)}) "
+        f"LEFT JOIN ({cut_offs(history_ms, history_events)}) AS cut ON cut.capped = profile_id "
+        f"WHERE profile_id != '' AND {T} <= {{now:Int64}} AND (type != 'track' "
+        "OR cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id)) "
         f"GROUP BY profile_id) WHERE {condition}"
     )
     return Query(sql, {**printer.parameters, "now": now}, dict(printer.needs))
 
 
-def past_the_cap(history_ms: int, history_events: int) -> str:
-    """(profile, message) of the track events a profile's history no longer holds: past the
-    newest `history_events` of its kept days (`CDP_HISTORY_EVENTS`; those after `now`
-    count, as they are in the history). The history keeps the newest by time, then by its
-    entry's text (which begins with the message id): ties at the same millisecond fall the
-    same way unless a message id holds a character JSON escapes. Ranked only for the
-    profiles over the cap (a bot's), so a shop's query pays one count per profile."""
+def cut_offs(history_ms: int, history_events: int) -> str:
+    """For each profile with more track events in the kept days than its history holds
+    (`CDP_HISTORY_EVENTS`; those after `now` count, as they are in the history), the oldest
+    it holds: (time, message id). The history keeps the newest by time, then by its entry's
+    text (which begins with the message id): ties at the same millisecond fall the same way
+    unless a message id holds a character JSON escapes. Ranked only for the profiles over
+    the cap (a bot's), so a shop's query pays one count per profile."""
     kept = f"type = 'track' AND profile_id != '' AND {T} > {{now:Int64}} - {history_ms}"
     over = f"SELECT profile_id FROM profile_events WHERE {kept} GROUP BY profile_id " \
            f"HAVING count() > {history_events}"  # fmt: skip
     ranked = (
-        "SELECT profile_id, message_id, row_number() OVER (PARTITION BY profile_id "
+        "SELECT profile_id, timestamp, message_id, row_number() OVER (PARTITION BY profile_id "
         f"ORDER BY timestamp DESC, message_id DESC) AS recency FROM profile_events "
         f"WHERE {kept} AND profile_id IN ({over})"
     )
-    return f"SELECT profile_id, message_id FROM ({ranked}) WHERE recency > {history_events}"
+    return (
+        "SELECT profile_id AS capped, timestamp AS cut_at, message_id AS cut_id "
+        f"FROM ({ranked}) WHERE recency = {history_events}"
+    )

@@ -164,7 +164,7 @@ def test_a_profile_past_the_history_cap_is_judged_alike(
         tied = shop.now - days(1)
         for i in range(20):  # the oldest, gone from the history whatever the order
             shop.track(bot, "Signed Up", at=tied - days(1) + i)
-        for i in range(20):  # 40 at one millisecond, of which 30 stay
+        for _ in range(20):  # 40 at one millisecond, of which 30 stay
             shop.track(bot, "Signed Up", at=tied)
             shop.track(bot, "Product Viewed", at=tied)
         shop.settle()
