@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 import redis
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,6 +58,14 @@ class PreviewIn(BaseModel):
     at: datetime | None = Field(default=None, description="The moment (default: now)")
 
 
+class ComputingOut(BaseModel):
+    since: str = Field(description="When the definition changed (or was created)")
+    candidates: int = Field(description="Profiles the definition's SQL may hold for, and "
+                            "the members then: each is decided again")  # fmt: skip
+    waiting: int = Field(description="Profiles due for evaluation by then and not evaluated "
+                         "yet (its candidates among them)")  # fmt: skip
+
+
 class AudienceOut(BaseModel):
     id: str
     name: str
@@ -65,6 +74,10 @@ class AudienceOut(BaseModel):
     root: dict[str, Any]
     predefined: bool
     size: int
+    computing: ComputingOut | None = Field(
+        description="Its members being decided after a change of the definition (the size "
+        "grows or shrinks meanwhile); null when they are current"
+    )
     created_at: str | None
     updated_at: str | None
 
@@ -186,6 +199,7 @@ class AudiencesApi:
     def out(self, saved: Saved) -> dict[str, Any]:
         document = saved.as_dict()
         document["size"] = int(self.redis.zcard(self.keys.members(saved.id)))
+        document["computing"] = computing(self.redis, self.keys, saved.id)
         document["created_at"] = iso(saved.created_at)
         document["updated_at"] = iso(saved.updated_at)
         return document
@@ -212,10 +226,14 @@ class AudiencesApi:
         now = int(time.time() * 1000)
         candidates = candidates_at(self.sources, definition.root, now) if definition.enabled else []
         current = [text(m) for m in self.redis.zrange(self.keys.members(definition.id), 0, -1)]
-        return schedule(self.redis, self.keys, [*candidates, *current], now)
+        asked = sorted({*candidates, *current})
+        self.redis.hset(self.keys.backfills, definition.id,
+                        orjson.dumps({"at": now, "candidates": len(asked)}))  # fmt: skip
+        return schedule(self.redis, self.keys, asked, now)
 
     def delete(self, audience_id: str) -> None:
         self.audiences.delete(audience_id)
+        self.redis.hdel(self.keys.backfills, audience_id)
         current = [text(m) for m in self.redis.zrange(self.keys.members(audience_id), 0, -1)]
         schedule(self.redis, self.keys, current, int(time.time() * 1000))
 
@@ -318,6 +336,27 @@ def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:
     check_shape(root)
     others = {s.id: s.definition for s in audiences.all()}
     return problems_of(root, others, "(preview)", audiences.history_days)
+
+
+def computing(client: redis.Redis, keys: AudienceKeys, audience_id: str) -> dict[str, Any] | None:
+    """The audience's last backfill while the profiles due by its moment (its candidates
+    among them) wait for the audience worker; None once they are all evaluated."""
+    raw = client.hget(keys.backfills, audience_id)
+    if raw is None:
+        return None
+    backfill = orjson.loads(raw)
+    waiting = int(client.zcount(keys.due, "-inf", backfill["at"]))
+    if not waiting:
+        # Done: forgotten, unless a newer backfill took its place meanwhile.
+        client.eval(FORGET, 1, keys.backfills, audience_id, raw)
+        return None
+    return {"since": iso(backfill["at"]), "candidates": backfill["candidates"],
+            "waiting": waiting}  # fmt: skip
+
+
+FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+"""
 
 
 def schedule(client: redis.Redis, keys: AudienceKeys, profile_ids: list[str], at: int) -> int:

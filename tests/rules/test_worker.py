@@ -4,6 +4,7 @@ definitions change while events flow, a product back in stock brings its watcher
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 import redis
@@ -367,3 +368,38 @@ def test_a_merge_that_cannot_be_retired_is_set_aside_and_the_survivor_goes_on(
         shop.advance(RETRY_MS)  # its look again finds it merged away: retired
         assert not redis_client.exists(shop.keys.of(laptop))
         assert shop.members("twice") == {survivor}
+
+
+def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A marketer who creates an audience on a big shop sees size 0 first: the answer says
+    its members are being decided, how many profiles wait, until the worker is done."""
+    from rules.api import AudiencesApi
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the API decides at the wall clock's moment
+        viewed_twice(shop, "a", "b", "c")
+        shop.track("d", "Product Viewed")
+        shop.settle()
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        definition = Definition.model_validate({"id": "twice", "name": "T", "root": TWICE})
+        created = api.save(definition, create=True)
+        assert created["size"] == 0
+        assert created["computing"]["candidates"] == 3  # a, b and c, by the SQL
+        assert created["computing"]["waiting"] == 3
+        shop.now = int(time.time() * 1000)
+        shop.advance(0)  # the worker runs what is due
+        shown = api.out(shop.audiences.get("twice"))
+        assert shown["size"] == 3 and shown["computing"] is None
+        assert not redis_client.hexists(shop.keys.backfills, "twice")
+
+        # Changed: its members (and the new candidates) are decided again.
+        changed = definition.model_copy(update={"root": Definition.model_validate(
+            {"id": "x", "name": "x", "root": {"performed": {
+                "event": "Product Viewed", "within": "P1D", "times": 1}}}).root})  # fmt: skip
+        assert api.save(changed, create=False)["computing"]["candidates"] == 4
+        shop.now = int(time.time() * 1000)
+        shop.advance(0)
+        shown = api.out(shop.audiences.get("twice"))
+        assert shown["size"] == 4 and shown["computing"] is None
