@@ -38,6 +38,7 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse, connect_async_redis, connect_redis, connect_warehouse
 from cdp.supervisor import WorkerProcess
 from ingestion.normalize import load_user_agent_rules
+from ingestion.rate_limit import RateLimit
 from ingestion.routes import PATHS as TRACKING_PATHS
 from ingestion.routes import Tracking, TrackingAPI, openapi_paths
 from ingestion.routes import router as snippet_router
@@ -285,6 +286,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_event_bytes=settings.max_event_bytes,
             max_batch_bytes=settings.max_batch_bytes,
             cors_origins=frozenset(settings.cors_origins),
+            rate_limit=RateLimit.of(settings.rate_limit, frozenset(settings.catalog_write_keys)),
         )
         try:
             yield

@@ -75,6 +75,17 @@ class Unprocessable(CdpError):
     status = 422
 
 
+class TooManyRequests(CdpError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class HeadersTooLarge(CdpError):
     status = 431
 

@@ -62,12 +62,29 @@ class Settings(BaseSettings):
     # /healthz answers 503 when a worker's oldest waiting entry is older than this.
     health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    # Events one client address may send the tracking endpoints (`limits` notation; empty:
+    # no limit). The catalog write keys (the shop's servers) and loopback are not limited.
+    rate_limit: str = "1000/minute"
 
     @field_validator("write_keys", "catalog_write_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_notation(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(
+                    "CDP_RATE_LIMIT must read like 1000/minute or 50/second (empty: no limit)"
+                ) from None
         return value
 
     @field_validator("clickhouse_url")

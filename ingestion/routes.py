@@ -24,7 +24,7 @@ import binascii
 import contextlib
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -52,6 +52,7 @@ from cdp.errors import (
     UnsupportedMediaType,
 )
 from ingestion.normalize import Row, to_row
+from ingestion.rate_limit import RateLimit
 from ingestion.segment import (
     EVENT_TYPES,
     MAX_DEPTH,
@@ -103,6 +104,7 @@ class Tracking:
     max_event_bytes: int
     max_batch_bytes: int
     cors_origins: frozenset[str]
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(None))
 
 
 @dataclass
@@ -166,6 +168,7 @@ async def _answer(
             rows, errors, total = batch_rows(body, key, ip, received, tracking.max_event_bytes)
         else:
             rows, errors, total = [single_row(body, kind, key, ip, received)], [], 1
+        tracking.rate_limit.take(ip, key, total)
         new = await tracking.stream.append(rows)
     except CdpError as error:
         return _error(error)
@@ -392,6 +395,8 @@ ANSWERS: dict[str, str] = {
     "408": "The body did not arrive in time",
     "413": "Over 32 KB an event or 500 KB a request",
     "415": "Not JSON (application/json or text/plain) or unknown encoding",
+    "429": "Over `CDP_RATE_LIMIT` events from one client: nothing was stored, send it again "
+    "after `Retry-After` seconds",
     "500": "Internal error: nothing was stored, retry",
     "503": "Event buffer unavailable: retry",
 }

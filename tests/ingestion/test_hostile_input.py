@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdp.settings import Settings
 from cdp.storage import Warehouse
 from tests.conftest import WRITE_KEY, LiveServer, count_events, wait_for
 
@@ -63,3 +64,49 @@ def test_hostile_values_beside_a_valid_event_do_not_sink_it(
     response = http.post("/v1/batch", json={"batch": hostile})
     assert response.status_code in (200, 400)
     wait_for(lambda: count_events(warehouse, "message_id = 'kept-1'") == 1)
+
+
+def test_a_flooding_client_is_answered_429_and_nobody_else_is(
+    settings: Settings, warehouse: Warehouse
+) -> None:
+    """A bot on the public write key, from one address (or one IPv6 /64): past the limit
+    its requests get 429 with Retry-After and nothing of them is stored; what it sent
+    before is kept; other clients, the shop's servers' key and loopback go on."""
+    from cdp.app import create_app
+
+    server_key = "wk_server_key_of_the_shop"
+    limited = settings.model_copy(update={"rate_limit": "30/minute",
+                                          "write_keys": [WRITE_KEY, server_key],
+                                          "catalog_write_keys": [server_key]})  # fmt: skip
+
+    def batch(who: str, n: int, tag: str) -> dict:
+        return {"batch": [{"type": "track", "event": "Flood", "anonymousId": who,
+                           "messageId": f"{tag}-{i}"} for i in range(n)]}  # fmt: skip
+
+    def post(body: dict, ip: str | None, key: str = WRITE_KEY) -> httpx.Response:
+        headers = {"X-Forwarded-For": ip} if ip else {}
+        return httpx.post(f"{server.url}/v1/batch", json=body, auth=(key, ""), headers=headers)
+
+    with LiveServer(create_app(limited), limited) as server:
+        assert post(batch("bot", 20, "first"), "203.0.113.9").status_code == 200
+        assert post(batch("bot", 10, "second"), "203.0.113.9").status_code == 200
+        refused = post(batch("bot", 5, "third"), "203.0.113.9")
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert "30 events per 60 s" in refused.json()["error"]
+        one = {"event": "Flood", "anonymousId": "bot", "messageId": "single"}
+        single = httpx.post(f"{server.url}/v1/track", json=one, auth=(WRITE_KEY, ""),
+                            headers={"X-Forwarded-For": "203.0.113.9"})  # fmt: skip
+        assert single.status_code == 429
+        # An IPv6 host's addresses share its /64.
+        assert post(batch("v6", 30, "v6a"), "2001:db8:1:2::1").status_code == 200
+        assert post(batch("v6", 1, "v6b"), "2001:db8:1:2::ffff").status_code == 429
+        assert post(batch("v6", 1, "v6c"), "2001:db8:1:3::1").status_code == 200
+        # Others go on: another client, the shop's server key, loopback.
+        assert post(batch("shopper", 5, "other"), "198.51.100.2").status_code == 200
+        assert post(batch("server", 40, "server"), "203.0.113.9", server_key).status_code == 200
+        assert post(batch("local", 40, "local"), None).status_code == 200
+        wait_for(lambda: count_events(warehouse, "event = 'Flood'") == 20 + 10 + 30 + 1 + 5
+                 + 40 + 40)  # fmt: skip
+        assert count_events(warehouse, "message_id LIKE 'third-%' OR message_id = 'single' "
+                                       "OR message_id = 'v6b-0'") == 0  # fmt: skip
