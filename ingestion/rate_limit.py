@@ -6,10 +6,13 @@ SDKs send it again later. One bot on the public write key can then no longer tak
 workers from every other shopper.
 
 Not limited: the shop's servers' write keys (`CDP_CATALOG_WRITE_KEYS`: one server sends for
-many shoppers), and loopback, which is local tools or a proxy on the same host that does not
-pass on the client's address (`X-Forwarded-For`, taken from the addresses in uvicorn's
-`--forwarded-allow-ips`): limiting it would limit everyone behind that proxy together.
-Counted per server process, in memory (a sliding window: two counters an address)."""
+many shoppers), and addresses of loopback and private networks (`SHARED`): a proxy, a load
+balancer or Docker's port forwarding that does not pass on the client's address
+(`X-Forwarded-For` is taken from the addresses in uvicorn's `FORWARDED_ALLOW_IPS`,
+loopback by default), a carrier's NAT, or the shop's own machines. Limiting such an address
+would limit everyone behind it together: a limiter that cannot tell clients apart lets them
+through rather than drop a shop's traffic. Counted per server process, in memory (a sliding
+window: two counters an address)."""
 
 from __future__ import annotations
 
@@ -24,19 +27,26 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from cdp.errors import TooManyRequests
 
+# Addresses many clients may stand behind (not limited): loopback, private networks
+# (RFC 1918, IPv6 unique local), link-local, and carrier-grade NAT (RFC 6598).
+SHARED = tuple(ipaddress.ip_network(network) for network in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+    "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10",
+))  # fmt: skip
+
 
 def client_of(ip: str) -> str | None:
-    """What one client is, by its address: an IPv6 address by its /64; None for loopback
-    (and for no address: a test client or a Unix socket), which is not limited."""
+    """What one client is, by its address: an IPv6 address by its /64; None for an address
+    many may stand behind (`SHARED`), or none (a Unix socket), which is not limited."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
-    if address.is_loopback:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in SHARED):
         return None
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return client_of(str(address.ipv4_mapped))
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 

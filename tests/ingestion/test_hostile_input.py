@@ -71,7 +71,8 @@ def test_a_flooding_client_is_answered_429_and_nobody_else_is(
 ) -> None:
     """A bot on the public write key, from one address (or one IPv6 /64): past the limit
     its requests get 429 with Retry-After and nothing of them is stored; what it sent
-    before is kept; other clients, the shop's servers' key and loopback go on."""
+    before is kept; other clients, the shop's servers' key, loopback and private networks'
+    addresses (a proxy many stand behind) go on."""
     from cdp.app import create_app
 
     server_key = "wk_server_key_of_the_shop"
@@ -106,7 +107,9 @@ def test_a_flooding_client_is_answered_429_and_nobody_else_is(
         assert post(batch("shopper", 5, "other"), "198.51.100.2").status_code == 200
         assert post(batch("server", 40, "server"), "203.0.113.9", server_key).status_code == 200
         assert post(batch("local", 40, "local"), None).status_code == 200
+        # A proxy that does not pass on its clients' addresses: not limited.
+        assert post(batch("lan", 40, "lan"), "10.1.2.3").status_code == 200
         wait_for(lambda: count_events(warehouse, "event = 'Flood'") == 20 + 10 + 30 + 1 + 5
-                 + 40 + 40)  # fmt: skip
+                 + 40 + 40 + 40)  # fmt: skip
         assert count_events(warehouse, "message_id LIKE 'third-%' OR message_id = 'single' "
                                        "OR message_id = 'v6b-0'") == 0  # fmt: skip
