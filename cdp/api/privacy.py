@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -32,11 +32,25 @@ class SuppressionLogOut(BaseModel):
     source: str
 
 
+class AudienceLogOut(BaseModel):
+    audience_id: str
+    profile_id: str = Field(description="The profile then (one merged into this one, maybe)")
+    change: Literal["enter", "exit"]
+    at: datetime
+    cause: str = Field(description="`event`, `time`, `definition` or `merge`")
+    reason: list[dict[str, Any]] = Field(
+        description="Each condition then: its path, value, threshold, whether it held"
+    )
+
+
 class ExportOut(BaseModel):
     profile: ProfileOut
     merges: list[MergeOut]
     consent_log: list[ConsentLogOut]
     suppression_log: list[SuppressionLogOut]
+    audience_log: list[AudienceLogOut] = Field(
+        description="The audiences the person entered and left, and why (the profiling done)"
+    )
     events: list[EventOut]
 
 

@@ -1,10 +1,12 @@
 """A profile's history in ClickHouse: its event timeline across all its identifiers, and
-its rows in the audit tables (merges, consent and suppression statements). They serve the
-profile API and the export."""
+its rows in the audit tables (merges, consent and suppression statements, audience enters
+and exits with their reasons). They serve the profile API and the export."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 from cdp.events import TIMELINE_COLUMNS
 from cdp.profiles.reader import Profile
@@ -52,7 +54,9 @@ def profile_ids(warehouse: Warehouse, profile: Profile) -> list[str]:
 
 
 def audit(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, Any]]]:
-    """The profile's rows in the audit tables: merges, consent and suppression statements."""
+    """The profile's rows in the audit tables: merges, consent and suppression statements,
+    and the audiences it entered and left (the profiling done on the person, with each
+    decision's reason: GDPR Art. 15 asks for it)."""
     ids = {"ids": profile_ids(warehouse, profile)}
     queries = {
         "merges": "SELECT survivor, merged, cause, message_id, event_at, at FROM identity_merges "
@@ -61,8 +65,13 @@ def audit(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, An
         "FROM consent_log WHERE profile_id IN {ids:Array(String)} ORDER BY at",
         "suppression_log": "SELECT channel, reason, suppressed, at, source FROM suppression_log "
         "WHERE profile_id IN {ids:Array(String)} ORDER BY at",
+        "audience_log": "SELECT audience_id, profile_id, change, at, cause, reason "
+        "FROM audience_log WHERE profile_id IN {ids:Array(String)} ORDER BY at, audience_id",
     }
-    return {name: warehouse.query_dicts(sql, ids) for name, sql in queries.items()}
+    found = {name: warehouse.query_dicts(sql, ids) for name, sql in queries.items()}
+    for row in found["audience_log"]:
+        row["reason"] = orjson.loads(row["reason"])  # each condition, as it was then
+    return found
 
 
 def timeline(

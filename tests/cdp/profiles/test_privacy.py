@@ -104,6 +104,10 @@ def test_export_holds_the_profile_its_events_and_its_history(
     wait_for(lambda: warehouse.query_rows("SELECT count() FROM consent_log")[0][0] == 2)
     # Merges reach ClickHouse through the records writer too, maybe in a later batch.
     wait_for(lambda: warehouse.query_rows("SELECT count() FROM identity_merges")[0][0] > 0)
+    # Its order put it in `recent-purchasers`: the profiling done on it is exported too.
+    wait_for(lambda: warehouse.query_rows(
+        "SELECT count() FROM audience_log WHERE profile_id = {p:String} "
+        "AND audience_id = 'recent-purchasers'", {"p": person["id"]})[0][0] == 1)  # fmt: skip
     exported = api.get(f"/api/v1/profiles/{person['id']}/export")
     assert exported.status_code == 200
     data = exported.json()
@@ -114,6 +118,11 @@ def test_export_holds_the_profile_its_events_and_its_history(
     }  # fmt: skip
     assert [c["status"] for c in data["consent_log"]] == ["granted"]
     assert data["merges"] and "keep@example.com" not in exported.text
+    [entered] = [a for a in data["audience_log"] if a["audience_id"] == "recent-purchasers"]
+    assert entered["change"] == "enter" and entered["profile_id"] == person["id"]
+    assert [c["condition"] for c in entered["reason"]] == ["last_performed"]
+    assert all(a["profile_id"] == person["id"] or a["cause"] == "merge"
+               for a in data["audience_log"])  # fmt: skip
     reader = api.post("/api/v1/keys", json={"scope": "write"}).json()["secret"]
     refused = api.get(
         f"/api/v1/profiles/{person['id']}/export", headers={"Authorization": f"Bearer {reader}"}
