@@ -32,6 +32,7 @@ from rules.membership import Sources, audit, candidates_at, members_at
 log = logging.getLogger(__name__)
 
 SAMPLE = 10
+HISTORY_SHOWN = 20  # transitions a "why" answer shows
 
 
 class AudienceIn(BaseModel):
@@ -163,6 +164,14 @@ class ConditionOut(BaseModel):
     holds: bool
 
 
+class TransitionOut(BaseModel):
+    change: Literal["enter", "exit"]
+    at: str
+    cause: str = Field(description="`event`, `time`, `definition` or `merge`")
+    profile_id: str = Field(description="The profile then (one merged into this one, maybe)")
+    reason: list[ConditionOut] = Field(description="Each condition at that moment")
+
+
 class WhyOut(BaseModel):
     profile_id: str
     audience: str
@@ -170,6 +179,10 @@ class WhyOut(BaseModel):
     since: str | None
     holds: bool = Field(description="The definition holds now, read afresh")
     conditions: list[ConditionOut]
+    history: list[TransitionOut] = Field(
+        description=f"Its recorded enters and exits of the audience, newest first (up to "
+        f"{HISTORY_SHOWN}), each with its reason then: why it entered when it did"
+    )
 
 
 @dataclass(frozen=True)
@@ -329,7 +342,21 @@ class AudiencesApi:
             "member": audience_id in stored, "since": iso(stored.get(audience_id)),
             "holds": definition.enabled and holds(definition.root, {r.path: r for r in readings}),
             "conditions": [r.as_dict() for r in readings],
+            "history": self.transitions([profile.id, *profile.merged_profiles], audience_id),
         }  # fmt: skip
+
+    def transitions(self, profile_ids: list[str], audience_id: str) -> list[dict[str, Any]]:
+        """The recorded enters and exits of these profiles in the audience, newest first."""
+        rows = self.warehouse.query_rows(
+            "SELECT change, toUnixTimestamp64Milli(at), cause, profile_id, reason "
+            "FROM audience_log WHERE profile_id IN {ids:Array(String)} "
+            "AND audience_id = {audience:String} ORDER BY at DESC, change DESC "
+            f"LIMIT {HISTORY_SHOWN}",
+            {"ids": profile_ids, "audience": audience_id},
+        )
+        return [{"change": change, "at": iso(at), "cause": cause, "profile_id": pid,
+                 "reason": orjson.loads(reason)}
+                for change, at, cause, pid, reason in rows]  # fmt: skip
 
 
 def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:

@@ -200,6 +200,13 @@ def test_members_follow_events_and_say_why(clients: tuple[httpx.Client, httpx.Cl
     assert why["conditions"] == [{"path": "root", "condition": "performed", "value": 1,
                                   "threshold": ">= 2", "holds": False}]  # fmt: skip
     assert api.get(f"/api/v1/profiles/{ann}/audiences/twice").json()["member"] is True
+    # Why it entered when it did: the recorded transition, with its reason then.
+    history = wait_for(lambda: api.get(f"/api/v1/profiles/{ann}/audiences/twice").json()["history"])
+    assert [(t["change"], t["cause"], t["profile_id"]) for t in history] == [(
+        "enter", "event", ann)]  # fmt: skip
+    assert history[0]["reason"] == [{"path": "root", "condition": "performed", "value": 2,
+                                     "threshold": ">= 2", "holds": True}]  # fmt: skip
+    assert why["history"] == []
     assert api.get("/api/v1/profiles/p_nobody/audiences/twice").status_code == 404
     assert api.get(f"/api/v1/profiles/{ann}/audiences/nope").status_code == 404
 
