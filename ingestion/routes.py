@@ -47,6 +47,7 @@ from cdp.errors import (
     ErrorOut,
     InternalError,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -70,7 +71,9 @@ REQUESTS = Counter(
     "cdp_tracking_requests", "Tracking requests answered, by route and status", ["route", "status"]
 )
 EVENTS = Counter("cdp_tracking_events", "Events received, by outcome", ["outcome"])
-STORED, DUPLICATE, REFUSED = (EVENTS.labels(o) for o in ("stored", "duplicate", "refused"))
+STORED, DUPLICATE, REFUSED, LIMITED = (
+    EVENTS.labels(o) for o in ("stored", "duplicate", "refused", "rate_limited")
+)
 
 JSON_TYPES = ("application/json", "text/plain")
 SUCCESS = b'{"success":true}'
@@ -168,7 +171,11 @@ async def _answer(
             rows, errors, total = batch_rows(body, key, ip, received, tracking.max_event_bytes)
         else:
             rows, errors, total = [single_row(body, kind, key, ip, received)], [], 1
-        tracking.rate_limit.take(ip, key, total)
+        try:
+            tracking.rate_limit.take(ip, key, total)
+        except TooManyRequests:
+            _count(LIMITED, total)
+            raise
         new = await tracking.stream.append(rows)
     except CdpError as error:
         return _error(error)

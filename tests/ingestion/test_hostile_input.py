@@ -113,3 +113,5 @@ def test_a_flooding_client_is_answered_429_and_nobody_else_is(
                  + 40 + 40 + 40)  # fmt: skip
         assert count_events(warehouse, "message_id LIKE 'third-%' OR message_id = 'single' "
                                        "OR message_id = 'v6b-0'") == 0  # fmt: skip
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'cdp_tracking_events_total{outcome="rate_limited"} 7.0' in metrics
