@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     # Events one client address may send the tracking endpoints (`limits` notation; empty:
-    # no limit). The catalog write keys (the shop's servers) and loopback are not limited.
+    # no limit). The catalog write keys (the shop's servers) and the addresses of loopback
+    # and private networks (a proxy many stand behind) are not limited (ingestion/rate_limit.py).
     rate_limit: str = "1000/minute"
 
     @field_validator("write_keys", "catalog_write_keys", "cors_origins", mode="before")
