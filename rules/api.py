@@ -210,12 +210,25 @@ class AudiencesApi:
         return self.audiences.keys
 
     def out(self, saved: Saved) -> dict[str, Any]:
-        document = saved.as_dict()
-        document["size"] = int(self.redis.zcard(self.keys.members(saved.id)))
-        document["computing"] = computing(self.redis, self.keys, saved.id)
-        document["created_at"] = iso(saved.created_at)
-        document["updated_at"] = iso(saved.updated_at)
-        return document
+        return self.out_all([saved])[0]
+
+    def out_all(self, saved: list[Saved]) -> list[dict[str, Any]]:
+        """The audiences as the API shows them, their sizes and backfills read in one round
+        trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for one in saved:
+            pipe.zcard(self.keys.members(one.id))
+            pipe.hget(self.keys.backfills, one.id)
+        found = pipe.execute()
+        documents = []
+        for one, size, backfill in zip(saved, found[::2], found[1::2], strict=True):
+            document = one.as_dict()
+            document["size"] = int(size)
+            document["computing"] = computing(self.redis, self.keys, one.id, backfill)
+            document["created_at"] = iso(one.created_at)
+            document["updated_at"] = iso(one.updated_at)
+            documents.append(document)
+        return documents
 
     def save(self, definition: Definition, create: bool) -> dict[str, Any]:
         try:
@@ -365,10 +378,12 @@ def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:
     return problems_of(root, others, "(preview)", audiences.history_days)
 
 
-def computing(client: redis.Redis, keys: AudienceKeys, audience_id: str) -> dict[str, Any] | None:
-    """The audience's last backfill while the profiles due by its moment (its candidates
-    among them) wait for the audience worker; None once they are all evaluated."""
-    raw = client.hget(keys.backfills, audience_id)
+def computing(
+    client: redis.Redis, keys: AudienceKeys, audience_id: str, raw: bytes | None
+) -> dict[str, Any] | None:
+    """The audience's last backfill (`raw`, as stored) while the profiles due by its moment
+    (its candidates among them) wait for the audience worker; None once they are all
+    evaluated."""
     if raw is None:
         return None
     backfill = orjson.loads(raw)
@@ -425,7 +440,7 @@ def _definition(audience_id: str, body: AudienceIn) -> Definition:
 def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
     found, invalid = api.audiences.read()
     ordered = sorted(found.values(), key=lambda s: (not s.predefined, s.id))
-    return {"audiences": [api.out(s) for s in ordered],
+    return {"audiences": api.out_all(ordered),
             "invalid": [{"id": k, "problem": v} for k, v in sorted(invalid.items())]}  # fmt: skip
 
 
