@@ -374,8 +374,9 @@ class AudiencesApi:
 
 def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:
     check_shape(root)
-    others = {s.id: s.definition for s in audiences.all()}
-    return problems_of(root, others, "(preview)", audiences.history_days)
+    found, invalid = audiences.read()
+    others = {i: s.definition for i, s in found.items()}
+    return problems_of(root, others, "(preview)", audiences.history_days, invalid)
 
 
 def computing(

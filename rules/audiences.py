@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +51,14 @@ class Saved:
 
 
 def problems_of(
-    root: Node, others: dict[str, Definition], own_id: str, history_days: int
+    root: Node,
+    others: dict[str, Definition],
+    own_id: str,
+    history_days: int,
+    unreadable: Iterable[str] = (),
 ) -> list[str]:
-    """What stops a tree from being saved beside the others, each naming its path."""
+    """What stops a tree from being saved beside the others (and the `unreadable` ones,
+    stored but not valid: they exist, their members kept), each naming its path."""
     problems = []
     limit = history_days * DAY_MS
     for path, _, ms in windows(root):
@@ -61,8 +67,9 @@ def problems_of(
                 f"{path}: reaches back further than the kept history ({history_days} days, "
                 f"CDP_HISTORY_DAYS)"
             )
+    known = {*others, *unreadable, own_id}
     for name in sorted(references(root)):
-        if name not in others and name != own_id:
+        if name not in known:
             problems.append(f"root: member_of names an unknown audience {name!r}")
     cycle = _cycle(own_id, root, others)
     if cycle:
@@ -184,8 +191,10 @@ class Audiences:
 
     def check(self, definition: Definition) -> None:
         """InvalidDefinition (a 422) naming each problem, or nothing."""
-        others = {s.id: s.definition for s in self.all() if s.id != definition.id}
-        problems = problems_of(definition.root, others, definition.id, self.history_days)
+        found, invalid = self.read()
+        others = {i: s.definition for i, s in found.items() if i != definition.id}
+        problems = problems_of(definition.root, others, definition.id, self.history_days,
+                               invalid)  # fmt: skip
         if problems:
             raise InvalidDefinition(problems)
 
@@ -219,13 +228,12 @@ class Audiences:
                 '(PUT it with "enabled": false)'
             )
         found, invalid = self.read()
-        if audience_id not in invalid:
-            if audience_id not in found:
-                raise NotFound(f"no audience {audience_id}")
-            users = sorted(k for k, s in found.items()
-                           if audience_id in references(s.definition.root))  # fmt: skip
-            if users:
-                raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
+        if audience_id not in found and audience_id not in invalid:
+            raise NotFound(f"no audience {audience_id}")
+        users = sorted(k for k, s in found.items()
+                       if audience_id in references(s.definition.root))  # fmt: skip
+        if users:
+            raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
         pipe = self.client.pipeline(transaction=True)
         pipe.hdel(self.keys.definitions, audience_id)
         pipe.incr(self.keys.generation)

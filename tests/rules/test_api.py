@@ -144,6 +144,15 @@ def test_a_stored_definition_no_longer_valid_stops_only_its_own_audience(
     assert health.status_code == 503
     assert any(p.startswith("audience old is not evaluated") for p in health.json()["problems"])
 
+    # An audience may still reference it (its members are kept): until it is saved anew.
+    root = {"and": [{"member_of": {"audience": "old"}}, VIEWS_2]}
+    assert api.post("/api/v1/audiences", json={"id": "old-fans", "name": "O",
+                                               "root": root}).status_code == 201  # fmt: skip
+    assert api.post("/api/v1/audiences/preview", json={"root": root}).status_code == 200
+    wait_for(lambda: members(api, "old-fans") == {cid, dee})
+    assert api.delete("/api/v1/audiences/old").status_code == 409  # referenced
+    assert api.delete("/api/v1/audiences/old-fans").status_code == 200
+
     assert tracking.post("/v1/batch", json={"batch": views("cid", 1)}).is_success
     wait_for(lambda: members(api, "thrice") == {cid})  # the others are kept
     assert members(api, "old") == {cid, dee}  # its members stay as they were
