@@ -64,7 +64,12 @@ DUE_BATCH = 500
 # dies holding it leaves it due again when the lease ends.
 LEASE_MS = 10_000  # a batch of due profiles takes well under a second
 EVALUATION_BATCH = 50  # profiles read and written together
-RETRY_MS = 3_600_000  # a profile that could not be evaluated is looked at again this much later
+# A profile that could not be evaluated is looked at again this much later, twice as late
+# after each failure in a row, at most a day later: a lasting failure writes a few letters a
+# day, not one an hour (the count is `FAILURES` in its memberships hash, gone at a success).
+RETRY_MS = 3_600_000
+MAX_RETRY_MS = 86_400_000
+FAILURES = "~failures"
 
 
 # A batch's writes in one call, instead of a transaction WATCHing the memberships: each
@@ -445,14 +450,15 @@ class AudienceWorker(StreamConsumer):
 
     def set_aside_profile(self, a: Asked, error: Exception) -> None:
         """A profile that failed in its batch and alone: a dead letter with the reason, and
-        its next look `RETRY_MS` on (a passing cause heals; a lasting one writes a letter
-        each time), in one transaction. Its memberships stay as they were."""
-        retry_at = self.clock() + RETRY_MS
-        log.error("audiences: profile %s set aside (looked at again at %s): %s",
-                  a.profile_id, retry_at, error)  # fmt: skip
+        its next look `retry_after` on (a passing cause heals; a lasting one writes a letter
+        at each look), in one transaction. Its memberships stay as they were."""
+        failures = int(self.client.hincrby(self.keys.of(a.profile_id), FAILURES, 1))
+        retry_at = self.clock() + retry_after(failures)
+        log.error("audiences: profile %s set aside (failure %d in a row; looked at again at "
+                  "%s): %s", a.profile_id, failures, retry_at, error)  # fmt: skip
         payload = {"profile": a.profile_id, "cause": a.cause, "now": str(a.now),
                    "changed": "*" if a.changed is None else ",".join(sorted(a.changed)),
-                   "retry_at": str(retry_at)}  # fmt: skip
+                   "failures": str(failures), "retry_at": str(retry_at)}  # fmt: skip
         pipe = self.client.pipeline(transaction=True)
         add_letter(pipe, self.stream, self.group, "", error, 2, payload)
         pipe.zadd(self.keys.due, {a.profile_id: retry_at})
@@ -491,6 +497,8 @@ class AudienceWorker(StreamConsumer):
         key = self.keys.of(a.profile_id)
         changed, nexts = a.changed, next_moments(stored)
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
+        if FAILURES.encode() in stored:  # it failed before: healed now
+            writes.hdel(key, FAILURES)
         if stored.get(GENERATION.encode()) != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
             writes.hset(key, GENERATION, plan.generation)
@@ -591,6 +599,11 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
         if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
             found[product] = max(found.get(product, h.at), h.at)
     return found
+
+
+def retry_after(failures: int) -> int:
+    """How long a profile that failed this many times in a row is set aside (ms)."""
+    return min(MAX_RETRY_MS, RETRY_MS << min(max(failures - 1, 0), 16))
 
 
 def _version(stored: dict[Any, Any]) -> str:

@@ -16,7 +16,14 @@ from cdp.storage import Warehouse
 from rules.definition import Definition
 from rules.evaluation import Plan
 from rules.keyspace import VERSION
-from rules.worker import LEASE_MS, RETRY_MS, AudienceWorker, RulesUnavailable
+from rules.worker import (
+    FAILURES,
+    LEASE_MS,
+    RETRY_MS,
+    AudienceWorker,
+    RulesUnavailable,
+    retry_after,
+)
 from tests.rules.shop import Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
@@ -303,10 +310,17 @@ def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(
         shop.advance(days(1))  # the schedule: the others leave on time; it fails again, alone
         assert shop.members("twice") == set()
         assert deadletters.count(redis_client, settings.dead_letter_stream) == 2
-        assert redis_client.zscore(shop.keys.due, bad) == shop.now + RETRY_MS
+        # Failing in a row, it is looked at twice as late each time (a few letters a day).
+        assert redis_client.zscore(shop.keys.due, bad) == shop.now + 2 * RETRY_MS
+        assert deadletters.listed(redis_client, settings.dead_letter_stream)[0].payload[
+            "failures"] == "2"  # fmt: skip
+        shop.advance(2 * RETRY_MS)
+        assert redis_client.zscore(shop.keys.due, bad) == shop.now + 4 * RETRY_MS
+        assert [retry_after(n) // RETRY_MS for n in range(1, 8)] == [1, 2, 4, 8, 16, 24, 24]
         shop.worker.allergen = ""  # type: ignore[attr-defined]  # (fixed): it heals on its look
-        shop.advance(RETRY_MS)
-        assert deadletters.count(redis_client, settings.dead_letter_stream) == 2
+        shop.advance(4 * RETRY_MS)
+        assert deadletters.count(redis_client, settings.dead_letter_stream) == 3
+        assert not redis_client.hexists(shop.keys.of(bad), FAILURES)  # the next failure: an hour
         ann = shop.profile_of("ann")  # evaluated: its next moment is its history's, as ann's
         assert redis_client.zscore(shop.keys.due, bad) == redis_client.zscore(shop.keys.due, ann)
         changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
