@@ -5,8 +5,8 @@
 --       (the audit rows exist already: only identity mappings are recorded again),
 --       9 JSON array of markers: the stream entries whose events these changes are,
 --       10 days of audience history kept, 11 the profile-changes stream ('' for none),
---       12 events of audience history kept per profile (the newest; a call may add one
---       call's worth past it, trimmed by the next).
+--       12 events of audience history kept per profile (the newest; trimmed to it at the
+--       end of the call).
 -- A change is {kind="event"|"consent"|"suppress"|"unsuppress", ...}. An event change may
 -- stand for `n` events of the same identifiers (counts summed, `t0` the earliest time, `t`
 -- the latest). If any marker exists the call changes nothing and returns -1: those entries

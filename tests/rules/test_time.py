@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import redis
 
@@ -115,3 +117,33 @@ def test_when_a_moment_comes_only_the_audiences_due_then_are_matched(
         schedule(shop.client, shop.keys, [ann], shop.now)  # a look asked for: no audience due
         shop.advance(0)
         assert shop.worker.matched[6:] == [{"recent", "week", "holdout"}]
+
+
+def test_what_leaves_the_kept_history_changes_memberships_on_time(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """An event older than `CDP_HISTORY_DAYS` is forgotten, by both paths: a condition that
+    reads it with no window of its own (the last order of a lapsed customer, an add-to-cart
+    never followed by an order, the cart) changes when it leaves, with no new event."""
+    kept = settings.model_copy(update={"history_days": 10})
+    with Shop(kept, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the profile script keeps the days to its clock
+        shop.define("lapsed", {"last_performed": {"event": "Order Completed", "op": ">=",
+                                                  "ago": "P5D"}})  # fmt: skip
+        shop.define("never-ordered", {"not_followed_by": {
+            "event": "Product Added", "then": {"event": "Order Completed"}, "wait": "P1D"}})
+        shop.define("cart", {"cart": {"op": ">", "units": 0}})
+        shop.track("old", "Order Completed", at=shop.now - days(8), revenue=10)
+        shop.track("old", "Product Added", at=shop.now - days(7), product_id="p1")
+        shop.settle()
+        old = shop.profile_of("old")
+        for audience in ("lapsed", "never-ordered", "cart"):
+            assert shop.members(audience) == {old} == shop.sql_members(audience), audience
+        shop.advance(days(2))  # the order leaves the kept 10 days: lapsed no longer says
+        assert shop.members("lapsed") == set() == shop.sql_members("lapsed")
+        assert shop.members("never-ordered") == {old} == shop.sql_members("never-ordered")
+        shop.advance(days(1))  # the add to cart leaves too
+        for audience in ("never-ordered", "cart"):
+            assert shop.members(audience) == set() == shop.sql_members(audience), audience
+        causes = {c["audience"]: c["cause"] for c in shop.changes() if c["change"] == "exit"}
+        assert causes == {"lapsed": "time", "never-ordered": "time", "cart": "time"}
