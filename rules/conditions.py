@@ -83,6 +83,10 @@ class Subject:
     consent: set[tuple[str, str]] = field(default_factory=set)  # (channel, purpose) granted
     memberships: set[str] = field(default_factory=set)
     out_of_stock: frozenset[str] = frozenset()  # product ids with no stock now
+    # How long an event stays in the kept history (`CDP_HISTORY_DAYS`): at its time plus
+    # this, it is forgotten (a condition with no window of its own then changes). None:
+    # kept for ever.
+    kept_ms: int | None = None
 
     _timelines: dict[Any, Timeline] = field(default_factory=dict, repr=False)
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
@@ -96,6 +100,10 @@ class Subject:
         for h in self.history:
             index.setdefault(h.event, []).append(h)
         return index
+
+    def forgotten(self, at: int | None) -> int | None:
+        """When an event of this time leaves the kept history."""
+        return None if at is None or self.kept_ms is None else at + self.kept_ms
 
     def timeline(self, ref: EventRef) -> Timeline:
         """The events of that name that pass the filters, with their times: made once per
@@ -279,7 +287,7 @@ def not_followed_by(spec: NotFollowedBy, s: Subject, now: int) -> Measure:
     waited = now - last
     holds = waited >= spec.wait
     due = last + spec.wait if not holds else None
-    slides = last + within if within else None
+    slides = last + within if within else s.forgotten(last)
     return (
         waited,
         True,
@@ -303,7 +311,9 @@ def last_performed(spec: LastPerformed, s: Subject, now: int) -> Measure:
         True,
         holds,
         lambda: {"last": iso(last), "ago": format_duration(age)},
-        _soonest(last + spec.ago if last + spec.ago > now else None, arrivals),
+        _soonest(
+            last + spec.ago if last + spec.ago > now else None, arrivals, s.forgotten(last)
+        ),  # fmt: skip
     )
 
 
@@ -341,11 +351,13 @@ def total(values: list[float]) -> float:
         return sum(values)
 
 
-def cart_units(history: list[Happened], now: int) -> int:
-    """Added less removed, per product (none below zero), since the last order."""
+def cart_units(history: list[Happened], now: int) -> tuple[int, int | None]:
+    """Added less removed, per product (none below zero), since the last order; and the
+    time of the oldest add or removal counted (when it is forgotten, the units change)."""
     upto = [h for h in history if h.at <= now]
     last_order = max((h.at for h in upto if h.event == ORDER_COMPLETED), default=None)
     per_product: Counter[str] = Counter()
+    oldest = None
     for h in upto:
         if last_order is not None and h.at <= last_order:
             continue
@@ -354,7 +366,8 @@ def cart_units(history: list[Happened], now: int) -> int:
             continue
         quantity = quantity_of(h.properties)
         per_product[product] += quantity if h.event == PRODUCT_ADDED else -quantity
-    return sum(max(0, units) for units in per_product.values())
+        oldest = h.at if oldest is None else min(oldest, h.at)
+    return sum(max(0, units) for units in per_product.values()), oldest
 
 
 def product_of(properties: dict[str, Any]) -> str | None:
@@ -437,8 +450,9 @@ def _trait(spec: Trait, s: Subject, now: int) -> Measure:
 
 
 def _cart(spec: Cart, s: Subject, now: int) -> Measure:
-    units = cart_units(s.history, now)
-    return units, True, COMPARE[spec.op](units, spec.units), units, _arrivals(s.history, now)
+    units, oldest = cart_units(s.history, now)
+    next_at = _soonest(_arrivals(s.history, now), s.forgotten(oldest))
+    return units, True, COMPARE[spec.op](units, spec.units), units, next_at
 
 
 def _consent(spec: Consent, s: Subject, now: int) -> Measure:

@@ -229,13 +229,21 @@ def subject_of(
     inputs = reader.audience_inputs(profile_id, now - history_days * DAY_MS)
     if inputs is None:
         return None
-    return subject_from(profile_id, inputs, memberships, frozenset(out_of_stock or ()))
+    return subject_from(profile_id, inputs, memberships, frozenset(out_of_stock or ()),
+                        history_days)  # fmt: skip
 
 
 def subject_from(
-    profile_id: str, inputs: AudienceInputs, memberships: set[str], out_of_stock: frozenset[str]
+    profile_id: str,
+    inputs: AudienceInputs,
+    memberships: set[str],
+    out_of_stock: frozenset[str],
+    history_days: int | None = None,
 ) -> Subject:
+    """The subject of the inputs read of a profile (its history after `now` less the kept
+    `history_days`, by which its events are forgotten)."""
     history = [
         Happened(mid, event, at, properties) for at, mid, event, properties in inputs.history
     ]
-    return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock)
+    return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
+                   None if history_days is None else history_days * DAY_MS)  # fmt: skip

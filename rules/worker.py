@@ -505,7 +505,8 @@ class AudienceWorker(StreamConsumer):
         elif a.cause == "time" and due_now:
             changed = frozenset()  # only time passed: the audiences due now are matched
         # (A moment no audience was due at is a look asked for: everything is decided.)
-        subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock)
+        subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock,
+                               self.history_days)  # fmt: skip
         outcome = evaluate(plan, subject, a.now, a.cause, changed, due_now)
         self._write(writes, a.profile_id, outcome)
         if changed is None or changed & plan.watch_events:
