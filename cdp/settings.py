@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # Events one client address may send the tracking endpoints (`limits` notation; empty:
     # no limit). The catalog write keys (the shop's servers) and the addresses of loopback
     # and private networks (a proxy many stand behind) are not limited (ingestion/rate_limit.py).
-    rate_limit: str = "1000/minute"
+    rate_limit: str = "10000/minute"
 
     @field_validator("write_keys", "catalog_write_keys", "cors_origins", mode="before")
     @classmethod
