@@ -189,9 +189,11 @@ class Audiences:
             raise NotFound(f"no audience {audience_id}")
         return found[audience_id]
 
-    def check(self, definition: Definition) -> None:
-        """InvalidDefinition (a 422) naming each problem, or nothing."""
-        found, invalid = self.read()
+    def check(
+        self, definition: Definition, found: dict[str, Saved], invalid: dict[str, str]
+    ) -> None:
+        """InvalidDefinition (a 422) naming each problem, or nothing (beside the stored
+        audiences, as `read` gives them)."""
         others = {i: s.definition for i, s in found.items() if i != definition.id}
         problems = problems_of(definition.root, others, definition.id, self.history_days,
                                invalid)  # fmt: skip
@@ -208,7 +210,7 @@ class Audiences:
             raise NotFound(f"no audience {definition.id}")
         if create and len(existing) >= MAX_AUDIENCES:
             raise Unprocessable(f"at most {MAX_AUDIENCES} audiences")
-        self.check(definition)
+        self.check(definition, found, invalid)
         now = int(time.time() * 1000)
         before = existing.get(definition.id)
         created = before.created_at if before and before.created_at else now
