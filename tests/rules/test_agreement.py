@@ -5,6 +5,7 @@ finds in ClickHouse at the same instant, also after time passes with no event.""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -28,32 +29,6 @@ where = st.sampled_from([
     {"property": "product_id", "op": "in", "value": ["p1", "p3"]},
 ])  # fmt: skip
 wheres = st.lists(where, max_size=1)
-
-performed = st.builds(
-    lambda event, within, op, times, same, w: {"performed": {
-        "event": event, "within": within, "op": op, "times": times, "where": w,
-        **({"same": "category"} if same else {})}},
-    st.sampled_from(EVENTS), st.sampled_from(WINDOWS), st.sampled_from([">=", "<=", "==", "<"]),
-    st.integers(0, 3), st.booleans(), wheres,
-)  # fmt: skip
-not_followed_by = st.builds(
-    lambda event, then, wait, within: {"not_followed_by": {
-        "event": event, "then": {"event": then}, "wait": wait,
-        **({"within": within} if within else {})}},
-    st.sampled_from(EVENTS), st.sampled_from(EVENTS), st.sampled_from(["PT30M", "PT1H", "P1D"]),
-    st.sampled_from([None, "P1D", "P3D"]),
-)  # fmt: skip
-last_performed = st.builds(
-    lambda event, op, ago: {"last_performed": {"event": event, "op": op, "ago": ago}},
-    st.sampled_from(EVENTS), st.sampled_from([">=", "<"]), st.sampled_from(WINDOWS),
-)  # fmt: skip
-aggregate = st.builds(
-    lambda event, prop, fn, within, op, value: {"aggregate": {
-        "event": event, "property": prop, "fn": fn, "within": within, "op": op, "value": value}},
-    st.sampled_from(["Order Completed", "Product Added"]), st.sampled_from(["revenue", "price"]),
-    st.sampled_from(["sum", "count", "avg", "min", "max"]), st.sampled_from(WINDOWS),
-    st.sampled_from([">=", "<", "=="]), st.sampled_from([0, 10, 20.5, 30]),
-)  # fmt: skip
 others = st.sampled_from([
     {"cart": {"op": ">", "units": 0}},
     {"cart": {"op": ">=", "units": 2}},
@@ -63,27 +38,68 @@ others = st.sampled_from([
     {"member_of": {"audience": "base"}},
     {"out_of_stock": {"within": "P1D"}},
 ])  # fmt: skip
-leaf = st.one_of(performed, not_followed_by, last_performed, aggregate, others)
-tree = st.recursive(
-    leaf,
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3).map(lambda c: {"and": c}),
-        st.lists(children, min_size=1, max_size=3).map(lambda c: {"or": c}),
-        children.map(lambda c: {"not": c}),
-    ),
-    max_leaves=4,
-)
 
-event = st.fixed_dictionaries({
-    "who": st.integers(0, 2),
-    "event": st.sampled_from(EVENTS),
-    "before": st.integers(0, days(8) // 60_000).map(lambda minutes: minutes * 60_000),
-    "category": st.sampled_from(["Shoes", "Hats", None]),
-    "product_id": st.sampled_from(["p1", "p2", "p3"]),
-    "price": st.sampled_from([5, 10, 20.5]),
-    "quantity": st.sampled_from([1, 2, None]),
-    "revenue": st.sampled_from([10, 25.5]),
-})  # fmt: skip
+
+def tree_of(windows: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Definitions whose windows are among these."""
+    performed = st.builds(
+        lambda event, within, op, times, same, w: {"performed": {
+            "event": event, "within": within, "op": op, "times": times, "where": w,
+            **({"same": "category"} if same else {})}},
+        st.sampled_from(EVENTS), st.sampled_from(windows),
+        st.sampled_from([">=", "<=", "==", "<"]), st.integers(0, 3), st.booleans(), wheres,
+    )  # fmt: skip
+    not_followed_by = st.builds(
+        lambda event, then, wait, within: {"not_followed_by": {
+            "event": event, "then": {"event": then}, "wait": wait,
+            **({"within": within} if within else {})}},
+        st.sampled_from(EVENTS), st.sampled_from(EVENTS),
+        st.sampled_from(["PT30M", "PT1H", "P1D"]), st.sampled_from([None, "P1D", "P3D"]),
+    )  # fmt: skip
+    last_performed = st.builds(
+        lambda event, op, ago: {"last_performed": {"event": event, "op": op, "ago": ago}},
+        st.sampled_from(EVENTS), st.sampled_from([">=", "<"]), st.sampled_from(windows),
+    )  # fmt: skip
+    aggregate = st.builds(
+        lambda event, prop, fn, within, op, value: {"aggregate": {
+            "event": event, "property": prop, "fn": fn, "within": within, "op": op,
+            "value": value}},
+        st.sampled_from(["Order Completed", "Product Added"]),
+        st.sampled_from(["revenue", "price"]),
+        st.sampled_from(["sum", "count", "avg", "min", "max"]),
+        st.sampled_from(windows), st.sampled_from([">=", "<", "=="]),
+        st.sampled_from([0, 10, 20.5, 30]),
+    )  # fmt: skip
+    leaf = st.one_of(performed, not_followed_by, last_performed, aggregate, others)
+    return st.recursive(
+        leaf,
+        lambda children: st.one_of(
+            st.lists(children, min_size=1, max_size=3).map(lambda c: {"and": c}),
+            st.lists(children, min_size=1, max_size=3).map(lambda c: {"or": c}),
+            children.map(lambda c: {"not": c}),
+        ),
+        max_leaves=4,
+    )
+
+
+tree = tree_of(WINDOWS)
+
+
+def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
+    """Events that happened up to so many days back."""
+    return st.fixed_dictionaries({
+        "who": st.integers(0, 2),
+        "event": st.sampled_from(EVENTS),
+        "before": st.integers(0, days(days_back) // 60_000).map(lambda minutes: minutes * 60_000),
+        "category": st.sampled_from(["Shoes", "Hats", None]),
+        "product_id": st.sampled_from(["p1", "p2", "p3"]),
+        "price": st.sampled_from([5, 10, 20.5]),
+        "quantity": st.sampled_from([1, 2, None]),
+        "revenue": st.sampled_from([10, 25.5]),
+    })  # fmt: skip
+
+
+event = event_of(8)
 identify = st.fixed_dictionaries({
     "who": st.integers(0, 2), "user": st.sampled_from(["u1", "u2"]),
     "before": st.integers(0, days(8) // 60_000).map(lambda minutes: minutes * 60_000),
@@ -122,6 +138,32 @@ def test_real_time_and_sql_agree(
     namespace = "h" + uuid.uuid4().hex[:10]
     example = settings.model_copy(update={"redis_prefix": namespace})
     with Shop(example, redis_client, warehouse) as shop:
+        check(shop, namespace, root, events, identifies, later)
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+@given(
+    root=tree_of(["PT1H", "P1D", "P3D"]),
+    events=st.lists(event_of(4), min_size=1, max_size=10),
+    identifies=st.lists(identify, max_size=2, unique_by=lambda i: i["before"]),
+    later=st.lists(
+        st.sampled_from([HOUR_MS, days(1), days(2), days(3)]), min_size=1, max_size=3
+    ),  # fmt: skip
+)
+def test_real_time_and_sql_agree_as_events_leave_the_kept_history(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse,
+    root: dict[str, Any], events: list[dict[str, Any]], identifies: list[dict[str, Any]],
+    later: list[int],
+) -> None:  # fmt: skip
+    """The same, with 4 days of history kept and events within them: as time passes with
+    no event, what grows older than 4 days is forgotten by both paths at once."""
+    namespace = "k" + uuid.uuid4().hex[:10]
+    example = settings.model_copy(update={"redis_prefix": namespace, "history_days": 4})
+    with Shop(example, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the profile script keeps the days to its clock
         check(shop, namespace, root, events, identifies, later)
 
 
