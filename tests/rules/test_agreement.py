@@ -27,6 +27,11 @@ where = st.sampled_from([
     {"property": "category", "op": "!=", "value": "Shoes"},
     {"property": "price", "op": ">=", "value": 10},
     {"property": "product_id", "op": "in", "value": ["p1", "p3"]},
+    {"property": "price", "op": "!=", "value": 10},
+    {"property": "price", "op": "in", "value": [5, "10"]},
+    {"property": "category", "op": "in", "value": ["Shoes", 5]},
+    {"property": "flag", "value": True},
+    {"property": "flag", "op": "!=", "value": False},
 ])  # fmt: skip
 wheres = st.lists(where, max_size=1)
 others = st.sampled_from([
@@ -93,7 +98,8 @@ def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
         "before": st.integers(0, days(days_back) // 60_000).map(lambda minutes: minutes * 60_000),
         "category": st.sampled_from(["Shoes", "Hats", None]),
         "product_id": st.sampled_from(["p1", "p2", "p3"]),
-        "price": st.sampled_from([5, 10, 20.5]),
+        "price": st.sampled_from([5, 10, 20.5, 10.0, "10", True]),  # typed as JSON has them
+        "flag": st.sampled_from([True, False, "true", 1, None]),
         "quantity": st.sampled_from([1, 2, None]),
         "revenue": st.sampled_from([10, 25.5]),
     })  # fmt: skip
@@ -110,8 +116,8 @@ identify = st.fixed_dictionaries({
 def send_all(shop: Shop, names: list[str], events: list[dict[str, Any]],
              identifies: list[dict[str, Any]]) -> None:  # fmt: skip
     for e in events:
-        properties = {k: e[k] for k in ("category", "product_id", "price", "quantity", "revenue")
-                      if e[k] is not None}  # fmt: skip
+        properties = {k: e[k] for k in ("category", "product_id", "price", "quantity", "revenue",
+                                        "flag") if e[k] is not None}  # fmt: skip
         shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], **properties)
     for i in identifies:
         # Identifies a millisecond apart at least: traits set at the very same moment are
