@@ -3,11 +3,28 @@ nothing installed beyond the Python packages (embedded ClickHouse and Valkey).""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(second|minute|hour|day)s?\s*$")
+
+
+def parse_rate(notation: str) -> tuple[int, int] | None:
+    """(events, seconds) of a rate as `CDP_RATE_LIMIT` writes it (`1000/minute`,
+    `50 per second`); None for none (empty). ValueError for anything else."""
+    if not notation.strip():
+        return None
+    found = RATE.match(notation.lower())
+    if not found or int(found.group(1)) < 1:
+        raise ValueError(
+            f"{notation!r}: CDP_RATE_LIMIT reads like 1000/minute or 50/second (empty: no limit)"
+        )
+    return int(found.group(1)), RATE_UNITS[found.group(2)]
 
 
 class Settings(BaseSettings):
@@ -62,8 +79,8 @@ class Settings(BaseSettings):
     # /healthz answers 503 when a worker's oldest waiting entry is older than this.
     health_max_lag_seconds: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
-    # Events one client address may send the tracking endpoints (`limits` notation; empty:
-    # no limit). The catalog write keys (the shop's servers) and the addresses of loopback
+    # Events one client address may send the tracking endpoints (`parse_rate`; empty: no
+    # limit). The catalog write keys (the shop's servers) and the addresses of loopback
     # and private networks (a proxy many stand behind) are not limited (ingestion/rate_limit.py).
     rate_limit: str = "10000/minute"
 
@@ -77,15 +94,7 @@ class Settings(BaseSettings):
     @field_validator("rate_limit")
     @classmethod
     def _rate_notation(cls, value: str) -> str:
-        if value.strip():
-            from limits import parse
-
-            try:
-                parse(value)
-            except ValueError:
-                raise ValueError(
-                    "CDP_RATE_LIMIT must read like 1000/minute or 50/second (empty: no limit)"
-                ) from None
+        parse_rate(value)
         return value
 
     @field_validator("clickhouse_url")
