@@ -62,9 +62,11 @@ def members_at(sources: Sources, root: Node, now: int) -> list[str]:
 
 
 def candidates_at(sources: Sources, root: Node, now: int) -> list[str]:
-    """A superset of the members at `now`, with nothing read from live state."""
+    """A superset of the members at `now` and of those who may become members later with no
+    new event (time passing: the real-time path, deciding them, schedules their moments),
+    with nothing read from live state."""
     query = members_query(root, sources.history_days * DAY_MS, sources.history_events, now,
-                          relaxed=frozenset({"consent", "member"}))  # fmt: skip
+                          relaxed=frozenset({"consent", "member", "time"}))  # fmt: skip
     return sorted(sources.run(query))
 
 

@@ -64,7 +64,8 @@ class Query:
 
 class Printer:
     def __init__(self, history_ms: int, relaxed: frozenset[str] = frozenset()) -> None:
-        self.relaxed = relaxed  # kinds of live sets printed as "could be" (see `live`)
+        # What is printed as "could be": kinds of live sets (`live`), and "time" (`leaf`).
+        self.relaxed = relaxed
         self.negated = False
         self.parameters: dict[str, Any] = {}
         self.needs: dict[str, str] = {}
@@ -128,7 +129,20 @@ class Printer:
 
     # The conditions.
 
-    def leaf(self, leaf: Leaf) -> str:  # noqa: PLR0911
+    def leaf(self, leaf: Leaf) -> str:
+        """The condition; relaxed for "time" (a backfill's candidates), one whose reading
+        may change as time passes with no new event holds wherever the profile has an event
+        it reads (either way, as the tree needs: so the answer holds everyone it may hold for
+        at some moment from now on); with none, it stays as it is now."""
+        exact = self._leaf(leaf)
+        names = events_read(leaf)
+        if "time" not in self.relaxed or not names or not may_turn(leaf, not self.negated):
+            return exact
+        listed = self.param(sorted(names), "Array(String)")
+        has = self.column(f"countIf(type = 'track' AND event IN {listed} AND {self.kept()}) > 0")
+        return f"({exact} AND NOT {has})" if self.negated else f"({exact} OR {has})"
+
+    def _leaf(self, leaf: Leaf) -> str:  # noqa: PLR0911
         spec = spec_of(leaf)
         if isinstance(leaf, PerformedNode):
             return self.performed(spec)
@@ -253,6 +267,36 @@ class Printer:
         return self.leaf(node)
 
 
+def events_read(leaf: Leaf) -> frozenset[str]:
+    """The events whose times a condition's reading depends on as time passes (none for
+    those time does not change: traits, consent, buckets, memberships)."""
+    spec = spec_of(leaf)
+    if isinstance(leaf, NotFollowedByNode):
+        return frozenset({spec.event, spec.then.event})
+    if isinstance(leaf, PerformedNode | LastPerformedNode | AggregateNode):
+        return frozenset({spec.event})
+    if isinstance(leaf, CartNode):
+        return frozenset({"Product Added", "Product Removed", "Order Completed"})
+    if isinstance(leaf, OutOfStockNode):
+        return frozenset(spec.events)
+    return frozenset()
+
+
+def may_turn(leaf: Leaf, to: bool) -> bool:
+    """Whether the condition's reading may turn to `to` as time passes with no new event: a
+    count in a window only falls (events slide out), the age of a recent event only grows
+    past its bound, a watched product only slides out; the others may turn either way
+    (waits pass, sums change, events are forgotten)."""
+    spec = spec_of(leaf)
+    if isinstance(leaf, PerformedNode) and spec.op in (">=", ">", "<=", "<"):
+        return to == (spec.op in ("<=", "<"))  # the count only falls
+    if isinstance(leaf, LastPerformedNode) and spec.op == "<":
+        return not to  # done recently: only ceases to be
+    if isinstance(leaf, OutOfStockNode):
+        return not to  # in stock again is an event (the catalog's)
+    return True
+
+
 def members_query(
     node: Node,
     history_ms: int,
@@ -262,7 +306,8 @@ def members_query(
     relaxed: frozenset[str] = frozenset(),
 ) -> Query:
     """The profiles the definition holds for at `now` (epoch ms): `select` over them. With
-    `relaxed` kinds of live sets (`consent`, `member`) left open: a superset of them. Each
+    `relaxed` kinds of live sets (`consent`, `member`) left open, or "time" (what may hold
+    later with no new event): a superset of them. Each
     profile's track events are those real time keeps: of the kept days, the newest
     `history_events` (`cut_offs`)."""
     printer = Printer(history_ms, relaxed)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
+from rules.membership import candidates_at
 from tests.rules.shop import HOUR_MS, Shop, days
 
 EVENTS = ["Product Viewed", "Product Added", "Product Removed", "Order Completed"]
@@ -184,11 +185,16 @@ def check(shop: Shop, namespace: str, root: dict[str, Any], events: list[dict[st
     shop.settle()
     profiles = {p for name in names if (p := shop.store.find("a", name))}
     assert profiles
+    # What a backfill of this definition would decide now: everyone it holds for at any
+    # moment from now on with no new event must be among them.
+    tree = shop.audiences.get("generated").definition.root
+    candidates = set(candidates_at(shop.sources, tree, shop.now))
     for step in [0, *later]:
         shop.advance(step)
         real_time = shop.members("generated") & profiles
         in_sql = shop.sql_members("generated") & profiles
         assert real_time == in_sql, repr((root, step, events, identifies, shop.changes()))
+        assert in_sql <= candidates, repr((root, step, events, identifies))
 
 
 def test_a_profile_past_the_history_cap_is_judged_alike(

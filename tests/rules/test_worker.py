@@ -417,3 +417,35 @@ def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
         shop.advance(0)
         shown = api.out(shop.audiences.get("twice"))
         assert shown["size"] == 4 and shown["computing"] is None
+
+
+def test_a_new_audience_takes_in_who_enters_it_later_with_no_event(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """Its backfill decides those the SQL holds for now and those who may enter as time
+    passes: a customer whose last order was 100 days ago enters "ordered, not within 120
+    days" 20 days later, with no event (its next look was due only when the order is
+    forgotten, 300 days on)."""
+    from rules.api import AudiencesApi
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the API decides at the wall clock's moment
+        ordered = shop.now - days(100)
+        shop.track("ann", "Order Completed", at=ordered, revenue=10)
+        shop.track("bob", "Product Viewed", at=ordered)
+        shop.settle()
+        ann = shop.profile_of("ann")
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        lapsed = {"last_performed": {"event": "Order Completed", "op": ">=", "ago": "P120D"}}
+        definition = Definition.model_validate({"id": "lapsed-120", "name": "L", "root": lapsed})
+        assert api.save(definition, create=True)["computing"]["candidates"] == 1  # not bob
+        shop.now = int(time.time() * 1000) + 1000
+        shop.advance(0)
+        assert shop.members("lapsed-120") == set() == shop.sql_members("lapsed-120")
+        shop.advance(ordered + days(120) - 1 - shop.now)  # 20 days on, less a millisecond
+        assert shop.members("lapsed-120") == set()
+        shop.advance(1)
+        assert shop.members("lapsed-120") == {ann} == shop.sql_members("lapsed-120")
+        [entered] = [c for c in shop.changes() if c["audience"] == "lapsed-120"]
+        assert (entered["change"], entered["cause"], int(entered["at"])) == (
+            "enter", "time", ordered + days(120))  # fmt: skip
