@@ -180,7 +180,8 @@ class Runtime:
                                                settings.history_events),
                                        settings.events_stream,
                                        settings.profile_changes_stream,
-                                       settings.records_stream),
+                                       settings.records_stream,
+                                       backfill_rate=settings.backfill_rate),
             ReportsApi: ReportsApi(self.warehouse, self.redis, settings.streams),
             OperationsApi: OperationsApi(
                 self.redis,

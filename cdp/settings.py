@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # an endless sender's profile (a bot) would make each evaluation read all it ever sent.
     history_events: int = Field(default=10_000, ge=100, le=1_000_000)
     vip_revenue: float = Field(default=500.0, ge=0)  # the `vip` audience's 90-day revenue
+    # Profiles a second an audience's backfill asks the audience workers to decide: the
+    # time-based transitions that come meanwhile are not held behind a big one.
+    backfill_rate: int = Field(default=1000, ge=1)
     erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)

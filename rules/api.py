@@ -199,6 +199,9 @@ class AudiencesApi:
     changes_stream: str = ""  # the audience worker's: settled before an audit
     records_stream: str = ""
     settle_seconds: float = 10.0
+    # The pace at which a backfill asks for its profiles (`CDP_BACKFILL_RATE`): the moments
+    # of time-based transitions that come meanwhile are not held behind it.
+    backfill_rate: int = 1000
 
     @property
     def stored_streams(self) -> list[str]:
@@ -253,15 +256,16 @@ class AudiencesApi:
         candidates = candidates_at(self.sources, definition.root, now) if definition.enabled else []
         current = [text(m) for m in self.redis.zrange(self.keys.members(definition.id), 0, -1)]
         asked = sorted({*candidates, *current})
-        self.redis.hset(self.keys.backfills, definition.id,
-                        orjson.dumps({"at": now, "candidates": len(asked)}))  # fmt: skip
-        return schedule(self.redis, self.keys, asked, now)
+        until = paced(now, len(asked), self.backfill_rate)
+        self.redis.hset(self.keys.backfills, definition.id, orjson.dumps(
+            {"at": now, "until": until, "candidates": len(asked)}))  # fmt: skip
+        return schedule(self.redis, self.keys, asked, now, self.backfill_rate)
 
     def delete(self, audience_id: str) -> None:
         self.audiences.delete(audience_id)
         self.redis.hdel(self.keys.backfills, audience_id)
         current = [text(m) for m in self.redis.zrange(self.keys.members(audience_id), 0, -1)]
-        schedule(self.redis, self.keys, current, int(time.time() * 1000))
+        schedule(self.redis, self.keys, current, int(time.time() * 1000), self.backfill_rate)
 
     def preview(self, root: Node, at: int) -> dict[str, Any]:
         try:
@@ -388,7 +392,7 @@ def computing(
     if raw is None:
         return None
     backfill = orjson.loads(raw)
-    waiting = int(client.zcount(keys.due, "-inf", backfill["at"]))
+    waiting = int(client.zcount(keys.due, "-inf", backfill.get("until", backfill["at"])))
     if not waiting:
         # Done: forgotten, unless a newer backfill took its place meanwhile.
         client.eval(FORGET, 1, keys.backfills, audience_id, raw)
@@ -402,13 +406,22 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[
 """
 
 
-def schedule(client: redis.Redis, keys: AudienceKeys, profile_ids: list[str], at: int) -> int:
-    """Ask the audience worker to evaluate these profiles at `at` (sooner if already due)."""
+def schedule(
+    client: redis.Redis, keys: AudienceKeys, profile_ids: list[str], at: int, rate: int = 0
+) -> int:
+    """Ask the audience worker to evaluate these profiles at `at` (sooner if already due);
+    with a `rate`, that many a second from `at` on (`paced`)."""
     scheduled = 0
     for start in range(0, len(profile_ids), 1000):
-        chunk = {pid: at for pid in profile_ids[start : start + 1000]}
+        chunk = {pid: paced(at, start + i, rate)
+                 for i, pid in enumerate(profile_ids[start : start + 1000])}  # fmt: skip
         scheduled += int(client.zadd(keys.due, chunk, lt=True))  # type: ignore[arg-type]
     return scheduled
+
+
+def paced(at: int, place: int, rate: int) -> int:
+    """The moment of the profile at this place of a schedule of `rate` a second from `at`."""
+    return at + place * 1000 // rate if rate else at
 
 
 def encode(since: int, profile_id: str) -> str:

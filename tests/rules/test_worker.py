@@ -24,7 +24,7 @@ from rules.worker import (
     RulesUnavailable,
     retry_after,
 )
-from tests.rules.shop import Shop, days, step
+from tests.rules.shop import HOUR_MS, Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
 
@@ -402,7 +402,7 @@ def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
         assert created["size"] == 0
         assert created["computing"]["candidates"] == 3  # a, b and c, by the SQL
         assert created["computing"]["waiting"] == 3
-        shop.now = int(time.time() * 1000)
+        shop.now = int(time.time() * 1000) + 1000  # the backfill asks 1,000 a second
         shop.advance(0)  # the worker runs what is due
         shown = api.out(shop.audiences.get("twice"))
         assert shown["size"] == 3 and shown["computing"] is None
@@ -413,7 +413,7 @@ def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
             {"id": "x", "name": "x", "root": {"performed": {
                 "event": "Product Viewed", "within": "P1D", "times": 1}}}).root})  # fmt: skip
         assert api.save(changed, create=False)["computing"]["candidates"] == 4
-        shop.now = int(time.time() * 1000)
+        shop.now = int(time.time() * 1000) + 1000
         shop.advance(0)
         shown = api.out(shop.audiences.get("twice"))
         assert shown["size"] == 4 and shown["computing"] is None
@@ -449,3 +449,36 @@ def test_a_new_audience_takes_in_who_enters_it_later_with_no_event(
         [entered] = [c for c in shop.changes() if c["audience"] == "lapsed-120"]
         assert (entered["change"], entered["cause"], int(entered["at"])) == (
             "enter", "time", ordered + days(120))  # fmt: skip
+
+
+def test_a_big_backfill_holds_back_no_time_based_transition(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A backfill asks for its profiles at a pace (`CDP_BACKFILL_RATE`, here 1 a second): a
+    cart abandoned meanwhile enters `abandoned-cart` at its moment, not after the backfill,
+    and the audience says it is computing until its last profile is decided."""
+    from rules.api import AudiencesApi
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the API decides at the wall clock's moment
+        viewed_twice(shop, *(f"v{i}" for i in range(5)))
+        shop.track("cart", "Product Added", at=shop.now - HOUR_MS + 2_500, product_id="p1")
+        shop.settle()
+        viewers = {shop.profile_of(f"v{i}") for i in range(5)}
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources,
+                           backfill_rate=1)  # fmt: skip
+        definition = Definition.model_validate({"id": "twice", "name": "T", "root": TWICE})
+        assert api.save(definition, create=True)["computing"]["candidates"] == 5
+        moments = sorted(int(redis_client.zscore(shop.keys.due, v) or 0) for v in viewers)
+        start = moments[0]
+        assert moments == [start + 1000 * i for i in range(5)]
+
+        shop.now = start + 2_600  # three of the backfill's and the abandoned cart are due
+        shop.advance(0)
+        assert len(shop.members("twice")) == 3
+        [entered] = [c for c in shop.changes() if c["audience"] == "abandoned-cart"]
+        assert int(entered["at"]) < start + 2_600 and entered["cause"] == "time"
+        assert api.out(shop.audiences.get("twice"))["computing"]["waiting"] >= 2
+        shop.advance(1_400)
+        shown = api.out(shop.audiences.get("twice"))
+        assert shown["size"] == 5 and shown["computing"] is None
