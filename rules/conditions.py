@@ -61,6 +61,7 @@ PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED = (
     "Order Completed",
 )
 NEVER = -1  # the age of what never happened
+CART_EVENTS = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,21 @@ def _arrivals(events: list[Happened], now: int) -> int | None:
 def _leaves_window(inside: list[Happened], within: int) -> int | None:
     """When the first of these (in time order) slides out of the window."""
     return inside[0].at + within if inside else None
+
+
+def events_read(leaf: Leaf) -> frozenset[str]:
+    """The events a condition reads (by name): what may change its reading when one comes,
+    and, as their times pass, with none (nothing for traits, consent, buckets, memberships)."""
+    spec = spec_of(leaf)
+    if isinstance(leaf, NotFollowedByNode):
+        return frozenset({spec.event, spec.then.event})
+    if isinstance(leaf, PerformedNode | LastPerformedNode | AggregateNode):
+        return frozenset({spec.event})
+    if isinstance(leaf, CartNode):
+        return CART_EVENTS
+    if isinstance(leaf, OutOfStockNode):
+        return frozenset(spec.events)
+    return frozenset()
 
 
 def group_of(happened: Happened, prop: str) -> str | None:

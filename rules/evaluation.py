@@ -16,12 +16,10 @@ from prometheus_client import Counter
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause
-from rules.conditions import Happened, Reading, Subject, next_change, read
+from rules.conditions import Happened, Reading, Subject, events_read, next_change, read
 from rules.definition import (
-    CartNode,
     ConsentNode,
     Definition,
-    NotFollowedByNode,
     OutOfStockNode,
     TraitNode,
     leaves,
@@ -120,28 +118,19 @@ class Outcome:
     readings: dict[str, list[Reading]] = field(default_factory=dict)
 
 
-CART_EVENTS = frozenset({"Product Added", "Product Removed", "Order Completed"})
-
-
 def inputs_of(definition: Definition) -> frozenset[str]:
     """What changes can change the audience with no time passing: the events it names,
     `identify` for traits, `consent`, `stock` for the catalog. Membership of another audience
     is followed through the layers; a bucket never changes."""
     found: set[str] = set()
     for _, leaf in leaves(definition.root):
-        spec = spec_of(leaf)
-        if isinstance(leaf, NotFollowedByNode):
-            found |= {spec.event, spec.then.event}
-        elif isinstance(leaf, CartNode):
-            found |= CART_EVENTS
-        elif isinstance(leaf, TraitNode):
+        found |= events_read(leaf)
+        if isinstance(leaf, TraitNode):
             found.add("identify")
         elif isinstance(leaf, ConsentNode):
             found.add("consent")
         elif isinstance(leaf, OutOfStockNode):
-            found |= {*spec.events, "stock"}
-        elif hasattr(spec, "event"):
-            found.add(spec.event)
+            found.add("stock")
     return frozenset(found)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rules.conditions import events_read
 from rules.definition import (
     Aggregate,
     AggregateNode,
@@ -265,21 +266,6 @@ class Printer:
             self.negated = not self.negated
             return f"(NOT {inner})"
         return self.leaf(node)
-
-
-def events_read(leaf: Leaf) -> frozenset[str]:
-    """The events whose times a condition's reading depends on as time passes (none for
-    those time does not change: traits, consent, buckets, memberships)."""
-    spec = spec_of(leaf)
-    if isinstance(leaf, NotFollowedByNode):
-        return frozenset({spec.event, spec.then.event})
-    if isinstance(leaf, PerformedNode | LastPerformedNode | AggregateNode):
-        return frozenset({spec.event})
-    if isinstance(leaf, CartNode):
-        return frozenset({"Product Added", "Product Removed", "Order Completed"})
-    if isinstance(leaf, OutOfStockNode):
-        return frozenset(spec.events)
-    return frozenset()
 
 
 def may_turn(leaf: Leaf, to: bool) -> bool:
