@@ -63,8 +63,8 @@ class ComputingOut(BaseModel):
     since: str = Field(description="When the definition changed (or was created)")
     candidates: int = Field(description="Profiles the definition's SQL may hold for, and "
                             "the members then: each is decided again")  # fmt: skip
-    waiting: int = Field(description="Profiles due for evaluation by then and not evaluated "
-                         "yet (its candidates among them)")  # fmt: skip
+    waiting: int = Field(description="Profiles due for evaluation by the backfill's end and "
+                         "not evaluated yet (its candidates among them)")  # fmt: skip
 
 
 class AudienceOut(BaseModel):
@@ -244,8 +244,8 @@ class AudiencesApi:
         return self.out(saved)
 
     def backfill(self, definition: Definition) -> int:
-        """Have the real-time path decide now for everyone the definition may hold for, and
-        for everyone in the audience now."""
+        """Have the real-time path decide everyone the definition may hold for, now or later
+        with no new event, and everyone in the audience now, at `backfill_rate` a second."""
         if self.stored_streams and wait_until_settled(
             self.redis, self.stored_streams, self.settle_seconds
         ) is None:  # fmt: skip
@@ -386,13 +386,13 @@ def problems_for_preview(audiences: Audiences, root: Node) -> list[str]:
 def computing(
     client: redis.Redis, keys: AudienceKeys, audience_id: str, raw: bytes | None
 ) -> dict[str, Any] | None:
-    """The audience's last backfill (`raw`, as stored) while the profiles due by its moment
+    """The audience's last backfill (`raw`, as stored) while the profiles due by its end
     (its candidates among them) wait for the audience worker; None once they are all
     evaluated."""
     if raw is None:
         return None
     backfill = orjson.loads(raw)
-    waiting = int(client.zcount(keys.due, "-inf", backfill.get("until", backfill["at"])))
+    waiting = int(client.zcount(keys.due, "-inf", backfill["until"]))
     if not waiting:
         # Done: forgotten, unless a newer backfill took its place meanwhile.
         client.eval(FORGET, 1, keys.backfills, audience_id, raw)

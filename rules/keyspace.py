@@ -5,8 +5,8 @@ Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences
 member since, epoch ms; `~generation`, `~next` and `~v`, below), `audience:<id>:members`
 (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
-no event), `audiences:backfills` (a hash: audience → JSON {at, candidates} of its last
-backfill, until the profiles due by then are evaluated), `audiences:watchers:<product>` (a
+no event), `audiences:backfills` (a hash: audience → JSON {at, until, candidates} of its last
+backfill, until the profiles due by its end are evaluated), `audiences:watchers:<product>` (a
 sorted set: profiles that viewed or wishlisted the product → when), and the stream
 `stream:audience_changes` (`rules/changes.py`)."""
 

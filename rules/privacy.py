@@ -15,10 +15,11 @@ def erase(client: redis.Redis, warehouse: Warehouse, audiences: Audiences,
     """Remove the profiles from every audience structure; returns what was removed where."""
     keys = audiences.keys
     pipe = client.pipeline(transaction=True)
+    audience_ids = audiences.ids()  # those whose definition is not valid too
     for pid in profile_ids:
         pipe.delete(keys.of(pid))
         pipe.zrem(keys.due, pid)
-        for audience_id in audiences.ids():  # those whose definition is not valid too
+        for audience_id in audience_ids:
             pipe.zrem(keys.members(audience_id), pid)
     removed = sum(int(n) for n in pipe.execute())
     for watchers in client.scan_iter(match=keys.watchers("*"), count=1000):

@@ -293,9 +293,8 @@ def members_query(
 ) -> Query:
     """The profiles the definition holds for at `now` (epoch ms): `select` over them. With
     `relaxed` kinds of live sets (`consent`, `member`) left open, or "time" (what may hold
-    later with no new event): a superset of them. Each
-    profile's track events are those real time keeps: of the kept days, the newest
-    `history_events` (`cut_offs`)."""
+    later with no new event): a superset of them. Each profile's track events are those real
+    time keeps: of the kept days, the newest `history_events` (`cut_offs`)."""
     printer = Printer(history_ms, relaxed)
     condition = printer.tree(node)
     columns = ", ".join(["profile_id", *printer.inner])
