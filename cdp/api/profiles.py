@@ -198,5 +198,5 @@ def profile_merges(profile_id: str, _: READ, api: ProfilesApi = API) -> dict[str
     return {
         "profile_id": profile.id,
         "identities": profile.identities,
-        "merges": history.audit(api.warehouse, profile)["merges"],
+        "merges": history.audit(api.warehouse, profile, ("merges",))["merges"],
     }

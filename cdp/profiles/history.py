@@ -53,10 +53,12 @@ def profile_ids(warehouse: Warehouse, profile: Profile) -> list[str]:
         ids |= found
 
 
-def audit(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, Any]]]:
-    """The profile's rows in the audit tables: merges, consent and suppression statements,
-    and the audiences it entered and left (the profiling done on the person, with each
-    decision's reason: GDPR Art. 15 asks for it)."""
+def audit(
+    warehouse: Warehouse, profile: Profile, tables: tuple[str, ...] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The profile's rows in the audit tables (`tables` of them, or all): merges, consent and
+    suppression statements, and the audiences it entered and left (the profiling done on the
+    person, with each decision's reason: GDPR Art. 15 asks for it)."""
     ids = {"ids": profile_ids(warehouse, profile)}
     queries = {
         "merges": "SELECT survivor, merged, cause, message_id, event_at, at FROM identity_merges "
@@ -68,8 +70,9 @@ def audit(warehouse: Warehouse, profile: Profile) -> dict[str, list[dict[str, An
         "audience_log": "SELECT audience_id, profile_id, change, at, cause, reason "
         "FROM audience_log WHERE profile_id IN {ids:Array(String)} ORDER BY at, audience_id",
     }
-    found = {name: warehouse.query_dicts(sql, ids) for name, sql in queries.items()}
-    for row in found["audience_log"]:
+    found = {name: warehouse.query_dicts(sql, ids) for name, sql in queries.items()
+             if tables is None or name in tables}  # fmt: skip
+    for row in found.get("audience_log", []):
         row["reason"] = orjson.loads(row["reason"])  # each condition, as it was then
     return found
 
