@@ -37,7 +37,12 @@ def test_each_request_is_one_line_naming_the_write_key_by_its_id(
                        auth=(WRITE_KEY, ""))  # fmt: skip
     assert track.status_code == 200
     httpx.get(f"{live_server.url}/nothing")
-    lines = [r.getMessage() for r in caplog.records if r.name == "cdp.access"]
+
+    def logged() -> list[str]:  # a line is written once its answer is sent: maybe after
+        return [r.getMessage() for r in caplog.records if r.name == "cdp.access"]
+
+    wait_for(lambda: len(logged()) >= 2, timeout=5)
+    lines = logged()
     assert len(lines) == 2, lines
     assert lines[0].startswith('127.0.0.1 "POST /v1/t" 200 ')
     assert lines[0].endswith(f" 16B key={source_id(WRITE_KEY)}")
