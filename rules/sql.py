@@ -134,13 +134,17 @@ class Printer:
         """The condition; relaxed for "time" (a backfill's candidates), one whose reading
         may change as time passes with no new event holds wherever the profile has an event
         it reads (either way, as the tree needs: so the answer holds everyone it may hold for
-        at some moment from now on); with none, it stays as it is now."""
+        at some moment from now on); with none, it stays as it is now. Any condition reading
+        events may turn where one of them is dated after now (it counts when its time
+        comes)."""
         exact = self._leaf(leaf)
         names = events_read(leaf)
-        if "time" not in self.relaxed or not names or not may_turn(leaf, not self.negated):
+        if "time" not in self.relaxed or not names:
             return exact
         listed = self.param(sorted(names), "Array(String)")
-        has = self.column(f"countIf(type = 'track' AND event IN {listed} AND {self.kept()}) > 0")
+        turns = may_turn(leaf, not self.negated)
+        since = f"{{now:Int64}} - {self.history_ms}" if turns else "{now:Int64}"
+        has = self.column(f"countIf(type = 'track' AND event IN {listed} AND {T} > {since}) > 0")
         return f"({exact} AND NOT {has})" if self.negated else f"({exact} OR {has})"
 
     def _leaf(self, leaf: Leaf) -> str:  # noqa: PLR0911
@@ -294,14 +298,17 @@ def members_query(
     """The profiles the definition holds for at `now` (epoch ms): `select` over them. With
     `relaxed` kinds of live sets (`consent`, `member`) left open, or "time" (what may hold
     later with no new event): a superset of them. Each profile's track events are those real
-    time keeps: of the kept days, the newest `history_events` (`cut_offs`)."""
+    time keeps: of the kept days, the newest `history_events` (`cut_offs`). Every profile
+    with an event is judged, also one whose events are all dated after `now`; conditions on
+    events read those up to `now`, a trait its value set last in event time (as the profile
+    keeps it, whenever that is)."""
     printer = Printer(history_ms, relaxed)
     condition = printer.tree(node)
     columns = ", ".join(["profile_id", *printer.inner])
     sql = (
         f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
         f"LEFT JOIN ({cut_offs(history_ms, history_events)}) AS cut ON cut.capped = profile_id "
-        f"WHERE profile_id != '' AND {T} <= {{now:Int64}} AND (type != 'track' "
+        "WHERE profile_id != '' AND (type != 'track' "
         "OR cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id)) "
         f"GROUP BY profile_id) WHERE {condition}"
     )

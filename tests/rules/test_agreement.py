@@ -92,11 +92,15 @@ tree = tree_of(WINDOWS)
 
 
 def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
-    """Events that happened up to so many days back."""
+    """Events that happened up to so many days back, and some dated ahead (a device's clock
+    off, a server sending a time of its own): those count when their time comes."""
     return st.fixed_dictionaries({
         "who": st.integers(0, 2),
         "event": st.sampled_from(EVENTS),
-        "before": st.integers(0, days(days_back) // 60_000).map(lambda minutes: minutes * 60_000),
+        "before": st.one_of(
+            st.integers(0, days(days_back) // 60_000),
+            st.integers(-days(2) // 60_000, -1),
+        ).map(lambda minutes: minutes * 60_000),
         "category": st.sampled_from(["Shoes", "Hats", None]),
         "product_id": st.sampled_from(["p1", "p2", "p3"]),
         "price": st.sampled_from([5, 10, 20.5, 10.0, "10", True]),  # typed as JSON has them
@@ -109,7 +113,7 @@ def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
 event = event_of(8)
 identify = st.fixed_dictionaries({
     "who": st.integers(0, 2), "user": st.sampled_from(["u1", "u2"]),
-    "before": st.integers(0, days(8) // 60_000).map(lambda minutes: minutes * 60_000),
+    "before": st.integers(-days(1) // 60_000, days(8) // 60_000).map(lambda m: m * 60_000),
     "plan": st.sampled_from(["pro", "free"]), "age": st.sampled_from([25, 40, "forty"]),
 })  # fmt: skip
 
