@@ -211,6 +211,7 @@ def audience_worker(
             Catalog(client, prefix, settings.profile_changes_stream),
             settings.records_stream,
             settings.history_days,
+            changes_kept=settings.audience_changes_kept,
             block_ms=settings.writer_block_ms,
             index=index,
         )

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # Profiles a second an audience's backfill asks the audience workers to decide: the
     # time-based transitions that come meanwhile are not held behind a big one.
     backfill_rate: int = Field(default=1000, ge=1)
+    # The newest entries `stream:audience_changes` keeps (trimmed approximately, at each
+    # write): the stream is the hand-over to activation, not a store (ClickHouse's
+    # `audience_log` keeps every transition); with no consumer yet, it would grow for ever.
+    audience_changes_kept: int = Field(default=100_000, ge=1_000)
     erase_wait_seconds: float = Field(default=30.0, gt=0)
     writer_batch_size: int = Field(default=200, ge=1)  # stream entries a read
     writer_block_ms: int = Field(default=200, ge=1)

@@ -18,7 +18,11 @@ all text:
 - `generation`: the definitions' generation that decided it;
 - `reason`: JSON, each condition with its value and threshold at that moment:
   `[{"path": "root.and[0]", "condition": "performed", "value": 3, "threshold": ">= 3",
-  "holds": true}, ...]`."""
+  "holds": true}, ...]`.
+
+The stream hands transitions over; it is no store: it keeps about the newest
+`CDP_AUDIENCE_CHANGES_KEPT` entries (trimmed at each write), so a consumer away longer than
+that many transitions takes the rest from `audience_log`, which keeps every one."""
 
 from __future__ import annotations
 

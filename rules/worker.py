@@ -139,8 +139,10 @@ class Writes:
     def zrem(self, key: str, member: str) -> None:
         self.commands.append(["ZREM", key, member])
 
-    def xadd(self, key: str, fields: dict[str, str]) -> None:
-        self.commands.append(["XADD", key, "*", *(v for kv in fields.items() for v in kv)])
+    def xadd(self, key: str, fields: dict[str, str], kept: int | None = None) -> None:
+        """An entry on the stream; with `kept`, the stream trimmed to about that many."""
+        bound = ["MAXLEN", "~", str(kept)] if kept else []
+        self.commands.append(["XADD", key, *bound, "*", *(v for kv in fields.items() for v in kv)])
 
     def delete(self, key: str) -> None:
         self.commands.append(["DEL", key])
@@ -221,9 +223,12 @@ class AudienceWorker(StreamConsumer):
         records_stream: str,
         history_days: int,
         clock: Any = now_ms,
+        changes_kept: int = 100_000,
         **options: Any,
     ) -> None:
+        """`changes_kept`: the newest entries `audience_changes` keeps (`Settings`)."""
         super().__init__(client, stream, **options)
+        self.changes_kept = changes_kept
         self.reader = reader
         self.audiences = audiences
         self.catalog = catalog
@@ -526,7 +531,7 @@ class AudienceWorker(StreamConsumer):
             else:
                 writes.hdel(self.keys.of(pid), change.audience)
                 writes.zrem(self.keys.members(change.audience), pid)
-            writes.xadd(self.keys.changes, change.fields())
+            writes.xadd(self.keys.changes, change.fields(), self.changes_kept)
             rows.append(change.row())
         if rows:
             writes.xadd(self.records_stream, {"table": "audience_log",

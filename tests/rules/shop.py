@@ -73,7 +73,8 @@ class Shop:
         return kind(
             self.client, self.settings.profile_changes_stream, self.store, self.audiences,
             self.catalog, self.settings.records_stream, self.settings.history_days,
-            clock=lambda: self.now, block_ms=10, **options,
+            clock=lambda: self.now, block_ms=10,
+            **{"changes_kept": self.settings.audience_changes_kept, **options},
         )  # fmt: skip
 
     def define(self, audience_id: str, root: dict[str, Any]) -> Definition:

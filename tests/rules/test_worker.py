@@ -100,6 +100,33 @@ def test_entries_handled_again_after_a_crash_record_each_transition_once(
         assert warehouse.query_rows(logged)[0][0] == 3
 
 
+def test_the_changes_stream_keeps_the_newest_entries_and_the_log_keeps_all(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """`audience_changes` hands transitions over to activation; it is no store: it keeps
+    about the newest `CDP_AUDIENCE_CHANGES_KEPT` entries (with nobody consuming it yet, it
+    grew for ever), while `audience_log` in ClickHouse keeps every one."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.worker = shop.audience_worker(changes_kept=100)
+        shop.define("recent", {"performed": {"event": "Product Viewed", "within": "PT1H",
+                                             "times": 1}})  # fmt: skip
+        for i in range(150):
+            shop.track(f"v{i}", "Product Viewed")
+        shop.settle()
+        shop.advance(HOUR_MS)  # they all leave `recent` (and enter `browse-abandonment`)
+        step(shop.records)
+        logged = warehouse.query_rows("SELECT audience_id, change, count() FROM audience_log "
+                                      "GROUP BY audience_id, change")  # fmt: skip
+        counts = {(audience, change): n for audience, change, n in logged}
+        assert counts[("recent", "enter")] == counts[("recent", "exit")] == 150
+        made = sum(counts.values())
+        kept = redis_client.xlen(shop.keys.changes)
+        # Trimmed a whole node of entries at a time (Redis' `MAXLEN ~`; 100 entries a node).
+        assert 100 <= kept <= 200 < made
+        [(_, newest)] = redis_client.xrevrange(shop.keys.changes, count=1)
+        assert newest[b"cause"] == b"time"  # the newest are kept
+
+
 class NoSeparateAck(AudienceWorker):
     """Killed whenever it would acknowledge entries in a call of their own."""
 
