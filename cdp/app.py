@@ -162,7 +162,7 @@ class Runtime:
         """What each route module needs, made once, by kind (`cdp.api.common.provided`)."""
         settings = self.settings
         streams = [settings.events_stream, settings.records_stream]
-        profile_process = self.profile_process
+        profile_process, audience_processes = self.profile_process, self.audience_processes
         return {
             Authenticator: Authenticator(self.api_keys, self.credentials.write_keys),
             ApiKeys: self.api_keys,
@@ -190,6 +190,7 @@ class Runtime:
                 self.writer is not None,
                 lambda: profile_process.state() if profile_process is not None else None,
                 worker_metrics_dir(settings),
+                lambda: [process.state() for process in audience_processes],
             ),
         }  # fmt: skip
 

@@ -42,6 +42,8 @@ class OperationsApi:
     writer: bool  # this process runs the warehouse writers
     profile_worker: Callable[[], dict[str, object] | None]  # its process's state, if ours
     worker_metrics: Path | None = None  # where our worker processes write their metrics
+    # The audience worker processes' states (those this process runs)
+    audience_workers: Callable[[], list[dict[str, object]]] = list
 
 
 class WorkerOut(BaseModel):
@@ -63,6 +65,10 @@ class HealthOut(BaseModel):
     schedule: ScheduleOut = Field(description="The audience schedule: time-based transitions")
     writer: bool = Field(description="This process runs the warehouse writers")
     profile_worker: dict[str, Any] | None = Field(description="The profile worker process")
+    audience_workers: list[dict[str, Any]] = Field(
+        description="The audience worker processes (the rules engine) this server runs: "
+        "running, pid, restarts"
+    )
 
 
 class DeadLetterOut(BaseModel):
@@ -100,7 +106,8 @@ api_router = resource_router()
 )
 def healthz(api: OperationsApi = API) -> JSONResponse:
     found = api.health()
-    body = {**asdict(found), "writer": api.writer, "profile_worker": api.profile_worker()}
+    body = {**asdict(found), "writer": api.writer, "profile_worker": api.profile_worker(),
+            "audience_workers": api.audience_workers()}  # fmt: skip
     return JSONResponse(body, status_code=found.http_status)
 
 

@@ -49,6 +49,8 @@ def test_killing_the_engine_mid_stream_loses_and_doubles_nothing(data_dir: Path)
             assert api.get("/api/v1/audiences/twice").json()["size"] == PEOPLE
             health = api.get("/healthz").json()
             assert health["dead_letters"] == 0
+            [worker] = health["audience_workers"]  # its restart shown
+            assert (worker["running"], worker["pid"], worker["restarts"]) == (True, restarted, 1)
     finally:
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=60)
