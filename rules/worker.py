@@ -58,12 +58,15 @@ DUE_LAG = Histogram(
     "cdp_audience_due_lag_seconds", "How late time-based evaluations ran behind their moment",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
 )  # fmt: skip
-DUE_BATCH = 500
+EVALUATION_BATCH = 50  # profiles read and written together
+# Due profiles claimed at a time: one evaluation batch, so that between two claims the new
+# stream entries are taken (a burst of time-based transitions, thousands whose hour ends
+# together, holds the events arriving meanwhile back by one batch, not by ten).
+DUE_BATCH = EVALUATION_BATCH
 # A due profile taken by a worker is leased to it: its moment moves this far ahead, so no
 # other worker takes it meanwhile; the evaluation sets its true next moment. A worker that
 # dies holding it leaves it due again when the lease ends.
 LEASE_MS = 10_000  # a batch of due profiles takes well under a second
-EVALUATION_BATCH = 50  # profiles read and written together
 # A profile that could not be evaluated is looked at again this much later, twice as late
 # after each failure in a row, at most a day later: a lasting failure writes a few letters a
 # day, not one an hour (the count is `FAILURES` in its memberships hash, gone at a success).

@@ -17,6 +17,7 @@ from rules.definition import Definition
 from rules.evaluation import Plan
 from rules.keyspace import VERSION
 from rules.worker import (
+    EVALUATION_BATCH,
     FAILURES,
     LEASE_MS,
     RETRY_MS,
@@ -285,6 +286,30 @@ def test_two_workers_share_the_changes_and_the_schedule_each_transition_once(
         changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
         assert sorted(changes) == sorted([(p, "enter") for p in everyone]
                                          + [(p, "exit") for p in everyone])  # fmt: skip
+
+
+def test_events_are_not_held_behind_a_burst_of_due_profiles(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """Thousands whose hour ends together come due at once; an event arriving then waits
+    for one evaluation batch of them, not for all: each round takes a batch of the due
+    profiles, then the new stream entries."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
+        shop.define("recent", recent)
+        for i in range(3 * EVALUATION_BATCH):
+            shop.track(f"v{i}", "Product Viewed")
+        shop.settle()
+        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
+        shop.now += HOUR_MS  # everyone is due at once, and a new shopper views now
+        shop.track("new", "Product Viewed")
+        shop.apply()
+        shop.worker.drain_once(0)
+        assert shop.profile_of("new") in shop.members("recent")  # taken in the first round
+        due = redis_client.zcount(shop.keys.due, "-inf", shop.now)
+        assert due == 2 * EVALUATION_BATCH  # one batch of the due taken before it
+        shop.advance(0)
+        assert shop.members("recent") == {shop.profile_of("new")} == shop.sql_members("recent")
 
 
 def test_a_due_profile_is_leased_to_the_worker_that_took_it(
