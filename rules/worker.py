@@ -308,7 +308,7 @@ class AudienceWorker(StreamConsumer):
                 changed(pid, named.get(pid))
         asked = [Asked(pid, now, "event", None if names is None else frozenset(names))
                  for pid, names in profiles.items()]  # fmt: skip
-        if not self.evaluate_batches(asked, entries):
+        if not self.evaluate_batches(asked, entries, due_by=now):
             self.ack(entries)
         return len(profiles)
 
@@ -342,10 +342,11 @@ class AudienceWorker(StreamConsumer):
         flat = self._claim(keys=[self.keys.due], args=[now, DUE_BATCH, now + LEASE_MS])
         return [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    def run_due(self) -> int:
-        """Evaluate the profiles whose moment has come, each at its moment."""
+    def run_due(self, by: int | None = None) -> int:
+        """Evaluate the profiles whose moment has come (by `by`, if earlier than now), up to
+        a batch, each at its moment."""
         now = self.clock()
-        due = self.claim_due(now)
+        due = self.claim_due(now if by is None else min(now, by))
         for _, at in due:
             DUE_LAG.observe(max(0.0, (now - at) / 1000))
         self.evaluate_batches([Asked(pid, at, "time", None) for pid, at in due])
@@ -359,14 +360,22 @@ class AudienceWorker(StreamConsumer):
 
     # Profiles.
 
-    def evaluate_batches(self, asked: list[Asked], entries: Sequence[Entry] = ()) -> bool:
+    def evaluate_batches(
+        self, asked: list[Asked], entries: Sequence[Entry] = (), due_by: int | None = None
+    ) -> bool:
         """`evaluate_all`, a batch of profiles at a time; the stream `entries` that asked for
-        them acknowledged by the last batch's write if it wrote all its profiles (True)."""
+        them acknowledged by the last batch's write if it wrote all its profiles (True).
+        `due_by`: between two batches, a batch of the profiles due by that moment (the
+        `now` of those asked, so that no profile is evaluated at a moment before one it was
+        evaluated at): a stream entry may name thousands of profiles, and a backlog taken in
+        one read holds no time-based transition back for longer than a batch."""
         acked = False
         for start in range(0, len(asked), EVALUATION_BATCH):
             last = start + EVALUATION_BATCH >= len(asked)
             _, acked = self.evaluate_all(asked[start : start + EVALUATION_BATCH],
                                          entries if last else ())  # fmt: skip
+            if due_by is not None and not last:
+                self.run_due(due_by)
         return acked
 
     def evaluate_all(

@@ -4,6 +4,7 @@ definitions change while events flow, a product back in stock brings its watcher
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 
 import pytest
@@ -310,6 +311,74 @@ def test_events_are_not_held_behind_a_burst_of_due_profiles(
         assert due == 2 * EVALUATION_BATCH  # one batch of the due taken before it
         shop.advance(0)
         assert shop.members("recent") == {shop.profile_of("new")} == shop.sql_members("recent")
+
+
+def test_no_due_profile_is_held_behind_a_big_stream_entry(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A stream entry may name thousands of profiles (a backlog read at once): between its
+    evaluation batches, a batch of the profiles due is taken."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
+        shop.define("recent", recent)
+        for i in range(3 * EVALUATION_BATCH):
+            shop.track(f"v{i}", "Product Viewed")
+        shop.settle()
+        shop.now += HOUR_MS  # they are all due, and as many new shoppers view now
+        for i in range(3 * EVALUATION_BATCH):
+            shop.track(f"new{i}", "Product Viewed")
+        shop.apply()
+        entries = shop.worker.read_new(None)
+        assert len(entries) == 1  # one profile-script call: one entry naming them all
+        shop.worker.handle(entries, recovered=False)
+        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH + EVALUATION_BATCH
+        due = redis_client.zcount(shop.keys.due, "-inf", shop.now)
+        assert due == EVALUATION_BATCH  # a batch of the due after each batch but the last
+        shop.advance(0)
+        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
+
+
+class Moments(AudienceWorker):
+    """Notes the moment each profile is evaluated at, in order; its clock moves on 10 ms
+    after its first reading."""
+
+    def __init__(self, *args, **options):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **options)
+        self.seen: dict[str, list[int]] = {}
+        started, readings = self.clock, itertools.count()
+        self.clock = lambda: started() + (10 if next(readings) else 0)
+
+    def evaluate_all(self, asked, entries=()):  # type: ignore[no-untyped-def]
+        for a in asked:
+            self.seen.setdefault(a.profile_id, []).append(a.now)
+        return super().evaluate_all(asked, entries)
+
+
+def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """While a big entry is handled at its moment, the clock moves on: the due profiles
+    taken between its batches are those due by that moment, so no profile is evaluated at a
+    moment before one it was evaluated at (it would enter again what it left)."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
+        shop.define("recent", recent)
+        viewers = [f"v{i}" for i in range(3 * EVALUATION_BATCH)]
+        for who in viewers:
+            shop.track(who, "Product Viewed", at=shop.now - HOUR_MS + 5)  # due in 5 ms
+        shop.settle()
+        shop.worker = shop.audience_worker(Moments)
+        for i in range(2 * EVALUATION_BATCH):
+            shop.track(f"new{i}", "Product Viewed")
+        for who in viewers:  # in the same entry, with the new, and due 5 ms after its moment
+            shop.track(who, "Product Added")
+        shop.apply()
+        [entry] = shop.worker.read_new(None)
+        shop.worker.handle([entry], recovered=False)
+        seen = shop.worker.seen  # type: ignore[attr-defined]
+        assert all(moments == sorted(moments) for moments in seen.values()), seen
+        changes = [c for c in shop.changes() if c["audience"] == "recent"]
+        assert len(changes) == 5 * EVALUATION_BATCH  # an enter each; nobody left yet
 
 
 def test_a_due_profile_is_leased_to_the_worker_that_took_it(
