@@ -35,6 +35,7 @@ from cdp.catalog import Catalog
 from cdp.consumer import Entries, Entry, StreamConsumer
 from cdp.deadletters import SET_ASIDE, add_letter
 from cdp.profiles.reader import INPUTS_LUA, AudienceInputs, ProfileReader, audience_inputs_of
+from cdp.settings import Settings
 from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
@@ -226,7 +227,7 @@ class AudienceWorker(StreamConsumer):
         records_stream: str,
         history_days: int,
         clock: Any = now_ms,
-        changes_kept: int = 100_000,
+        changes_kept: int = Settings.model_fields["audience_changes_kept"].default,
         **options: Any,
     ) -> None:
         """`changes_kept`: the newest entries `audience_changes` keeps (`Settings`)."""
