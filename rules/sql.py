@@ -44,6 +44,7 @@ from rules.definition import (
 )
 
 T = "toUnixTimestamp64Milli(timestamp)"
+RECEIVED = "toUnixTimestamp64Milli(received_at)"
 NUMERIC_TYPES = "('Int64', 'UInt64', 'Float64')"
 SCALAR_TYPES = "('String', 'Bool', 'Int64', 'UInt64', 'Float64')"
 PRODUCT = "ifNull(properties.product_id.:String, '')"
@@ -299,16 +300,18 @@ def members_query(
     `relaxed` kinds of live sets (`consent`, `member`) left open, or "time" (what may hold
     later with no new event): a superset of them. Each profile's track events are those real
     time keeps: of the kept days, the newest `history_events` (`cut_offs`). Every profile
-    with an event is judged, also one whose events are all dated after `now`; conditions on
-    events read those up to `now`, a trait its value set last in event time (as the profile
-    keeps it, whenever that is)."""
+    with an event by `now` is judged: one dated by then, or received by then (dated after:
+    a device's clock ahead; real time keeps a profile from its first event received);
+    conditions on events read those dated up to `now`, a trait its value set last in event
+    time (as the profile keeps it)."""
     printer = Printer(history_ms, relaxed)
     condition = printer.tree(node)
     columns = ", ".join(["profile_id", *printer.inner])
     sql = (
         f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
         f"LEFT JOIN ({cut_offs(history_ms, history_events)}) AS cut ON cut.capped = profile_id "
-        "WHERE profile_id != '' AND (type != 'track' "
+        f"WHERE profile_id != '' AND ({T} <= {{now:Int64}} OR {RECEIVED} <= {{now:Int64}}) "
+        "AND (type != 'track' "
         "OR cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id)) "
         f"GROUP BY profile_id) WHERE {condition}"
     )

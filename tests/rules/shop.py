@@ -99,7 +99,8 @@ class Shop:
         happened = at if at is not None else self.now
         event = {**payload, "messageId": uuid.uuid4().hex,
                  "timestamp": datetime.fromtimestamp(happened / 1000, UTC).isoformat()}  # fmt: skip
-        row = to_row(SegmentEvent.model_validate(event), received_at=datetime.now(UTC),
+        row = to_row(SegmentEvent.model_validate(event),
+                     received_at=datetime.fromtimestamp(self.now / 1000, UTC),
                      source_id=source, ip="127.0.0.1")  # fmt: skip
         self.pending.append(row)
         return event

@@ -117,3 +117,27 @@ def test_both_paths_give_the_expected_members(
             real_time = {names[p] for p in shop.members("case")}
             in_sql = {names[p] for p in shop.sql_members("case") if p in names}
             assert (real_time, in_sql) == (expected, expected), f"{name}, after {moved} ms"
+
+
+def test_the_sql_at_a_past_moment_judges_the_profiles_there_were_then(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A preview or audit at a past moment: a shopper whose every event was received later
+    did not exist then (one dated ahead of its receipt exists from its receipt on)."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("no-order", {"not": {"performed": {"event": ORDER, "within": "P1D",
+                                                       "times": 1}}})  # fmt: skip
+        start = shop.now
+        shop.track("early", V)  # received at start
+        shop.track("ahead", V, at=start + days(1))  # received at start, dated a day ahead
+        shop.now = start + HOUR_MS
+        shop.track("late", V, at=start - HOUR_MS)  # dated before start, received after it
+        shop.track("new", V)  # dated and received an hour after start
+        shop.settle()
+        names = {shop.profile_of(who): who for who in ("early", "ahead", "late", "new")}
+        at_start = {names[p] for p in shop.sql_members("no-order", at=start) if p in names}
+        assert at_start == {"early", "ahead", "late"}  # a late event counts from its time
+        now = {names[p] for p in shop.sql_members("no-order") if p in names}
+        assert (
+            now == {names[p] for p in shop.members("no-order") if p in names} == set(names.values())
+        )
