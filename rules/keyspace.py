@@ -2,7 +2,7 @@
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
 (incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms; `~generation`, `~next` and `~v`, below), `audience:<id>:members`
+member since, epoch ms; `~generation`, `~next`, `~last` and `~v`, below), `audience:<id>:members`
 (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
 no event), `audiences:backfills` (a hash: audience → JSON {at, until, candidates} of its last
@@ -20,10 +20,13 @@ import orjson
 # In a profile's memberships hash, beside audience → since: the definitions' generation of its
 # last full evaluation (a profile not evaluated under the current one is evaluated in full),
 # `~next`: JSON {audience: the next moment (ms) it may change for the profile with no event}
-# (so that when a moment comes, only the audiences due then are matched), and `~v`, a version
-# every write of the audience worker moves on (`rules/worker.py`, COMMIT).
+# (so that when a moment comes, only the audiences due then are matched), `~last`, the moment
+# of its latest transition (no later evaluation is made at an earlier moment: two workers'
+# clocks and batches interleave), and `~v`, a version every write of the audience worker
+# moves on (`rules/worker.py`, COMMIT).
 GENERATION = "~generation"
 NEXT = "~next"
+LAST = "~last"
 VERSION = "~v"
 
 

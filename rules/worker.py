@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import orjson
@@ -44,6 +44,7 @@ from rules.conditions import Happened, product_of
 from rules.evaluation import Outcome, Plan, evaluate, subject_from
 from rules.keyspace import (
     GENERATION,
+    LAST,
     NEXT,
     VERSION,
     AudienceKeys,
@@ -512,6 +513,9 @@ class AudienceWorker(StreamConsumer):
         `writes`, and on `watching` for the batch."""
         if inputs is None:
             return MISSING
+        last = int(stored.get(LAST.encode(), 0))
+        if last > a.now:  # another worker recorded a transition later than this moment: from
+            a = replace(a, now=last)  # there on (a transition is never recorded before one)
         key = self.keys.of(a.profile_id)
         changed, nexts = a.changed, next_moments(stored)
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
@@ -549,6 +553,7 @@ class AudienceWorker(StreamConsumer):
         if rows:
             writes.xadd(self.records_stream, {"table": "audience_log",
                                               "rows": orjson.dumps(rows).decode()})  # fmt: skip
+            writes.hset(self.keys.of(pid), LAST, max(change.at for change in outcome.changes))
 
     def retire_merged(self, merged: str, survivor: str, now: int) -> None:
         """`retire`, or set the merged profile aside: its look again finds it merged away,

@@ -381,6 +381,53 @@ def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
         assert len(changes) == 5 * EVALUATION_BATCH  # an enter each; nobody left yet
 
 
+class Racing(AudienceWorker):
+    """Between its batches, another worker (its clock ahead) takes the profiles due."""
+
+    other: AudienceWorker
+
+    def run_due(self, by=None):  # type: ignore[no-untyped-def]
+        if by is not None:
+            self.other.run_due()
+        return super().run_due(by)
+
+
+def test_no_profile_is_evaluated_at_a_moment_before_its_last_transition(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """Two workers: one handles a big entry at its moment while the other, later, takes the
+    profiles of that entry that came due meanwhile and records their exits. The first then
+    evaluates those profiles at its (earlier) moment: it must not enter them again there
+    (an enter recorded before the exit it follows, and a second exit)."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
+        shop.define("recent", recent)
+        start = shop.now
+        viewers = [f"v{i}" for i in range(3 * EVALUATION_BATCH)]
+        for who in viewers:
+            shop.track(who, "Product Viewed", at=start - HOUR_MS + 5)  # they leave at start+5
+        shop.settle()
+        first = shop.worker = shop.audience_worker(Racing, consumer="first")
+        later = shop.audience_worker(consumer="later")
+        later.clock = lambda: start + 10
+        first.other = later  # type: ignore[attr-defined]
+        shop.more_workers = [later]
+        for i in range(EVALUATION_BATCH):
+            shop.track(f"new{i}", "Product Viewed")
+        for who in viewers:  # a late view: read by `recent`, too old to count
+            shop.track(who, "Product Viewed", at=start - 2 * HOUR_MS)
+        shop.apply()
+        [entry] = first.read_new(None)
+        first.handle([entry], recovered=False)
+        shop.now = start + 10
+        shop.advance(0)
+        for who in viewers:
+            profile = shop.profile_of(who)
+            moves = [(c["change"], int(c["at"])) for c in shop.changes()
+                     if c["audience"] == "recent" and c["profile"] == profile]  # fmt: skip
+            assert moves == [("enter", start), ("exit", start + 5)], (who, moves)
+
+
 def test_a_due_profile_is_leased_to_the_worker_that_took_it(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
