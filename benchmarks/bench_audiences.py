@@ -56,7 +56,7 @@ from rules.conditions import Reading, read  # noqa: E402
 from rules.definition import Definition  # noqa: E402
 from rules.engine import engine_json  # noqa: E402
 from rules.evaluation import Plan, subject_from, subject_of  # noqa: E402
-from rules.worker import EVALUATION_BATCH, Asked, AudienceWorker  # noqa: E402
+from rules.worker import EVALUATION_BATCH, HOT_PAUSE_MS, Asked, AudienceWorker  # noqa: E402
 
 CATEGORIES = ("Sneakers", "Jackets", "Bags", "Accessories")
 EVENTS = ("Product Viewed", "Product Added", "Order Completed", "Product List Viewed")
@@ -267,11 +267,12 @@ def endless_sender(store: ProfileStore, worker: AudienceWorker, shopper: str, se
     endless = store.find("a", "endless")
     assert endless is not None
     at = int(time.time() * 1000)
+    viewed = frozenset({"Product Viewed"})
     cost = {}
     for name, pid in (("endless", endless), ("shop", shopper)):
         started = time.perf_counter()
-        for _ in range(5):
-            worker.evaluate_all([Asked(pid, at, "event", frozenset({"Product Viewed"}))])
+        for i in range(5):  # a second apart: each one evaluated
+            worker.evaluate_all([Asked(pid, at + i * HOT_PAUSE_MS, "event", viewed)])
         cost[name] = (time.perf_counter() - started) / 5 * 1000
     inputs = store.audience_inputs(endless, 0)
     kept = len(inputs.history) if inputs else 0
@@ -279,6 +280,15 @@ def endless_sender(store: ProfileStore, worker: AudienceWorker, shopper: str, se
         f"a visitor who sent {sent:,} events (history keeps {kept:,}): "
         f"{cost['endless']:.1f} ms an evaluation (a shop's visitor: {cost['shop']:.1f} ms)"
     )
+    # It goes on sending, a profile change every 10 ms for 2 s: evaluated at most once a
+    # second, the others put off (each a read of its memberships, not of its history).
+    start, changes = at + 10 * HOT_PAUSE_MS, 200
+    started = time.perf_counter()
+    for i in range(changes):
+        worker.evaluate_all([Asked(endless, start + i * 10, "event", viewed)])
+    spent = (time.perf_counter() - started) / 2 * 1000
+    print(f"  sending on, a profile change every 10 ms: {spent:.0f} ms of the worker a second "
+          f"(each evaluated: {cost['endless'] * changes / 2:,.0f} ms a second)")  # fmt: skip
 
 
 def generations(worker: AudienceWorker, count: int) -> None:

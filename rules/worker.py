@@ -45,7 +45,9 @@ from rules.evaluation import Outcome, Plan, evaluate, subject_from
 from rules.keyspace import (
     GENERATION,
     LAST,
+    LATER,
     NEXT,
+    SEEN,
     VERSION,
     AudienceKeys,
     memberships,
@@ -69,6 +71,17 @@ DUE_BATCH = EVALUATION_BATCH
 # other worker takes it meanwhile; the evaluation sets its true next moment. A worker that
 # dies holding it leaves it due again when the lease ends.
 LEASE_MS = 10_000  # a batch of due profiles takes well under a second
+# A profile whose history holds more than this many events (a bot's, or a rare shopper's
+# of years: 3.5 µs an event to read and evaluate, 35 ms at the cap) is evaluated for events at
+# most once in `HOT_PAUSE_MS`: those coming within it are decided together at its end. One
+# visitor sending without end (up to the rate limit, ~170 events/s) took an audience worker
+# for itself; now 35 ms a second at most. A shop's shopper holds tens of events.
+HOT_EVENTS = 1_000
+HOT_PAUSE_MS = 1_000
+PUT_OFF_EVALUATIONS = Counter(
+    "cdp_audience_put_off",
+    "Evaluations of a profile with a long history put off to the end of its second",
+)
 # A profile that could not be evaluated is looked at again this much later, twice as late
 # after each failure in a row, at most a day later: a lasting failure writes a few letters a
 # day, not one an hour (the count is `FAILURES` in its memberships hash, gone at a success).
@@ -167,16 +180,28 @@ return due
 # A batch's reads in one call: the definitions' generation and the catalog's stock version
 # (what the batch's decisions share), then per profile its memberships, its next moment and
 # its inputs (`cdp/profiles/reader.py`). KEYS: the schedule, the generation, the stock
-# version, then per profile its memberships and its input keys; ARGV: per profile its id and
-# the moment after which its history counts.
+# version, then per profile its memberships and its input keys. ARGV[1]: how many events make
+# a history long (`HOT_EVENTS`); then per profile its id, the moment after which its history
+# counts, and the moment after which an evaluation of it puts a long history off (-1: never;
+# its inputs are then {2}, not read).
 READ_BATCH = (
     INPUTS_LUA
     + """
+local hot = tonumber(ARGV[1])
 local out = {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
-for i = 1, #ARGV, 2 do
-  local k = 3 + (i - 1) / 2 * 5
+for i = 2, #ARGV, 3 do
+  local k = 3 + (i - 2) / 3 * 5
+  local inputs
+  local after = tonumber(ARGV[i + 2])
+  if after >= 0 then
+    local seen = tonumber(redis.call('HGET', KEYS[k + 1], '~seen') or '-1')
+    if seen > after and redis.call('ZCARD', KEYS[k + 3]) > hot then
+      inputs = {2}
+    end
+  end
   out[#out + 1] = {redis.call('HGETALL', KEYS[k + 1]), redis.call('ZSCORE', KEYS[1], ARGV[i]),
-                   audience_inputs(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], ARGV[i + 1])}
+                   inputs or audience_inputs(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+                                             ARGV[i + 1])}
 end
 return out
 """
@@ -195,6 +220,7 @@ class Asked:
 
 
 MISSING = Outcome()  # the profile is not live: merged away or erased
+PUT_OFF = AudienceInputs([], {}, set())  # not read: a long history evaluated within the second
 
 
 class BatchRead(NamedTuple):
@@ -229,11 +255,14 @@ class AudienceWorker(StreamConsumer):
         history_days: int,
         clock: Any = now_ms,
         changes_kept: int = Settings.model_fields["audience_changes_kept"].default,
+        hot_events: int = HOT_EVENTS,
         **options: Any,
     ) -> None:
-        """`changes_kept`: the newest entries `audience_changes` keeps (`Settings`)."""
+        """`changes_kept`: the newest entries `audience_changes` keeps (`Settings`);
+        `hot_events`: a history longer is evaluated at most once a second (`HOT_EVENTS`)."""
         super().__init__(client, stream, **options)
         self.changes_kept = changes_kept
+        self.hot_events = hot_events
         self.reader = reader
         self.audiences = audiences
         self.catalog = catalog
@@ -489,13 +518,15 @@ class AudienceWorker(StreamConsumer):
         """The definitions' generation, the stock version, and each profile's memberships
         hash, next moment and inputs (None: not live), in one call."""
         keys = [self.keys.due, self.keys.generation, self.catalog.keys.stock_version]
-        args = list[str | int]()
+        args: list[str | int] = [self.hot_events]
         for a in asked:
             keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
-            args += [a.profile_id, a.now - self.history_days * DAY_MS]
+            args += [a.profile_id, a.now - self.history_days * DAY_MS,
+                     a.now - HOT_PAUSE_MS if a.cause == "event" else -1]  # fmt: skip
         generation, stock_version, *profiles = self._read_batch(keys=keys, args=args)
         return BatchRead(generation, stock_version, [
-            (_pairs(stored), None if due is None else int(due), audience_inputs_of(inputs))
+            (_pairs(stored), None if due is None else int(due),
+             PUT_OFF if inputs[0] == 2 else audience_inputs_of(inputs))
             for stored, due, inputs in profiles
         ])  # fmt: skip
 
@@ -513,14 +544,12 @@ class AudienceWorker(StreamConsumer):
         `writes`, and on `watching` for the batch."""
         if inputs is None:
             return MISSING
-        last = int(stored.get(LAST.encode(), 0))
-        if last > a.now:  # another worker recorded a transition later than this moment: from
-            a = replace(a, now=last)  # there on (a transition is never recorded before one)
         key = self.keys.of(a.profile_id)
+        if inputs is PUT_OFF:
+            return _put_off(writes, key, stored, due)
+        a = self._mark(writes, key, a, stored, len(inputs.history))
         changed, nexts = a.changed, next_moments(stored)
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
-        if FAILURES.encode() in stored:  # it failed before: healed now
-            writes.hdel(key, FAILURES)
         if stored.get(GENERATION.encode()) != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
             writes.hset(key, GENERATION, plan.generation)
@@ -538,6 +567,25 @@ class AudienceWorker(StreamConsumer):
         if next_at != due:
             writes.moment = (due, next_at)
         return outcome
+
+    def _mark(
+        self, writes: Writes, key: str, a: Asked, stored: dict[bytes, bytes], events: int
+    ) -> Asked:
+        """The evaluation asked for, as it is made, and the marks it leaves on the memberships
+        hash `key`: never at a moment before the profile's latest transition; everything
+        decided, as for events, when events were put off until it; a long history's moment
+        noted; a failure before healed."""
+        last = int(stored.get(LAST.encode(), 0))
+        if last > a.now:  # another worker recorded a transition later than this moment: from
+            a = replace(a, now=last)  # there on (a transition is never recorded before one)
+        if LATER.encode() in stored:
+            writes.hdel(key, LATER)
+            a = replace(a, cause="event", changed=None)
+        if events > self.hot_events:
+            writes.hset(key, SEEN, a.now)  # the events of the next second wait for its end
+        if FAILURES.encode() in stored:
+            writes.hdel(key, FAILURES)
+        return a
 
     def _write(self, writes: Writes, pid: str, outcome: Outcome) -> None:
         rows = []
@@ -588,6 +636,18 @@ class AudienceWorker(StreamConsumer):
                 _count(outcome)
                 return
         raise RuntimeError(f"memberships of {merged} kept changing under us")
+
+
+def _put_off(writes: Writes, key: str, stored: dict[bytes, bytes], due: int | None) -> Outcome:
+    """A long history evaluated within the second: its events wait for the second's end, when
+    the profile is looked at (everything decided then, as for events)."""
+    look = int(stored[SEEN.encode()]) + HOT_PAUSE_MS
+    if LATER.encode() not in stored:
+        writes.hset(key, LATER, 1)
+    if due is None or look < due:
+        writes.moment = (due, look)
+    PUT_OFF_EVALUATIONS.inc()
+    return Outcome()
 
 
 def _count(outcome: Outcome) -> None:

@@ -20,6 +20,7 @@ from rules.keyspace import VERSION
 from rules.worker import (
     EVALUATION_BATCH,
     FAILURES,
+    HOT_PAUSE_MS,
     LEASE_MS,
     RETRY_MS,
     AudienceWorker,
@@ -426,6 +427,43 @@ def test_no_profile_is_evaluated_at_a_moment_before_its_last_transition(
             moves = [(c["change"], int(c["at"])) for c in shop.changes()
                      if c["audience"] == "recent" and c["profile"] == profile]  # fmt: skip
             assert moves == [("enter", start), ("exit", start + 5)], (who, moves)
+
+
+def test_a_long_history_is_evaluated_at_most_once_a_second(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A visitor sending without end (its history long: here past 20 events) is evaluated for
+    its events at most once in `HOT_PAUSE_MS`: what comes within it waits for its end, and is
+    decided then, as for events. A shopper's events beside it are decided at once."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.worker = shop.audience_worker(hot_events=20)
+        shop.define("ordered", {"performed": {"event": "Order Completed", "within": "P1D",
+                                              "times": 1}})  # fmt: skip
+        start = shop.now
+        for i in range(30):
+            shop.track("bot", "Product Viewed", at=start - i)
+        shop.settle()  # evaluated: its moment noted
+        shop.now = start + 400
+        shop.track("bot", "Order Completed")
+        shop.track("shopper", "Order Completed")
+        shop.settle()
+        bot, shopper = shop.profile_of("bot"), shop.profile_of("shopper")
+        assert shop.members("ordered") == {shopper}  # the bot's order waits for the second
+        assert redis_client.zscore(shop.keys.due, bot) == start + HOT_PAUSE_MS
+        shop.advance(HOT_PAUSE_MS - 400 - 1)
+        assert shop.members("ordered") == {shopper}
+        shop.advance(1)
+        assert shop.members("ordered") == {shopper, bot} == shop.sql_members("ordered")
+        [entered] = [
+            c for c in shop.changes() if c["profile"] == bot and c["audience"] == "ordered"
+        ]
+        assert (entered["change"], entered["cause"], int(entered["at"])) == (
+            "enter", "event", start + HOT_PAUSE_MS)  # fmt: skip
+        shop.now += 2 * HOT_PAUSE_MS  # a second later: evaluated at once again
+        shop.track("bot", "Product Viewed")
+        shop.settle()
+        seen = redis_client.hget(shop.keys.of(bot), "~seen")
+        assert seen is not None and int(seen) == shop.now
 
 
 def test_a_due_profile_is_leased_to_the_worker_that_took_it(
