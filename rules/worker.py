@@ -221,6 +221,7 @@ class Asked:
 
 MISSING = Outcome()  # the profile is not live: merged away or erased
 PUT_OFF = AudienceInputs([], {}, set())  # not read: a long history evaluated within the second
+PUT_OFF_OUTCOME = Outcome()  # its evaluation put off (nothing decided, its look scheduled)
 
 
 class BatchRead(NamedTuple):
@@ -491,7 +492,7 @@ class AudienceWorker(StreamConsumer):
                 outcomes[placed[int(place) - 1]] = None
             acked = bool(ack) and not conflicts
         for a, outcome in zip(asked, outcomes, strict=True):
-            if outcome is not MISSING and outcome is not None:
+            if outcome is not MISSING and outcome is not None and outcome is not PUT_OFF_OUTCOME:
                 EVALUATIONS.labels(a.cause).inc()
                 _count(outcome)
         return outcomes, acked
@@ -647,7 +648,7 @@ def _put_off(writes: Writes, key: str, stored: dict[bytes, bytes], due: int | No
     if due is None or look < due:
         writes.moment = (due, look)
     PUT_OFF_EVALUATIONS.inc()
-    return Outcome()
+    return PUT_OFF_OUTCOME
 
 
 def _count(outcome: Outcome) -> None:
