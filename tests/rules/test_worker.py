@@ -39,6 +39,18 @@ def viewed_twice(shop: Shop, *visitors: str) -> None:
         shop.track(who, "Product Viewed")
 
 
+def recent_viewers(shop: Shop, count: int, at: int | None = None) -> list[str]:
+    """`count` visitors, each viewing once (at `at`, now by default), in the audience
+    "recent" (viewed within the hour) once evaluated."""
+    shop.define("recent", {"performed": {"event": "Product Viewed", "within": "PT1H",
+                                         "times": 1}})  # fmt: skip
+    viewers = [f"v{i}" for i in range(count)]
+    for who in viewers:
+        shop.track(who, "Product Viewed", at=at)
+    shop.settle()
+    return viewers
+
+
 def test_a_merge_moves_memberships_to_the_survivor(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
@@ -111,11 +123,7 @@ def test_the_changes_stream_keeps_the_newest_entries_and_the_log_keeps_all(
     grew for ever), while `audience_log` in ClickHouse keeps every one."""
     with Shop(settings, redis_client, warehouse) as shop:
         shop.worker = shop.audience_worker(changes_kept=100)
-        shop.define("recent", {"performed": {"event": "Product Viewed", "within": "PT1H",
-                                             "times": 1}})  # fmt: skip
-        for i in range(150):
-            shop.track(f"v{i}", "Product Viewed")
-        shop.settle()
+        recent_viewers(shop, 150)
         shop.advance(HOUR_MS)  # they all leave `recent` (and enter `browse-abandonment`)
         step(shop.records)
         logged = warehouse.query_rows("SELECT audience_id, change, count() FROM audience_log "
@@ -297,11 +305,7 @@ def test_events_are_not_held_behind_a_burst_of_due_profiles(
     for one evaluation batch of them, not for all: each round takes a batch of the due
     profiles, then the new stream entries."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
-        shop.define("recent", recent)
-        for i in range(3 * EVALUATION_BATCH):
-            shop.track(f"v{i}", "Product Viewed")
-        shop.settle()
+        recent_viewers(shop, 3 * EVALUATION_BATCH)
         assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
         shop.now += HOUR_MS  # everyone is due at once, and a new shopper views now
         shop.track("new", "Product Viewed")
@@ -320,11 +324,7 @@ def test_no_due_profile_is_held_behind_a_big_stream_entry(
     """A stream entry may name thousands of profiles (a backlog read at once): between its
     evaluation batches, a batch of the profiles due is taken."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
-        shop.define("recent", recent)
-        for i in range(3 * EVALUATION_BATCH):
-            shop.track(f"v{i}", "Product Viewed")
-        shop.settle()
+        recent_viewers(shop, 3 * EVALUATION_BATCH)
         shop.now += HOUR_MS  # they are all due, and as many new shoppers view now
         for i in range(3 * EVALUATION_BATCH):
             shop.track(f"new{i}", "Product Viewed")
@@ -362,12 +362,7 @@ def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
     taken between its batches are those due by that moment, so no profile is evaluated at a
     moment before one it was evaluated at (it would enter again what it left)."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
-        shop.define("recent", recent)
-        viewers = [f"v{i}" for i in range(3 * EVALUATION_BATCH)]
-        for who in viewers:
-            shop.track(who, "Product Viewed", at=shop.now - HOUR_MS + 5)  # due in 5 ms
-        shop.settle()
+        viewers = recent_viewers(shop, 3 * EVALUATION_BATCH, shop.now - HOUR_MS + 5)  # due in 5 ms
         shop.worker = shop.audience_worker(Moments)
         for i in range(2 * EVALUATION_BATCH):
             shop.track(f"new{i}", "Product Viewed")
@@ -401,13 +396,8 @@ def test_no_profile_is_evaluated_at_a_moment_before_its_last_transition(
     evaluates those profiles at its (earlier) moment: it must not enter them again there
     (an enter recorded before the exit it follows, and a second exit)."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent = {"performed": {"event": "Product Viewed", "within": "PT1H", "times": 1}}
-        shop.define("recent", recent)
         start = shop.now
-        viewers = [f"v{i}" for i in range(3 * EVALUATION_BATCH)]
-        for who in viewers:
-            shop.track(who, "Product Viewed", at=start - HOUR_MS + 5)  # they leave at start+5
-        shop.settle()
+        viewers = recent_viewers(shop, 3 * EVALUATION_BATCH, start - HOUR_MS + 5)  # leave at +5
         first = shop.worker = shop.audience_worker(Racing, consumer="first")
         later = shop.audience_worker(consumer="later")
         later.clock = lambda: start + 10
