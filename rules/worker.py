@@ -181,20 +181,21 @@ return due
 # (what the batch's decisions share), then per profile its memberships, its next moment and
 # its inputs (`cdp/profiles/reader.py`). KEYS: the schedule, the generation, the stock
 # version, then per profile its memberships and its input keys. ARGV[1]: how many events make
-# a history long (`HOT_EVENTS`); then per profile its id, the moment after which its history
-# counts, and the moment after which an evaluation of it puts a long history off (-1: never;
-# its inputs are then {2}, not read).
+# a history long (`HOT_EVENTS`), ARGV[2] the memberships' field of its last evaluation
+# (`SEEN`); then per profile its id, the moment after which its history counts, and the moment
+# after which an evaluation of it puts a long history off (-1: never; its inputs are then
+# {2}, not read).
 READ_BATCH = (
     INPUTS_LUA
     + """
-local hot = tonumber(ARGV[1])
+local hot, seen_field = tonumber(ARGV[1]), ARGV[2]
 local out = {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
-for i = 2, #ARGV, 3 do
-  local k = 3 + (i - 2) / 3 * 5
+for i = 3, #ARGV, 3 do
+  local k = 3 + (i - 3) / 3 * 5
   local inputs
   local after = tonumber(ARGV[i + 2])
   if after >= 0 then
-    local seen = tonumber(redis.call('HGET', KEYS[k + 1], '~seen') or '-1')
+    local seen = tonumber(redis.call('HGET', KEYS[k + 1], seen_field) or '-1')
     if seen > after and redis.call('ZCARD', KEYS[k + 3]) > hot then
       inputs = {2}
     end
@@ -519,7 +520,7 @@ class AudienceWorker(StreamConsumer):
         """The definitions' generation, the stock version, and each profile's memberships
         hash, next moment and inputs (None: not live), in one call."""
         keys = [self.keys.due, self.keys.generation, self.catalog.keys.stock_version]
-        args: list[str | int] = [self.hot_events]
+        args: list[str | int] = [self.hot_events, SEEN]
         for a in asked:
             keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
             args += [a.profile_id, a.now - self.history_days * DAY_MS,
