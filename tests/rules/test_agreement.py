@@ -18,6 +18,7 @@ from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.membership import candidates_at
+from rules.worker import HOT_PAUSE_MS
 from tests.rules.shop import HOUR_MS, Shop, days
 
 EVENTS = ["Product Viewed", "Product Added", "Product Removed", "Order Completed"]
@@ -241,3 +242,37 @@ def test_a_profile_past_the_history_cap_is_judged_alike(
         assert shop.members("signed-up-1") == {profile}
         assert shop.members("viewed-100") == set()  # 90 kept of the 110 sent
         assert shop.members("viewed-80") == {profile}
+
+
+@hypothesis_settings(
+    max_examples=25, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+@given(
+    root=tree,
+    calls=st.lists(st.lists(event, min_size=1, max_size=4), min_size=2, max_size=5),
+    gaps=st.lists(st.sampled_from([0, 100, 400]), min_size=5, max_size=5),
+)
+def test_real_time_and_sql_agree_once_put_off_events_are_decided(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse,
+    root: dict[str, Any], calls: list[list[dict[str, Any]]], gaps: list[int],
+) -> None:  # fmt: skip
+    """Profiles with long histories (here past 1 event) are evaluated at most once a second:
+    events sent in calls within the second are put off to its end. Once it has passed, both
+    paths agree, whatever was put off."""
+    namespace = "p" + uuid.uuid4().hex[:10]
+    example = settings.model_copy(update={"redis_prefix": namespace})
+    with Shop(example, redis_client, warehouse) as shop:
+        shop.worker = shop.audience_worker(hot_events=1)
+        shop.catalog.upsert([Product(id="p3", name="Sold out", stock=0)])
+        shop.define("base", {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}})
+        shop.define("generated", root)
+        names = [f"{namespace}-{i}" for i in range(3)]
+        for call, gap in zip(calls, gaps, strict=False):
+            shop.now += gap
+            send_all(shop, names, call, [])
+            shop.settle()
+        shop.advance(HOT_PAUSE_MS)
+        profiles = {p for name in names if (p := shop.store.find("a", name))}
+        real_time = shop.members("generated") & profiles
+        assert real_time == shop.sql_members("generated") & profiles, repr((root, calls, gaps))

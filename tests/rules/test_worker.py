@@ -456,6 +456,32 @@ def test_a_long_history_is_evaluated_at_most_once_a_second(
         assert seen is not None and int(seen) == shop.now
 
 
+def test_events_put_off_are_decided_at_the_first_look_even_one_due_for_time(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """The events put off wait for the second's end, unless the profile is looked at sooner
+    for time (a window ending): that look decides them too, whatever audience was due."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.worker = shop.audience_worker(hot_events=20)
+        shop.define("ordered", {"performed": {"event": "Order Completed", "within": "P1D",
+                                              "times": 1}})  # fmt: skip
+        start = shop.now
+        [bot] = recent_viewers(shop, 1, start - HOUR_MS + 500)  # leaves `recent` at start+500
+        for i in range(30):
+            shop.track(bot, "Product Added", at=start - 1000 - i, product_id="p1")
+        shop.settle()  # evaluated at start: its moment noted
+        shop.now = start + 100
+        shop.track(bot, "Order Completed")
+        shop.settle()
+        profile = shop.profile_of(bot)
+        assert shop.members("ordered") == set()  # put off
+        shop.advance(400)  # start+500: due for `recent`
+        assert shop.members("recent") == set()
+        assert shop.members("ordered") == {profile} == shop.sql_members("ordered")
+        [entered] = [c for c in shop.changes() if c["audience"] == "ordered"]
+        assert (entered["cause"], int(entered["at"])) == ("event", start + 500)
+
+
 def test_a_due_profile_is_leased_to_the_worker_that_took_it(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
