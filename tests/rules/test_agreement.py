@@ -92,6 +92,15 @@ def tree_of(windows: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 tree = tree_of(WINDOWS)
 
 
+def examples(count: int) -> Any:
+    """Hypothesis settings for these tests: each example runs the whole pipeline (a shop per
+    example, under the fixtures' Valkey and ClickHouse), so no deadline."""
+    return hypothesis_settings(
+        max_examples=count, deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )  # fmt: skip
+
+
 def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
     """Events that happened up to so many days back, and some dated ahead (a device's clock
     off, a server sending a time of its own): those count when their time comes."""
@@ -132,10 +141,7 @@ def send_all(shop: Shop, names: list[str], events: list[dict[str, Any]],
                       plan=i["plan"], age=i["age"])  # fmt: skip
 
 
-@hypothesis_settings(
-    max_examples=30, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)  # fmt: skip
+@examples(30)
 @given(
     root=tree,
     events=st.lists(event, min_size=1, max_size=10),
@@ -153,10 +159,7 @@ def test_real_time_and_sql_agree(
         check(shop, namespace, root, events, identifies, later)
 
 
-@hypothesis_settings(
-    max_examples=40, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)  # fmt: skip
+@examples(40)
 @given(
     root=tree_of(["PT1H", "P1D", "P3D"]),
     events=st.lists(event_of(4), min_size=1, max_size=10),
@@ -244,10 +247,7 @@ def test_a_profile_past_the_history_cap_is_judged_alike(
         assert shop.members("viewed-80") == {profile}
 
 
-@hypothesis_settings(
-    max_examples=25, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)  # fmt: skip
+@examples(25)
 @given(
     root=tree,
     calls=st.lists(st.lists(event, min_size=1, max_size=4), min_size=2, max_size=5),
