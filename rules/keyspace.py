@@ -2,8 +2,8 @@
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
 (incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms; `~generation`, `~next`, `~last`, `~v`, `~seen`, `~later`, below),
-`audience:<id>:members` (a sorted set: profile → since),
+member since, epoch ms; `~generation`, `~next`, `~last`, `~v`, `~seen`, `~later`,
+`~failures`, below), `audience:<id>:members` (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
 no event), `audiences:backfills` (a hash: audience → JSON {at, until, candidates} of its last
 backfill, until the profiles due by its end are evaluated), `audiences:watchers:<product>` (a
@@ -32,6 +32,8 @@ VERSION = "~v"
 # last evaluation, and `~later`, set while events wait for the end of its second.
 SEEN = "~seen"
 LATER = "~later"
+# For a profile that could not be evaluated: how many times in a row (gone at a success).
+FAILURES = "~failures"
 
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:

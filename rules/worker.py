@@ -43,6 +43,7 @@ from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, product_of
 from rules.evaluation import Outcome, Plan, evaluate, subject_from
 from rules.keyspace import (
+    FAILURES,
     GENERATION,
     LAST,
     LATER,
@@ -87,7 +88,6 @@ PUT_OFF_EVALUATIONS = Counter(
 # day, not one an hour (the count is `FAILURES` in its memberships hash, gone at a success).
 RETRY_MS = 3_600_000
 MAX_RETRY_MS = 86_400_000
-FAILURES = "~failures"
 
 
 # A batch's writes in one call, instead of a transaction WATCHing the memberships: each

@@ -16,10 +16,9 @@ from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.definition import Definition
 from rules.evaluation import Plan
-from rules.keyspace import VERSION
+from rules.keyspace import FAILURES, VERSION
 from rules.worker import (
     EVALUATION_BATCH,
-    FAILURES,
     HOT_PAUSE_MS,
     LEASE_MS,
     RETRY_MS,
