@@ -26,6 +26,7 @@ from rules.audiences import Audiences, Saved, problems_of
 from rules.conditions import holds, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
+from rules.hints import heard, hints
 from rules.keyspace import AudienceKeys, memberships
 from rules.membership import Sources, audit, candidates_at, members_at
 
@@ -98,10 +99,25 @@ class AudiencesOut(BaseModel):
     )
 
 
+class HintOut(BaseModel):
+    path: str = Field(description="The condition's field, as `root.and[0].performed.event`")
+    hint: str
+
+
+HINTS = ("What the kept history says can never hold or count: an event never received, a "
+         "property no such event carries, a value of a type it never has (a typo keeps an "
+         "audience empty for ever). Not errors: the events may not have come yet.")  # fmt: skip
+
+
+class SavedOut(AudienceOut):
+    hints: list[HintOut] = Field(description=HINTS)
+
+
 class PreviewOut(BaseModel):
     size: int
     sample: list[str] = Field(description=f"Up to {SAMPLE} profile ids")
     at: str
+    hints: list[HintOut] = Field(description=HINTS)
 
 
 class MemberOut(BaseModel):
@@ -241,7 +257,10 @@ class AudiencesApi:
                 "invalid definition", ["body." + p for p in error.problems]
             ) from None
         self.backfill(definition)
-        return self.out(saved)
+        return {**self.out(saved), "hints": self.hints(definition.root, int(time.time() * 1000))}
+
+    def hints(self, root: Node, now: int) -> list[dict[str, str]]:
+        return hints(root, heard(self.warehouse, root, self.audiences.history_days, now))
 
     def backfill(self, definition: Definition) -> int:
         """Have the real-time path decide everyone the definition may hold for, now or later
@@ -275,7 +294,8 @@ class AudiencesApi:
         if problems:
             raise Unprocessable("invalid definition", ["body." + p for p in problems])
         members = members_at(self.sources, root, at)
-        return {"size": len(members), "sample": members[:SAMPLE], "at": iso(at)}
+        return {"size": len(members), "sample": members[:SAMPLE], "at": iso(at),
+                "hints": self.hints(root, at)}  # fmt: skip
 
     def audit(self, audience_id: str) -> dict[str, Any]:
         """Once what was received is processed (up to `settle_seconds`), the members kept in
@@ -459,7 +479,7 @@ def list_audiences(_: READ, api: AudiencesApi = API) -> dict[str, Any]:
 
 
 @router.post("/audiences", tags=["audiences"], summary="Define an audience (kept live at once)",
-             status_code=201, response_model=AudienceOut, responses=errors(400, 409))  # fmt: skip
+             status_code=201, response_model=SavedOut, responses=errors(400, 409))  # fmt: skip
 def create_audience(body: AudienceNew, _: WRITE, api: AudiencesApi = API) -> dict[str, Any]:
     fields = body.model_dump(by_alias=True, exclude={"id"})
     return api.save(_definition(body.id, AudienceIn.model_validate(fields)), create=True)
@@ -481,7 +501,7 @@ def show_audience(audience_id: str, _: READ, api: AudiencesApi = API) -> dict[st
 
 @router.put("/audiences/{audience_id}", tags=["audiences"],
             summary="Change an audience (members are decided again at once)",
-            response_model=AudienceOut, responses=errors(400, 404))  # fmt: skip
+            response_model=SavedOut, responses=errors(400, 404))  # fmt: skip
 def update_audience(audience_id: str, body: AudienceIn, _: WRITE,
                     api: AudiencesApi = API) -> dict[str, Any]:  # fmt: skip
     return api.save(_definition(audience_id, body), create=False)

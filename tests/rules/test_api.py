@@ -225,6 +225,65 @@ def test_members_follow_events_and_say_why(clients: tuple[httpx.Client, httpx.Cl
     assert sizes[-1]["size"] == 1 and sizes[-1]["entered"] == 1
 
 
+def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """A typo in an event or property name, or a value of a type the property never has,
+    keeps an audience empty for ever: saved (events may come later), with a hint each."""
+    tracking, api = clients
+    order = {"type": "track", "event": "Order Completed", "anonymousId": "hal",
+             "properties": {"order_id": "o1", "revenue": 30, "meta": {"coupon": "X"}}}  # fmt: skip
+    assert tracking.post("/v1/batch", json={"batch": [*views("hal", 1), order]}).is_success
+    ordered = {"performed": {"event": "Order Completed", "within": "P1D", "times": 1}}
+    wait_for(lambda: api.post("/api/v1/audiences/preview", json={"root": ordered}).json()["size"])
+
+    def viewed(*where: dict[str, Any], event: str = "Product Viewed") -> dict[str, Any]:
+        return {"performed": {"event": event, "within": "P1D", "times": 1, "where": list(where)}}
+
+    root = {"and": [
+        viewed(event="Product Viewd"),
+        viewed({"property": "categroy", "value": "Shoes"}),
+        viewed({"property": "category", "value": 3}),
+        {"aggregate": {"event": "Order Completed", "property": "order_id", "within": "P1D",
+                       "value": 1}},
+        viewed({"property": "meta", "value": "X"}, event="Order Completed"),
+        # Each of these may hold: no hint.
+        viewed({"property": "category", "value": "Shoes"}),
+        viewed({"property": "category", "op": "!=", "value": 3}),
+        viewed({"property": "revenue", "op": "in", "value": ["30", 30]}, event="Order Completed"),
+        {"aggregate": {"event": "Order Completed", "property": "revenue", "within": "P1D",
+                       "value": 1}},
+        {"performed": {"event": "Product Viewed", "within": "P1D", "times": 1,
+                       "same": "category"}},
+    ]}  # fmt: skip
+    created = api.post("/api/v1/audiences", json={"id": "typos", "name": "Typos", "root": root})
+    assert created.status_code == 201, created.text
+    hints = created.json()["hints"]
+    assert [h["path"] for h in hints] == [
+        "root.and[0].performed.event", "root.and[1].performed.where[0].property",
+        "root.and[2].performed.where[0].property", "root.and[3].aggregate.property",
+        "root.and[4].performed.where[0].property",
+    ], hints  # fmt: skip
+    assert hints[0]["hint"].startswith("no `Product Viewd` event within the kept ")
+    assert hints[0]["hint"].endswith(" days (did you mean `Product Viewed`?)")
+    assert hints[1]["hint"] == ("no `Product Viewed` event within the kept history has "
+                                "`categroy` (did you mean `category`?)")  # fmt: skip
+    assert hints[2]["hint"] == ("`category` of `Product Viewed` was only ever text: compared "
+                                "with a number it never matches")  # fmt: skip
+    assert hints[3]["hint"] == ("`order_id` of `Order Completed` was only ever text: compared "
+                                "with a number it never matches")  # fmt: skip
+    assert hints[4]["hint"].startswith("`meta` of `Order Completed` was only ever an object")
+
+    preview = api.post("/api/v1/audiences/preview", json={"root": root}).json()
+    assert preview["size"] == 0 and preview["hints"] == hints
+    fixed = {"and": root["and"][5:]}
+    changed = api.put("/api/v1/audiences/typos", json={"name": "Fixed", "root": fixed})
+    assert changed.status_code == 200 and changed.json()["hints"] == []
+    hal = profile_id(api, "hal")
+    wait_for(lambda: members(api, "typos") == {hal})
+    assert "hints" not in api.get("/api/v1/audiences/typos").json()
+
+
 def test_an_audit_holds_the_live_members_against_the_sql(
     clients: tuple[httpx.Client, httpx.Client], redis_client: redis.Redis, settings: Settings
 ) -> None:

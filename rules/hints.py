@@ -1,0 +1,168 @@
+"""What the warehouse says of a definition before it runs: an event it names that the kept
+history never received, a property no such event carries, a value of a type the property
+never has there. Each keeps an audience empty, or a condition false, for ever, and none is
+an error (the events may not have come yet: a new shop, a new page), so they are hints
+beside a definition that is saved or previewed, each naming its path and, where one is
+close, what was likely meant."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from cdp.storage import Warehouse
+from rules.audiences import DAY_MS
+from rules.definition import (
+    NUMERIC,
+    Aggregate,
+    EventRef,
+    Node,
+    NotFollowedBy,
+    OutOfStock,
+    Performed,
+    kind_of,
+    leaves,
+    spec_of,
+)
+
+NUMBER_TYPES = frozenset({"Int64", "UInt64", "Float64"})
+TEXT_TYPES = frozenset({"String"})
+BOOL_TYPES = frozenset({"Bool"})
+
+# Per event name of the kept history: each top-level property with the types it was seen as.
+# Only the named events are read, and of them only their properties' paths and types.
+HEARD = """
+SELECT event, distinctJSONPathsAndTypes(properties)
+FROM events
+WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
+  AND event IN {names:Array(String)}
+GROUP BY event
+"""
+NAMES = """
+SELECT DISTINCT event FROM events
+WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
+"""
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the kept history holds of the events a definition names."""
+
+    days: int
+    names: frozenset[str]  # every track event name received
+    properties: dict[str, dict[str, frozenset[str]]]  # event -> property -> its types
+
+
+def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Heard:
+    """The kept history's event names, and the properties of those the tree names."""
+    since = now - history_days * DAY_MS
+    names = frozenset(row[0] for row in warehouse.query_rows(NAMES, {"since": since}))
+    named = sorted({ref.event for _, ref in references(root)} & names)
+    properties: dict[str, dict[str, frozenset[str]]] = {}
+    if named:
+        for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
+            properties[event] = top_level(paths)
+    return Heard(history_days, names, properties)
+
+
+def top_level(paths: dict[str, list[str]]) -> dict[str, frozenset[str]]:
+    """Each top-level property's types; one with paths below it is an object (a definition
+    compares only scalars)."""
+    found: dict[str, set[str]] = {}
+    for path, types in paths.items():
+        name, nested, _ = path.partition(".")
+        found.setdefault(name, set()).update(["Object"] if nested else types)
+    return {name: frozenset(types) for name, types in found.items()}
+
+
+def references(root: Node) -> list[tuple[str, EventRef]]:
+    """Every event the tree's conditions name, with the path of its `event` field's node."""
+    found: list[tuple[str, EventRef]] = []
+    for path, leaf in leaves(root):
+        spec = spec_of(leaf)
+        at = f"{path}.{kind_of(leaf)}"
+        if isinstance(spec, EventRef):
+            found.append((at, spec))
+            if isinstance(spec, NotFollowedBy):
+                found.append((f"{at}.then", spec.then))
+        elif isinstance(spec, OutOfStock):
+            found.extend((f"{at}.events[{i}]", EventRef(event=event))
+                         for i, event in enumerate(spec.events))  # fmt: skip
+    return found
+
+
+def hints(root: Node, found: Heard) -> list[dict[str, str]]:
+    """The tree's conditions that what was received says can never hold (or count), each
+    `{"path", "hint"}`, in the tree's order."""
+    out: list[dict[str, str]] = []
+    for at, ref in references(root):
+        event_path = at if at.endswith("]") else f"{at}.event"
+        if ref.event not in found.names:
+            out.append({"path": event_path, "hint": f"no `{ref.event}` event within the kept "
+                        f"{found.days} days{_meant(ref.event, found.names)}"})  # fmt: skip
+            continue
+        seen = found.properties.get(ref.event, {})
+        for i, where in enumerate(ref.where):
+            value = where.value if isinstance(where.value, list) else [where.value]
+            # `!=` holds for a value of another type: only a property never there is a hint.
+            wanted = (NUMBER_TYPES if where.op in NUMERIC else None if where.op == "!="
+                      else _types_of(value))  # fmt: skip
+            problem = _property(ref.event, where.property, seen, wanted)
+            if problem:
+                out.append({"path": f"{at}.where[{i}].property", "hint": problem})
+        if isinstance(ref, Performed) and ref.same:
+            problem = _property(ref.event, ref.same, seen, TEXT_TYPES)
+            if problem:
+                out.append({"path": f"{at}.same", "hint": problem})
+        if isinstance(ref, Aggregate):
+            problem = _property(ref.event, ref.property, seen, NUMBER_TYPES)
+            if problem:
+                out.append({"path": f"{at}.property", "hint": problem})
+    return out
+
+
+def _property(
+    event: str, name: str, seen: dict[str, frozenset[str]], wanted: frozenset[str] | None
+) -> str | None:
+    """Why a condition on the event's property never matches, if what was seen says so
+    (`wanted`: the types it can match; None: any)."""
+    types = seen.get(name)
+    if types is None:
+        return f"no `{event}` event within the kept history has `{name}`{_meant(name, seen)}"
+    if wanted is not None and not types & wanted:
+        return (f"`{name}` of `{event}` was only ever {_kinds(types)}: compared with "
+                f"{_kinds(wanted)} it never matches")  # fmt: skip
+    return None
+
+
+def _types_of(values: list[Any]) -> frozenset[str]:
+    """The stored types a filter's values can equal (a number matches any numeric type)."""
+    types: set[str] = set()
+    for value in values:
+        if isinstance(value, bool):
+            types |= BOOL_TYPES
+        elif isinstance(value, str):
+            types |= TEXT_TYPES
+        else:
+            types |= NUMBER_TYPES
+    return frozenset(types)
+
+
+def _kinds(types: frozenset[str]) -> str:
+    return " or ".join(sorted({_kind(t) for t in types}))
+
+
+def _kind(stored: str) -> str:
+    if stored in NUMBER_TYPES:
+        return "a number"
+    if stored in TEXT_TYPES:
+        return "text"
+    if stored in BOOL_TYPES:
+        return "true or false"
+    return "a list" if stored.startswith("Array") else "an object"
+
+
+def _meant(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean `{close[0]}`?)" if close else ""

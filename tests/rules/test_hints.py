@@ -1,0 +1,45 @@
+"""Hints of the kept history, on what it holds (`tests/rules/test_api.py` reads them of
+ClickHouse): every place a definition names an event or a property is looked at."""
+
+from __future__ import annotations
+
+from rules.definition import Definition
+from rules.hints import Heard, hints, top_level
+
+
+def test_every_event_a_condition_names_is_looked_at_and_only_those_never_received_named() -> None:
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {"or": [
+        {"not": {"not_followed_by": {"event": "Product Added", "wait": "PT1H",
+                                     "then": {"event": "Order Compleated"}}}},
+        {"out_of_stock": {"within": "P7D", "events": ["Product Viewed", "Wishlisted"]}},
+        {"last_performed": {"event": "Signed Up", "ago": "P7D"}},
+    ]}}).root  # fmt: skip
+    heard = Heard(30, frozenset({"Product Added", "Order Completed", "Product Viewed"}), {})
+    assert hints(root, heard) == [
+        {"path": "root.or[0].not.not_followed_by.then.event",
+         "hint": "no `Order Compleated` event within the kept 30 days (did you mean "
+                 "`Order Completed`?)"},
+        {"path": "root.or[1].out_of_stock.events[1]",
+         "hint": "no `Wishlisted` event within the kept 30 days"},
+        {"path": "root.or[2].last_performed.event",
+         "hint": "no `Signed Up` event within the kept 30 days"},
+    ]  # fmt: skip
+
+
+def test_a_property_with_paths_below_it_is_an_object_and_a_same_groups_only_text() -> None:
+    properties = top_level({"size": ["Int64"], "shoe.size": ["Int64"], "tags": ["Array(String)"]})
+    assert properties == {"size": frozenset({"Int64"}), "shoe": frozenset({"Object"}),
+                          "tags": frozenset({"Array(String)"})}  # fmt: skip
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {"and": [
+        {"performed": {"event": "Viewed", "within": "P1D", "times": 2, "same": "size"}},
+        {"performed": {"event": "Viewed", "within": "P1D", "times": 1,
+                       "where": [{"property": "tags", "value": "red"},
+                                 {"property": "size", "op": ">=", "value": 40}]}},
+    ]}}).root  # fmt: skip
+    heard = Heard(30, frozenset({"Viewed"}), {"Viewed": properties})
+    assert hints(root, heard) == [
+        {"path": "root.and[0].performed.same",
+         "hint": "`size` of `Viewed` was only ever a number: compared with text it never matches"},
+        {"path": "root.and[1].performed.where[0].property",
+         "hint": "`tags` of `Viewed` was only ever a list: compared with text it never matches"},
+    ]  # fmt: skip
