@@ -1,14 +1,14 @@
 """What the warehouse says of a definition before it runs: an event it names that the kept
-history never received, a property no such event carries, a value of a type the property
-never has there. Each keeps an audience empty, or a condition false, for ever, and none is
-an error (the events may not have come yet: a new shop, a new page), so they are hints
-beside a definition that is saved or previewed, each naming its path and, where one is
-close, what was likely meant."""
+history never received, a property no such event carries, a trait no profile was given, a
+value of a type the property or trait never has there. Each keeps an audience empty, or a
+condition false, for ever, and none is an error (the events may not have come yet: a new
+shop, a new page), so they are hints beside a definition that is saved or previewed, each
+naming its path and, where one is close, what was likely meant."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdp.storage import Warehouse
@@ -17,10 +17,12 @@ from rules.definition import (
     NUMERIC,
     Aggregate,
     EventRef,
+    Leaf,
     Node,
     NotFollowedBy,
     OutOfStock,
     Performed,
+    TraitNode,
     kind_of,
     leaves,
     spec_of,
@@ -39,6 +41,11 @@ WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
   AND event IN {names:Array(String)}
 GROUP BY event
 """
+# Every trait profiles were given (identify), with the types it was seen as: traits are kept
+# for ever, so all of them.
+TRAITS = """
+SELECT distinctJSONPathsAndTypes(traits) FROM events WHERE type = 'identify'
+"""
 NAMES = """
 SELECT DISTINCT event FROM events
 WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
@@ -52,6 +59,7 @@ class Heard:
     days: int
     names: frozenset[str]  # every track event name received
     properties: dict[str, dict[str, frozenset[str]]]  # event -> property -> its types
+    traits: dict[str, frozenset[str]] = field(default_factory=dict)  # trait -> its types
 
 
 def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Heard:
@@ -63,7 +71,11 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
             properties[event] = top_level(paths)
-    return Heard(history_days, names, properties)
+    traits: dict[str, frozenset[str]] = {}
+    if any(isinstance(leaf, TraitNode) for _, leaf in leaves(root)):
+        for (paths,) in warehouse.query_rows(TRAITS):
+            traits = top_level(paths)
+    return Heard(history_days, names, properties, traits)
 
 
 def top_level(paths: dict[str, list[str]]) -> dict[str, frozenset[str]]:
@@ -77,48 +89,55 @@ def top_level(paths: dict[str, list[str]]) -> dict[str, frozenset[str]]:
 
 
 def references(root: Node) -> list[tuple[str, EventRef]]:
-    """Every event the tree's conditions name, with the path of its `event` field's node."""
-    found: list[tuple[str, EventRef]] = []
-    for path, leaf in leaves(root):
-        spec = spec_of(leaf)
-        at = f"{path}.{kind_of(leaf)}"
-        if isinstance(spec, EventRef):
-            found.append((at, spec))
-            if isinstance(spec, NotFollowedBy):
-                found.append((f"{at}.then", spec.then))
-        elif isinstance(spec, OutOfStock):
-            found.extend((f"{at}.events[{i}]", EventRef(event=event))
-                         for i, event in enumerate(spec.events))  # fmt: skip
-    return found
+    """Every event the tree's conditions name, with the path of its node."""
+    return [found for path, leaf in leaves(root) for found in _named(path, leaf)]
+
+
+def _named(path: str, leaf: Leaf) -> list[tuple[str, EventRef]]:
+    spec, at = spec_of(leaf), f"{path}.{kind_of(leaf)}"
+    if isinstance(spec, NotFollowedBy):
+        return [(at, spec), (f"{at}.then", spec.then)]
+    if isinstance(spec, EventRef):
+        return [(at, spec)]
+    if isinstance(spec, OutOfStock):
+        return [(f"{at}.events[{i}]", EventRef(event=event)) for i, event in enumerate(spec.events)]
+    return []
 
 
 def hints(root: Node, found: Heard) -> list[dict[str, str]]:
     """The tree's conditions that what was received says can never hold (or count), each
     `{"path", "hint"}`, in the tree's order."""
-    out: list[dict[str, str]] = []
-    for at, ref in references(root):
-        event_path = at if at.endswith("]") else f"{at}.event"
-        if ref.event not in found.names:
-            out.append({"path": event_path, "hint": f"no `{ref.event}` event within the kept "
-                        f"{found.days} days{_meant(ref.event, found.names)}"})  # fmt: skip
-            continue
-        seen = found.properties.get(ref.event, {})
-        for i, where in enumerate(ref.where):
-            value = where.value if isinstance(where.value, list) else [where.value]
-            # `!=` holds for a value of another type: only a property never there is a hint.
-            wanted = (NUMBER_TYPES if where.op in NUMERIC else None if where.op == "!="
-                      else _types_of(value))  # fmt: skip
-            problem = _property(ref.event, where.property, seen, wanted)
-            if problem:
-                out.append({"path": f"{at}.where[{i}].property", "hint": problem})
-        if isinstance(ref, Performed) and ref.same:
-            problem = _property(ref.event, ref.same, seen, TEXT_TYPES)
-            if problem:
-                out.append({"path": f"{at}.same", "hint": problem})
-        if isinstance(ref, Aggregate):
-            problem = _property(ref.event, ref.property, seen, NUMBER_TYPES)
-            if problem:
-                out.append({"path": f"{at}.property", "hint": problem})
+    out = []
+    for path, leaf in leaves(root):
+        if isinstance(leaf, TraitNode):
+            trait = leaf.trait
+            # `!=` as `==`: a trait of another type than the value never matches either way.
+            wanted = NUMBER_TYPES if trait.op in NUMERIC else _types_of([trait.value])
+            out.append((f"{path}.trait.name", _trait(trait.name, found.traits, wanted)))
+        for at, ref in _named(path, leaf):
+            out.extend(_event(at, ref, found))
+    return [{"path": path, "hint": hint} for path, hint in out if hint]
+
+
+def _event(at: str, ref: EventRef, found: Heard) -> list[tuple[str, str | None]]:
+    """The hints of one event a condition names (at `at`), and of its properties."""
+    if ref.event not in found.names:
+        hint = f"no `{ref.event}` event within the kept {found.days} days"
+        return [(at if at.endswith("]") else f"{at}.event", hint + _meant(ref.event, found.names))]
+    seen = found.properties.get(ref.event, {})
+    out = []
+    for i, where in enumerate(ref.where):
+        value = where.value if isinstance(where.value, list) else [where.value]
+        # `!=` holds for a value of another type: only a property never there is a hint.
+        wanted = (NUMBER_TYPES if where.op in NUMERIC else None if where.op == "!="
+                  else _types_of(value))  # fmt: skip
+        out.append(
+            (f"{at}.where[{i}].property", _property(ref.event, where.property, seen, wanted))
+        )
+    if isinstance(ref, Performed) and ref.same:
+        out.append((f"{at}.same", _property(ref.event, ref.same, seen, TEXT_TYPES)))
+    if isinstance(ref, Aggregate):
+        out.append((f"{at}.property", _property(ref.event, ref.property, seen, NUMBER_TYPES)))
     return out
 
 
@@ -132,6 +151,16 @@ def _property(
         return f"no `{event}` event within the kept history has `{name}`{_meant(name, seen)}"
     if wanted is not None and not types & wanted:
         return (f"`{name}` of `{event}` was only ever {_kinds(types)}: compared with "
+                f"{_kinds(wanted)} it never matches")  # fmt: skip
+    return None
+
+
+def _trait(name: str, seen: dict[str, frozenset[str]], wanted: frozenset[str]) -> str | None:
+    types = seen.get(name)
+    if types is None:
+        return f"no profile was given the trait `{name}`{_meant(name, seen)}"
+    if not types & wanted:
+        return (f"the trait `{name}` was only ever {_kinds(types)}: compared with "
                 f"{_kinds(wanted)} it never matches")  # fmt: skip
     return None
 

@@ -233,7 +233,9 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
     tracking, api = clients
     order = {"type": "track", "event": "Order Completed", "anonymousId": "hal",
              "properties": {"order_id": "o1", "revenue": 30, "meta": {"coupon": "X"}}}  # fmt: skip
-    assert tracking.post("/v1/batch", json={"batch": [*views("hal", 1), order]}).is_success
+    identify = {"type": "identify", "anonymousId": "hal", "traits": {"plan": "gold", "orders": 3}}
+    assert tracking.post("/v1/batch", json={"batch": [*views("hal", 1), order,
+                                                      identify]}).is_success  # fmt: skip
     ordered = {"performed": {"event": "Order Completed", "within": "P1D", "times": 1}}
     wait_for(lambda: api.post("/api/v1/audiences/preview", json={"root": ordered}).json()["size"])
 
@@ -247,7 +249,11 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
         {"aggregate": {"event": "Order Completed", "property": "order_id", "within": "P1D",
                        "value": 1}},
         viewed({"property": "meta", "value": "X"}, event="Order Completed"),
+        {"trait": {"name": "pln", "value": "gold"}},
+        {"trait": {"name": "orders", "op": "!=", "value": "3"}},
         # Each of these may hold: no hint.
+        {"trait": {"name": "plan", "value": "gold"}},
+        {"trait": {"name": "orders", "op": ">=", "value": 3}},
         viewed({"property": "category", "value": "Shoes"}),
         viewed({"property": "category", "op": "!=", "value": 3}),
         viewed({"property": "revenue", "op": "in", "value": ["30", 30]}, event="Order Completed"),
@@ -262,7 +268,8 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
     assert [h["path"] for h in hints] == [
         "root.and[0].performed.event", "root.and[1].performed.where[0].property",
         "root.and[2].performed.where[0].property", "root.and[3].aggregate.property",
-        "root.and[4].performed.where[0].property",
+        "root.and[4].performed.where[0].property", "root.and[5].trait.name",
+        "root.and[6].trait.name",
     ], hints  # fmt: skip
     assert hints[0]["hint"].startswith("no `Product Viewd` event within the kept ")
     assert hints[0]["hint"].endswith(" days (did you mean `Product Viewed`?)")
@@ -273,10 +280,13 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
     assert hints[3]["hint"] == ("`order_id` of `Order Completed` was only ever text: compared "
                                 "with a number it never matches")  # fmt: skip
     assert hints[4]["hint"].startswith("`meta` of `Order Completed` was only ever an object")
+    assert hints[5]["hint"] == "no profile was given the trait `pln` (did you mean `plan`?)"
+    assert hints[6]["hint"] == ("the trait `orders` was only ever a number: compared with text "
+                                "it never matches")  # fmt: skip
 
     preview = api.post("/api/v1/audiences/preview", json={"root": root}).json()
     assert preview["size"] == 0 and preview["hints"] == hints
-    fixed = {"and": root["and"][5:]}
+    fixed = {"and": root["and"][7:]}
     changed = api.put("/api/v1/audiences/typos", json={"name": "Fixed", "root": fixed})
     assert changed.status_code == 200 and changed.json()["hints"] == []
     hal = profile_id(api, "hal")
