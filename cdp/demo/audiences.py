@@ -1,5 +1,6 @@
 """The demo's audience section, read over the HTTP API like a marketer would: each audience's
-size with its enters and exits, then why one shopper is in one of them."""
+size with its enters and exits, why one shopper is in one of them, and a draft with typos
+previewed: its hints."""
 
 from __future__ import annotations
 
@@ -79,6 +80,31 @@ def print_audiences(console: Console, base_url: str, api_key: str) -> dict[str, 
             console.print(f"  {mark} {condition['path']} {condition['condition']}: "
                           f"{_shown(condition['value'])} ({condition['threshold']})")  # fmt: skip
     return sizes
+
+
+# A marketer's draft with two typos, then as meant: "viewed jackets twice in a week, and
+# ordered nothing".
+MEANT = {"and": [
+    {"performed": {"event": "Product Viewed", "within": "P7D", "times": 2,
+                   "where": [{"property": "category", "value": "Jackets"}]}},
+    {"not": {"performed": {"event": "Order Completed", "within": "P7D", "times": 1}}},
+]}  # fmt: skip
+DRAFT = orjson.loads(orjson.dumps(MEANT).replace(b'"category"', b'"categroy"')
+                     .replace(b'"Order Completed"', b'"Order Complete"'))  # fmt: skip
+
+
+def print_draft(console: Console, base_url: str, api_key: str) -> None:
+    """A draft previewed before saving: its hints, then the size of what was meant."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as api:
+        draft = api.post("/api/v1/audiences/preview", json={"root": DRAFT}).raise_for_status()
+        meant = api.post("/api/v1/audiences/preview", json={"root": MEANT}).raise_for_status()
+    console.print(f"[bold]A draft previewed[/] (POST /api/v1/audiences/preview): "
+                  f"{draft.json()['size']:,} members, and hints:")  # fmt: skip
+    for hint in draft.json()["hints"]:
+        console.print(f"  [yellow]{hint['path']}[/]: {hint['hint']}", soft_wrap=True)
+    console.print(f"  as meant: {meant.json()['size']:,} members, "
+                  f"{len(meant.json()['hints'])} hints")  # fmt: skip
 
 
 def print_audit(console: Console, api: httpx.Client, audience_ids: list[str]) -> None:

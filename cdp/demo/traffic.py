@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cdp.demo.audiences import print_audiences, restock, stock_catalog
+from cdp.demo.audiences import print_audiences, print_draft, restock, stock_catalog
 from cdp.demo.shop import Visitor, simulate_shop
 from cdp.report import Overview
 
@@ -169,6 +169,7 @@ def run(
     report = wait_until_stored(lambda: read_report(started), sent.accepted, console)
     print_report(console, report, sent, started)
     print_audiences(console, base_url, api_key)
+    print_draft(console, base_url, api_key)
     restock(console, base_url, api_key)
     return report.events == sent.accepted
 

@@ -31,6 +31,11 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "Audiences, kept live by the rules engine" in result.stdout
     assert "abandoned-cart" in result.stdout and "Why is p_" in result.stdout
     assert "Real time and the SQL over ClickHouse agree on 8 of 8 audiences" in result.stdout
+    assert "root.and[0].performed.where[0].property" in result.stdout
+    assert "has `categroy` (did you mean `category`?)" in result.stdout
+    typo = "no `Order Complete` event within the kept 400 days (did you mean `Order Completed`?)"
+    assert typo in result.stdout
+    assert "members, 0 hints" in result.stdout
     assert "watchers left back-in-stock-watchers" in result.stdout
 
     # Again on the same data: the report is of this run, not of everything kept.
