@@ -193,5 +193,7 @@ def _kind(stored: str) -> str:
 
 
 def _meant(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+    """The known name likely meant: the same but for case, else the closest by spelling."""
+    by_lower = {k.lower(): k for k in sorted(known, reverse=True)}
+    close = difflib.get_close_matches(name.lower(), sorted(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean `{by_lower[close[0]]}`?)" if close else ""

@@ -13,6 +13,7 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
                                      "then": {"event": "Order Compleated"}}}},
         {"out_of_stock": {"within": "P7D", "events": ["Product Viewed", "Wishlisted"]}},
         {"last_performed": {"event": "Signed Up", "ago": "P7D"}},
+        {"performed": {"event": "ORDER COMPLETED", "within": "P1D", "times": 1}},
     ]}}).root  # fmt: skip
     heard = Heard(30, frozenset({"Product Added", "Order Completed", "Product Viewed"}), {})
     assert hints(root, heard) == [
@@ -23,6 +24,9 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
          "hint": "no `Wishlisted` event within the kept 30 days"},
         {"path": "root.or[2].last_performed.event",
          "hint": "no `Signed Up` event within the kept 30 days"},
+        {"path": "root.or[3].performed.event",  # by case, however far the spelling
+         "hint": "no `ORDER COMPLETED` event within the kept 30 days (did you mean "
+                 "`Order Completed`?)"},
     ]  # fmt: skip
 
 
