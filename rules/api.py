@@ -23,7 +23,7 @@ from cdp.profiles.reader import ProfileReader, iso
 from cdp.storage import Warehouse, text
 from cdp.streams import wait_until_settled
 from rules.audiences import Audiences, Saved, problems_of
-from rules.conditions import holds, product_of, read
+from rules.conditions import holds, next_change, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
 from rules.hints import heard, hints
@@ -195,6 +195,11 @@ class WhyOut(BaseModel):
     since: str | None
     holds: bool = Field(description="The definition holds now, read afresh")
     conditions: list[ConditionOut]
+    unchanged_until: str | None = Field(
+        description="With no new event, the conditions read as they do now until this moment "
+        "(a window slides, a wait ends): the answer may change then, as the audience worker "
+        "sees it at that moment. Null: only an event can change it"
+    )
     history: list[TransitionOut] = Field(
         description=f"Its recorded enters and exits of the audience, newest first (up to "
         f"{HISTORY_SHOWN}), each with its reason then: why it entered when it did"
@@ -379,6 +384,7 @@ class AudiencesApi:
             "member": audience_id in stored, "since": iso(stored.get(audience_id)),
             "holds": definition.enabled and holds(definition.root, {r.path: r for r in readings}),
             "conditions": [r.as_dict() for r in readings],
+            "unchanged_until": iso(next_change(readings, now)) if definition.enabled else None,
             "history": self.transitions([profile.id, *profile.merged_profiles], audience_id),
         }  # fmt: skip
 

@@ -79,6 +79,8 @@ def print_audiences(console: Console, base_url: str, api_key: str) -> dict[str, 
             mark = "[green]✓[/]" if condition["holds"] else "[red]✗[/]"
             console.print(f"  {mark} {condition['path']} {condition['condition']}: "
                           f"{_shown(condition['value'])} ({condition['threshold']})")  # fmt: skip
+        if why["unchanged_until"]:
+            console.print(f"  (so until {why['unchanged_until']} with no new event)")
     return sizes
 
 
