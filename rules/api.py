@@ -26,7 +26,7 @@ from rules.audiences import Audiences, Saved, problems_of
 from rules.conditions import holds, next_change, product_of, read
 from rules.definition import Definition, InvalidDefinition, Node, check_shape
 from rules.evaluation import subject_of
-from rules.hints import heard, hints
+from rules.hints import checked
 from rules.keyspace import AudienceKeys, memberships
 from rules.membership import Sources, audit, candidates_at, members_at
 
@@ -265,7 +265,7 @@ class AudiencesApi:
         return {**self.out(saved), "hints": self.hints(definition.root, int(time.time() * 1000))}
 
     def hints(self, root: Node, now: int) -> list[dict[str, str]]:
-        return hints(root, heard(self.warehouse, root, self.audiences.history_days, now))
+        return checked(self.warehouse, root, self.audiences.history_days, now)
 
     def backfill(self, definition: Definition) -> int:
         """Have the real-time path decide everyone the definition may hold for, now or later

@@ -8,6 +8,7 @@ naming its path and, where one is close, what was likely meant."""
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from rules.definition import (
     leaves,
     spec_of,
 )
+
+log = logging.getLogger(__name__)
 
 NUMBER_TYPES = frozenset({"Int64", "UInt64", "Float64"})
 TEXT_TYPES = frozenset({"String"})
@@ -60,6 +63,18 @@ class Heard:
     names: frozenset[str]  # every track event name received
     properties: dict[str, dict[str, frozenset[str]]]  # event -> property -> its types
     traits: dict[str, frozenset[str]] = field(default_factory=dict)  # trait -> its types
+
+
+def checked(warehouse: Warehouse, root: Node, history_days: int, now: int) -> list[dict[str, str]]:
+    """The tree's hints; or one saying the warehouse could not be asked (they are advice: what
+    is saved or previewed goes on without them)."""
+    try:
+        found = heard(warehouse, root, history_days, now)
+    except Exception as error:
+        log.warning("hints: the warehouse did not answer: %s", error)
+        return [{"path": "root", "hint": "not checked against the kept history: the warehouse "
+                 f"did not answer ({type(error).__name__})"}]  # fmt: skip
+    return hints(root, found)
 
 
 def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Heard:

@@ -3,8 +3,9 @@ ClickHouse): every place a definition names an event or a property is looked at.
 
 from __future__ import annotations
 
+from cdp.storage import Warehouse
 from rules.definition import Definition
-from rules.hints import Heard, hints, top_level
+from rules.hints import Heard, checked, hints, top_level
 
 
 def test_every_event_a_condition_names_is_looked_at_and_only_those_never_received_named() -> None:
@@ -47,3 +48,13 @@ def test_a_property_with_paths_below_it_is_an_object_and_a_same_groups_only_text
         {"path": "root.and[1].performed.where[0].property",
          "hint": "`tags` of `Viewed` was only ever a list: compared with text it never matches"},
     ]  # fmt: skip
+
+
+def test_a_warehouse_that_cannot_answer_leaves_one_hint_saying_so(warehouse: Warehouse) -> None:
+    """Hints are advice: a save or preview goes on without them (here the test's ClickHouse
+    database has no tables)."""
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {
+        "performed": {"event": "Viewed", "within": "P1D", "times": 1}}}).root  # fmt: skip
+    [hint] = checked(warehouse, root, 30, 0)
+    assert hint["path"] == "root"
+    assert hint["hint"].startswith("not checked against the kept history: the warehouse did not")
