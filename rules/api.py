@@ -109,6 +109,11 @@ HINTS = ("What the kept history says can never hold or count: an event never rec
          "audience empty for ever). Not errors: the events may not have come yet.")  # fmt: skip
 
 
+class HintsOut(BaseModel):
+    audience: str
+    hints: list[HintOut] = Field(description=HINTS)
+
+
 class SavedOut(AudienceOut):
     hints: list[HintOut] = Field(description=HINTS)
 
@@ -545,6 +550,15 @@ def audience_sizes(
     interval: Literal["hour", "day"] = "day",
 ) -> dict[str, Any]:  # fmt: skip
     return api.sizes(audience_id, interval)
+
+
+@router.get("/audiences/{audience_id}/hints", tags=["audiences"],
+            summary="What the kept history says can never hold in a saved audience",
+            response_model=HintsOut, responses=AUDIENCE_ERRORS)  # fmt: skip
+def audience_hints(audience_id: str, _: READ, api: AudiencesApi = API) -> dict[str, Any]:
+    definition = api.audiences.get(audience_id).definition
+    return {"audience": audience_id,
+            "hints": api.hints(definition.root, int(time.time() * 1000))}  # fmt: skip
 
 
 @router.get("/audiences/{audience_id}/audit", tags=["audiences"],

@@ -14,9 +14,11 @@ from typing import Any
 
 from cdp.storage import Warehouse
 from rules.audiences import DAY_MS
+from rules.conditions import CART_EVENTS, PRODUCT_ADDED
 from rules.definition import (
     NUMERIC,
     Aggregate,
+    CartNode,
     EventRef,
     Leaf,
     Node,
@@ -129,6 +131,10 @@ def hints(root: Node, found: Heard) -> list[dict[str, str]]:
             # `!=` as `==`: a trait of another type than the value never matches either way.
             wanted = NUMBER_TYPES if trait.op in NUMERIC else _types_of([trait.value])
             out.append((f"{path}.trait.name", _trait(trait.name, found.traits, wanted)))
+        elif isinstance(leaf, CartNode) and PRODUCT_ADDED not in found.names:
+            out.append((f"{path}.cart", f"no `{PRODUCT_ADDED}` event within the kept "
+                        f"{found.days} days: the cart counts none (the e-commerce spec's names "
+                        f"are read: {', '.join(sorted(CART_EVENTS))})"))  # fmt: skip
         for at, ref in _named(path, leaf):
             out.extend(_event(at, ref, found))
     return [{"path": path, "hint": hint} for path, hint in out if hint]

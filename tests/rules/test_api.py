@@ -297,6 +297,12 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
     hal = profile_id(api, "hal")
     wait_for(lambda: members(api, "typos") == {hal})
     assert "hints" not in api.get("/api/v1/audiences/typos").json()
+    # A saved audience's, on asking: this shop sent no `Product Added`, so no cart.
+    shipped = api.get("/api/v1/audiences/abandoned-cart/hints").json()["hints"]
+    assert [h["path"] for h in shipped] == ["root.and[0].not_followed_by.event",
+                                            "root.and[1].cart"]  # fmt: skip
+    assert api.get("/api/v1/audiences/typos/hints").json() == {"audience": "typos", "hints": []}
+    assert api.get("/api/v1/audiences/nope/hints").status_code == 404
 
 
 def test_an_audit_holds_the_live_members_against_the_sql(

@@ -15,6 +15,7 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
         {"out_of_stock": {"within": "P7D", "events": ["Product Viewed", "Wishlisted"]}},
         {"last_performed": {"event": "Signed Up", "ago": "P7D"}},
         {"performed": {"event": "ORDER COMPLETED", "within": "P1D", "times": 1}},
+        {"cart": {"units": 1}},
     ]}}).root  # fmt: skip
     heard = Heard(30, frozenset({"Product Added", "Order Completed", "Product Viewed"}), {})
     assert hints(root, heard) == [
@@ -29,6 +30,12 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
          "hint": "no `ORDER COMPLETED` event within the kept 30 days (did you mean "
                  "`Order Completed`?)"},
     ]  # fmt: skip
+    without_adds = Heard(30, frozenset({"Added to Cart", "Order Completed"}), {})
+    assert hints(root, without_adds)[-1] == {
+        "path": "root.or[4].cart",
+        "hint": "no `Product Added` event within the kept 30 days: the cart counts none (the "
+                "e-commerce spec's names are read: Order Completed, Product Added, Product "
+                "Removed)"}  # fmt: skip
 
 
 def test_a_property_with_paths_below_it_is_an_object_and_a_same_groups_only_text() -> None:
