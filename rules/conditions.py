@@ -347,7 +347,7 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
         "avg": lambda: total(values) / len(values), "min": lambda: min(values),
         "max": lambda: max(values),
     }[spec.fn]() if present else 0.0  # fmt: skip
-    value = max(-sys.float_info.max, min(sys.float_info.max, round(result, 6)))
+    value = clamp(round(result, 6))
     holds = present and COMPARE[spec.op](value, spec.value)
     return (
         value,
@@ -356,6 +356,12 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
         value if present else None,
         _soonest(_leaves_window(inside, spec.within), _arrivals(later, now)),
     )
+
+
+def clamp(value: float) -> float:
+    """Within the float range (a reading past it is the largest float: JSON, the engine's and
+    the records', has no infinity)."""
+    return max(-sys.float_info.max, min(sys.float_info.max, value))
 
 
 def total(values: list[float]) -> float:
@@ -367,14 +373,17 @@ def total(values: list[float]) -> float:
         return sum(values)
 
 
-def cart_units(history: list[Happened], now: int) -> tuple[int, int | None]:
-    """Added less removed, per product (none below zero), since the last order; and the
-    time of the oldest add or removal counted (when it is forgotten, the units change)."""
+def cart_of(history: list[Happened], now: int) -> tuple[int, float, int | None]:
+    """The cart at `now`: its units (added less removed, per product, none below zero,
+    since the last order), its value (each product's units times the numeric `price` of its
+    latest add or removal that has one; none: 0), and the time of the oldest add or removal
+    counted (when it is forgotten, the cart changes)."""
     upto = [h for h in history if h.at <= now]
     last_order = max((h.at for h in upto if h.event == ORDER_COMPLETED), default=None)
     per_product: Counter[str] = Counter()
+    prices: dict[str, float] = {}
     oldest = None
-    for h in upto:
+    for h in upto:  # in time order: the latest price is the one kept
         if last_order is not None and h.at <= last_order:
             continue
         product = product_of(h.properties)
@@ -382,8 +391,13 @@ def cart_units(history: list[Happened], now: int) -> tuple[int, int | None]:
             continue
         quantity = quantity_of(h.properties)
         per_product[product] += quantity if h.event == PRODUCT_ADDED else -quantity
+        price = number(h.properties.get("price"))
+        if price is not None:
+            prices[product] = price
         oldest = h.at if oldest is None else min(oldest, h.at)
-    return sum(max(0, units) for units in per_product.values()), oldest
+    held = {product: units for product, units in per_product.items() if units > 0}
+    value = total([units * prices.get(product, 0.0) for product, units in held.items()])
+    return sum(held.values()), clamp(round(value, 6)), oldest
 
 
 def product_of(properties: dict[str, Any]) -> str | None:
@@ -450,7 +464,7 @@ def threshold_of(spec: Any) -> str:
     if isinstance(spec, Trait):
         return f"{spec.op} {spec.value!r}"
     if isinstance(spec, Cart):
-        return f"units {spec.op} {spec.units}"
+        return f"{'value' if spec.by_value else 'units'} {spec.op} {spec.threshold}"
     if isinstance(spec, Consent):
         return f"{spec.channel}/{spec.purpose} granted"
     if isinstance(spec, OutOfStock):
@@ -466,9 +480,10 @@ def _trait(spec: Trait, s: Subject, now: int) -> Measure:
 
 
 def _cart(spec: Cart, s: Subject, now: int) -> Measure:
-    units, oldest = cart_units(s.history, now)
+    units, value, oldest = cart_of(s.history, now)
     next_at = _soonest(_arrivals(s.history, now), s.forgotten(oldest))
-    return units, True, COMPARE[spec.op](units, spec.units), units, next_at
+    measured = value if spec.by_value else units
+    return measured, True, COMPARE[spec.op](measured, spec.threshold), measured, next_at
 
 
 def _consent(spec: Consent, s: Subject, now: int) -> Measure:

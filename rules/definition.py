@@ -185,10 +185,27 @@ class Trait(Strict):
 
 
 class Cart(Strict):
-    """Units in the cart: added less removed, per product, since the last order."""
+    """The cart: added less removed, per product, since the last order; its units, or with
+    `value` its value (each product's units times its latest price in the cart)."""
 
     op: Compare = ">"
-    units: int = Field(default=0, ge=0, le=1_000_000)
+    units: int | None = Field(default=None, ge=0, le=1_000_000, description="default 0")
+    value: float | None = Field(default=None, ge=0, le=1e12, description="instead of units")
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> Cart:
+        if self.units is not None and self.value is not None:
+            raise ValueError("give `units` or `value`, not both")
+        return self
+
+    @property
+    def by_value(self) -> bool:
+        return self.value is not None
+
+    @property
+    def threshold(self) -> float | int:
+        """What the cart's measure is compared with."""
+        return self.value if self.value is not None else self.units or 0
 
 
 class Consent(Strict):

@@ -82,7 +82,7 @@ COMPARISONS: dict[type, Any] = {
     PerformedNode: lambda spec: (spec.op, spec.times),
     NotFollowedByNode: lambda spec: (">=", spec.wait),
     LastPerformedNode: lambda spec: (">=", spec.ago),  # `<` is a range: below
-    CartNode: lambda spec: (spec.op, spec.units),
+    CartNode: lambda spec: (spec.op, spec.threshold),
     BucketNode: lambda spec: ("<", spec.below),
 }
 

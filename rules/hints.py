@@ -83,7 +83,9 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     """The kept history's event names, and the properties of those the tree names."""
     since = now - history_days * DAY_MS
     names = frozenset(row[0] for row in warehouse.query_rows(NAMES, {"since": since}))
-    named = sorted({ref.event for _, ref in references(root)} & names)
+    priced = any(isinstance(leaf, CartNode) and leaf.cart.by_value for _, leaf in leaves(root))
+    wanted = {ref.event for _, ref in references(root)} | ({PRODUCT_ADDED} if priced else set())
+    named = sorted(wanted & names)
     properties: dict[str, dict[str, frozenset[str]]] = {}
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
@@ -135,6 +137,10 @@ def hints(root: Node, found: Heard) -> list[dict[str, str]]:
             out.append((f"{path}.cart", f"no `{PRODUCT_ADDED}` event within the kept "
                         f"{found.days} days: the cart counts none (the e-commerce spec's names "
                         f"are read: {', '.join(sorted(CART_EVENTS))})"))  # fmt: skip
+        elif isinstance(leaf, CartNode) and leaf.cart.by_value:
+            prices = _property(PRODUCT_ADDED, "price", found.properties.get(PRODUCT_ADDED, {}),
+                               NUMBER_TYPES)  # fmt: skip
+            out.append((f"{path}.cart.value", prices))
         for at, ref in _named(path, leaf):
             out.extend(_event(at, ref, found))
     return [{"path": path, "hint": hint} for path, hint in out if hint]

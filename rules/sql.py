@@ -226,15 +226,27 @@ class Printer:
         last_order = self.column(
             f"maxIfOrNull({T}, type = 'track' AND event = 'Order Completed' AND {kept})"
         )
+        # Each add or removal: (product, signed units, time, price, message id).
         moves = self.column(
-            f"groupArrayIf(({PRODUCT}, if(event = 'Product Added', 1, -1) * {QUANTITY}, {T}), "
+            f"groupArrayIf(({PRODUCT}, if(event = 'Product Added', 1, -1) * {QUANTITY}, {T}, "
+            f"{self.number('price')}, message_id), "
             f"type = 'track' AND event IN ('Product Added', 'Product Removed') AND {kept} "
             f"AND {PRODUCT} != '')"
         )
         after = f"arrayFilter(x -> x.3 > ifNull({last_order}, -1), {moves})"
-        units = (f"arraySum(arrayMap(p -> greatest(0, arraySum(arrayMap(x -> if(x.1 = p, x.2, 0), "
-                 f"{after}))), arrayDistinct(arrayMap(x -> x.1, {after}))))")  # fmt: skip
-        return f"({units} {spec.op} {spec.units})"
+        units = f"greatest(0, arraySum(arrayMap(x -> if(x.1 = p, x.2, 0), {after})))"
+        if spec.by_value:
+            # Its latest price, in the history's order (time, then message id); none: 0.
+            priced = f"arrayFilter(x -> x.1 = p AND x.4 IS NOT NULL, {after})"
+            price = f"ifNull(arrayElement(arrayReverseSort(x -> (x.3, x.5), {priced}), 1).4, 0)"
+            each = f"{units} * {price}"
+            threshold = self.param(float(spec.threshold), "Float64")
+        else:
+            each, threshold = units, str(spec.threshold)
+        measured = f"arraySum(arrayMap(p -> {each}, arrayDistinct(arrayMap(x -> x.1, {after}))))"
+        if spec.by_value:
+            measured = f"round({measured}, 6)"
+        return f"({measured} {spec.op} {threshold})"
 
     def out_of_stock(self, spec: OutOfStock) -> str:
         products = self.live("out_of_stock", as_array=True)

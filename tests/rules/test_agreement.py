@@ -39,6 +39,8 @@ wheres = st.lists(where, max_size=1)
 others = st.sampled_from([
     {"cart": {"op": ">", "units": 0}},
     {"cart": {"op": ">=", "units": 2}},
+    {"cart": {"op": ">=", "value": 20}},
+    {"cart": {"op": "<", "value": 15.5}},
     {"bucket": {"salt": "holdout", "below": 50}},
     {"trait": {"name": "plan", "value": "pro"}},
     {"trait": {"name": "age", "op": ">=", "value": 30}},

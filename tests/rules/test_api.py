@@ -85,6 +85,7 @@ def test_predefined_audiences_are_listed_and_cannot_be_deleted(
     ({"performed": {"event": "X"}}, "body.root.performed.within: Field required"),
     ({"and": [VIEWS_2], "or": [VIEWS_2]}, "body.root: a node is an object with one key"),
     ({"cart": {"units": 10**30}}, "body.root.cart.units: Input should be less than or equal"),
+    ({"cart": {"units": 1, "value": 50}}, "body.root.cart: give `units` or `value`, not both"),
 ])  # fmt: skip
 def test_an_invalid_definition_is_refused_naming_the_path(
     clients: tuple[httpx.Client, httpx.Client], root: dict[str, Any], problem: str

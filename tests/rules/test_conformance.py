@@ -90,6 +90,18 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]
       ("bob", A, 3 * MIN, {"product_id": "p1"}), ("bob", R, 2 * MIN, {"product_id": "p1"}),
       ("cy", A, 3 * MIN, {"product_id": "p1"}), ("cy", ORDER, 2 * MIN, {})],
      [(0, {"ann"})]),
+    ("the cart's value: each product's units at its latest price; a removal keeps its price",
+     {"cart": {"op": ">=", "value": 50}},
+     [("ann", A, 4 * MIN, {"product_id": "p1", "price": 10, "quantity": 2}),
+      ("ann", A, 3 * MIN, {"product_id": "p1", "price": 15}),  # 3 at 15: 45
+      ("ann", A, 2 * MIN, {"product_id": "p2", "price": 5.5}),  # 50.5
+      ("bob", A, 3 * MIN, {"product_id": "p1", "price": 30, "quantity": 3}),
+      ("bob", R, 2 * MIN, {"product_id": "p1", "price": 20}),  # 2 at 20: 40
+      ("bob", A, MIN, {"product_id": "p3", "price": "99"}),  # a price as text: 0
+      ("cy", A, 3 * MIN, {"product_id": "p1", "price": 60}), ("cy", ORDER, 2 * MIN, {}),
+      ("dee", A, 3 * MIN, {"product_id": "p1", "price": 25, "quantity": 2}),
+      ("dee", A, 2 * MIN, {"product_id": "p1"})],  # no price: 25 still, 3 units: 75
+     [(0, {"ann", "dee"})]),
     ("and, or, not together",
      {"and": [{"performed": {"event": V, "within": "P1D", "times": 1}},
               {"or": [{"not": {"performed": {"event": A, "within": "P1D", "times": 1}}},

@@ -65,7 +65,7 @@ def reading(path: str, kind: str, value: float, present: bool, spec: Any) -> Rea
     elif kind == "aggregate":
         ok = present and value < spec.value
     elif kind == "cart":
-        ok = value > spec.units
+        ok = value > spec.threshold
     elif kind == "bucket":
         ok = value < spec.below
     else:

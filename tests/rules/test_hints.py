@@ -3,9 +3,12 @@ ClickHouse): every place a definition names an event or a property is looked at.
 
 from __future__ import annotations
 
+import time
+
+from cdp.schema import migrate
 from cdp.storage import Warehouse
 from rules.definition import Definition
-from rules.hints import Heard, checked, hints, top_level
+from rules.hints import Heard, checked, heard, hints, top_level
 
 
 def test_every_event_a_condition_names_is_looked_at_and_only_those_never_received_named() -> None:
@@ -65,3 +68,36 @@ def test_a_warehouse_that_cannot_answer_leaves_one_hint_saying_so(warehouse: War
     [hint] = checked(warehouse, root, 30, 0)
     assert hint["path"] == "root"
     assert hint["hint"].startswith("not checked against the kept history: the warehouse did not")
+
+
+def test_a_cart_by_value_where_no_price_was_ever_a_number() -> None:
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {
+        "cart": {"op": ">=", "value": 100}}}).root  # fmt: skip
+    texts = Heard(30, frozenset({"Product Added"}), {"Product Added": {"price": frozenset({
+        "String"})}})  # fmt: skip
+    assert hints(root, texts) == [{"path": "root.cart.value", "hint": "`price` of `Product "
+                                   "Added` was only ever text: compared with a number it never "
+                                   "matches"}]  # fmt: skip
+    numbers = Heard(30, frozenset({"Product Added"}), {"Product Added": {"price": frozenset({
+        "Float64", "String"})}})  # fmt: skip
+    assert hints(root, numbers) == []
+
+
+def test_what_is_heard_is_read_of_clickhouse_only_for_the_events_named(
+    warehouse: Warehouse,
+) -> None:
+    migrate(warehouse)
+    warehouse.command(
+        "INSERT INTO events (type, event, message_id, timestamp, properties, traits) VALUES "
+        "('track', 'Product Added', 'm1', now64(3), '{\"price\": \"12\", \"sku\": {\"a\": 1}}', "
+        "'{}'), ('track', 'Product Viewed', 'm2', now64(3), '{\"price\": 3}', '{}'), "
+        "('track', 'Old', 'm3', now64(3) - INTERVAL 40 DAY, '{}', '{}'), "
+        "('identify', '', 'm4', now64(3), '{}', '{\"plan\": \"pro\"}')"
+    )  # fmt: skip
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {"and": [
+        {"cart": {"value": 10}}, {"trait": {"name": "plan", "value": "pro"}}]}}).root  # fmt: skip
+    found = heard(warehouse, root, 30, int(time.time() * 1000))
+    assert found.names == {"Product Added", "Product Viewed"}  # not `Old`: 40 days back
+    assert found.properties == {"Product Added": {"price": {"String"}, "sku": {"Object"}}}
+    assert found.traits == {"plan": {"String"}}
+    assert [h["path"] for h in hints(root, found)] == ["root.and[0].cart.value"]
