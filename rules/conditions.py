@@ -46,6 +46,8 @@ from rules.definition import (
     OutOfStockNode,
     Performed,
     PerformedNode,
+    TimeZone,
+    TimeZoneNode,
     Trait,
     TraitNode,
     Where,
@@ -88,6 +90,7 @@ class Subject:
     # this, it is forgotten (a condition with no window of its own then changes). None:
     # kept for ever.
     kept_ms: int | None = None
+    time_zone: str | None = None  # the profile's (IANA name), if an event told it
 
     _timelines: dict[Any, Timeline] = field(default_factory=dict, repr=False)
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
@@ -451,27 +454,24 @@ def watched_out_of_stock(spec: OutOfStock, s: Subject, now: int) -> tuple[list[s
     return sorted(products), _soonest(slides, arrives)
 
 
+THRESHOLDS: dict[type, Callable[[Any], str]] = {
+    Performed: lambda spec: f"{spec.op} {spec.times}",
+    NotFollowedBy: lambda spec: f"waited >= {format_duration(spec.wait)}",
+    LastPerformed: lambda spec: f"ago {spec.op} {format_duration(spec.ago)}",
+    Aggregate: lambda spec: f"{spec.fn}({spec.property}) {spec.op} {spec.value}",
+    Trait: lambda spec: f"{spec.op} {spec.value!r}",
+    Cart: lambda spec: f"{'value' if spec.by_value else 'units'} {spec.op} {spec.threshold}",
+    Consent: lambda spec: f"{spec.channel}/{spec.purpose} granted",
+    OutOfStock: lambda spec: "a watched product out of stock",
+    Bucket: lambda spec: f"< {spec.below}",
+    TimeZone: lambda spec: "in " + ", ".join(spec.in_),
+    MemberOf: lambda spec: f"member of {spec.audience}",
+}  # fmt: skip
+
+
 def threshold_of(spec: Any) -> str:
     """The condition's threshold as a person reads it (made only for reasons shown)."""
-    if isinstance(spec, Performed):
-        return f"{spec.op} {spec.times}"
-    if isinstance(spec, NotFollowedBy):
-        return f"waited >= {format_duration(spec.wait)}"
-    if isinstance(spec, LastPerformed):
-        return f"ago {spec.op} {format_duration(spec.ago)}"
-    if isinstance(spec, Aggregate):
-        return f"{spec.fn}({spec.property}) {spec.op} {spec.value}"
-    if isinstance(spec, Trait):
-        return f"{spec.op} {spec.value!r}"
-    if isinstance(spec, Cart):
-        return f"{'value' if spec.by_value else 'units'} {spec.op} {spec.threshold}"
-    if isinstance(spec, Consent):
-        return f"{spec.channel}/{spec.purpose} granted"
-    if isinstance(spec, OutOfStock):
-        return "a watched product out of stock"
-    if isinstance(spec, Bucket):
-        return f"< {spec.below}"
-    return f"member of {spec.audience}"
+    return THRESHOLDS[type(spec)](spec)
 
 
 def _trait(spec: Trait, s: Subject, now: int) -> Measure:
@@ -502,6 +502,11 @@ def _out_of_stock(spec: OutOfStock, s: Subject, now: int) -> Measure:
     return float(bool(products)), True, bool(products), shown, next_at
 
 
+def _time_zone(spec: TimeZone, s: Subject, now: int) -> Measure:
+    ok = spec.holds(s.time_zone)
+    return float(ok), True, ok, s.time_zone or "unknown", None
+
+
 def _bucket(spec: Bucket, s: Subject, now: int) -> Measure:
     b = bucket_of(s.profile_id, spec.salt)
     return b, True, b < spec.below, b, None
@@ -516,7 +521,7 @@ MEASURES: dict[type, Callable[[Any, Subject, int], Measure]] = {
     PerformedNode: performed, NotFollowedByNode: not_followed_by,
     LastPerformedNode: last_performed, AggregateNode: aggregate, TraitNode: _trait,
     CartNode: _cart, ConsentNode: _consent, OutOfStockNode: _out_of_stock,
-    BucketNode: _bucket, MemberOfNode: _member_of,
+    BucketNode: _bucket, MemberOfNode: _member_of, TimeZoneNode: _time_zone,
 }  # fmt: skip
 
 

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from cdp.profiles.change import TIME_ZONES
+
 MAX_NODES = 200
 MAX_DEPTH = 12
 MAX_DURATION_MS = 3660 * 86_400_000
@@ -224,6 +226,37 @@ class OutOfStock(Strict):
     )
 
 
+class TimeZone(Strict):
+    """The profile's time zone (the IANA name its latest event in event time carried, as
+    `context.timezone`) is one of these, or in one of these regions (`Europe/`)."""
+
+    in_: list[Annotated[str, Field(min_length=2, max_length=64)]] = Field(
+        alias="in", min_length=1, max_length=100, description="zones, or regions ending in /"
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> TimeZone:
+        for zone in self.in_:
+            known = zone in TIME_ZONES if not zone.endswith("/") else any(
+                z.startswith(zone) for z in TIME_ZONES)  # fmt: skip
+            if not known:
+                raise ValueError(f"{zone!r} is neither an IANA time zone nor a region of them "
+                                 "(`Europe/Berlin`, `America/`)")  # fmt: skip
+        return self
+
+    @property
+    def zones(self) -> list[str]:
+        return [zone for zone in self.in_ if not zone.endswith("/")]
+
+    @property
+    def regions(self) -> list[str]:
+        return [zone for zone in self.in_ if zone.endswith("/")]
+
+    def holds(self, zone: str | None) -> bool:
+        return zone is not None and (zone in self.zones
+                                     or any(zone.startswith(r) for r in self.regions))  # fmt: skip
+
+
 class Bucket(Strict):
     """A stable random bucket 0..99 of the profile id and a salt below `below` (holdouts)."""
 
@@ -282,6 +315,10 @@ class OutOfStockNode(Strict):
     out_of_stock: OutOfStock
 
 
+class TimeZoneNode(Strict):
+    time_zone: TimeZone
+
+
 class BucketNode(Strict):
     bucket: Bucket
 
@@ -295,9 +332,11 @@ KINDS: dict[str, type[Strict]] = {
     "not_followed_by": NotFollowedByNode, "last_performed": LastPerformedNode,
     "aggregate": AggregateNode, "trait": TraitNode, "cart": CartNode, "consent": ConsentNode,
     "out_of_stock": OutOfStockNode, "bucket": BucketNode, "member_of": MemberOfNode,
+    "time_zone": TimeZoneNode,
 }  # fmt: skip
 Leaf = (PerformedNode | NotFollowedByNode | LastPerformedNode | AggregateNode | TraitNode
-        | CartNode | ConsentNode | OutOfStockNode | BucketNode | MemberOfNode)  # fmt: skip
+        | CartNode | ConsentNode | OutOfStockNode | BucketNode | MemberOfNode
+        | TimeZoneNode)  # fmt: skip
 
 
 _KIND_OF: dict[type, str] = {model: kind for kind, model in KINDS.items()}
@@ -321,7 +360,7 @@ Node = Annotated[
     | Annotated[AggregateNode, Tag("aggregate")] | Annotated[TraitNode, Tag("trait")]
     | Annotated[CartNode, Tag("cart")] | Annotated[ConsentNode, Tag("consent")]
     | Annotated[OutOfStockNode, Tag("out_of_stock")] | Annotated[BucketNode, Tag("bucket")]
-    | Annotated[MemberOfNode, Tag("member_of")],
+    | Annotated[MemberOfNode, Tag("member_of")] | Annotated[TimeZoneNode, Tag("time_zone")],
     Discriminator(
         _kind,
         custom_error_type="node",

@@ -13,6 +13,7 @@ from functools import cached_property
 
 from prometheus_client import Counter
 
+from cdp.profiles.change import TIME_ZONE
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause
@@ -21,6 +22,7 @@ from rules.definition import (
     ConsentNode,
     Definition,
     OutOfStockNode,
+    TimeZoneNode,
     TraitNode,
     leaves,
     references,
@@ -120,8 +122,8 @@ class Outcome:
 
 def inputs_of(definition: Definition) -> frozenset[str]:
     """What changes can change the audience with no time passing: the events it names,
-    `identify` for traits, `consent`, `stock` for the catalog. Membership of another audience
-    is followed through the layers; a bucket never changes."""
+    `identify` for traits, `consent`, `stock` for the catalog, `time_zone` for the profile's.
+    Membership of another audience is followed through the layers; a bucket never changes."""
     found: set[str] = set()
     for _, leaf in leaves(definition.root):
         found |= events_read(leaf)
@@ -131,6 +133,8 @@ def inputs_of(definition: Definition) -> frozenset[str]:
             found.add("consent")
         elif isinstance(leaf, OutOfStockNode):
             found.add("stock")
+        elif isinstance(leaf, TimeZoneNode):
+            found.add(TIME_ZONE)
     return frozenset(found)
 
 
@@ -235,4 +239,5 @@ def subject_from(
         Happened(mid, event, at, properties) for at, mid, event, properties in inputs.history
     ]
     return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
-                   None if history_days is None else history_days * DAY_MS)  # fmt: skip
+                   None if history_days is None else history_days * DAY_MS,
+                   time_zone=inputs.time_zone)  # fmt: skip

@@ -10,19 +10,18 @@ Values from a definition are always parameters, never spliced into the text."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdp.profiles.change import TIME_ZONES
 from rules.conditions import events_read
 from rules.definition import (
     Aggregate,
-    AggregateNode,
     And,
     Bucket,
-    BucketNode,
     Cart,
-    CartNode,
-    ConsentNode,
+    Consent,
     EventRef,
     LastPerformed,
     LastPerformedNode,
@@ -31,15 +30,15 @@ from rules.definition import (
     Node,
     Not,
     NotFollowedBy,
-    NotFollowedByNode,
     Or,
     OutOfStock,
     OutOfStockNode,
     Performed,
     PerformedNode,
+    TimeZone,
     Trait,
-    TraitNode,
     Where,
+    kind_of,
     spec_of,
 )
 
@@ -148,28 +147,15 @@ class Printer:
         has = self.column(f"countIf(type = 'track' AND event IN {listed} AND {T} > {since}) > 0")
         return f"({exact} AND NOT {has})" if self.negated else f"({exact} OR {has})"
 
-    def _leaf(self, leaf: Leaf) -> str:  # noqa: PLR0911
+    def _leaf(self, leaf: Leaf) -> str:
+        """The condition as printed by the method of its kind's name (live sets aside)."""
         spec = spec_of(leaf)
-        if isinstance(leaf, PerformedNode):
-            return self.performed(spec)
-        if isinstance(leaf, NotFollowedByNode):
-            return self.not_followed_by(spec)
-        if isinstance(leaf, LastPerformedNode):
-            return self.last_performed(spec)
-        if isinstance(leaf, AggregateNode):
-            return self.aggregate(spec)
-        if isinstance(leaf, TraitNode):
-            return self.trait(spec)
-        if isinstance(leaf, CartNode):
-            return self.cart(spec)
-        if isinstance(leaf, ConsentNode):
+        if isinstance(spec, Consent):
             return self.live(f"consent:{spec.channel}:{spec.purpose}")
-        if isinstance(leaf, OutOfStockNode):
-            return self.out_of_stock(spec)
-        if isinstance(leaf, BucketNode):
-            return self.bucket(spec)
-        assert isinstance(spec, MemberOf)
-        return self.live(f"member:{spec.audience}")
+        if isinstance(spec, MemberOf):
+            return self.live(f"member:{spec.audience}")
+        printed: Callable[[Any], str] = getattr(self, kind_of(leaf))
+        return printed(spec)
 
     def performed(self, spec: Performed) -> str:
         condition = f"{self.event(spec)} AND {self.window(spec.within)}"
@@ -256,6 +242,16 @@ class Printer:
             f"{self.window(spec.within)} AND has({products}, {PRODUCT}))"
         )
         return f"({watched} > 0)"
+
+    def time_zone(self, spec: TimeZone) -> str:
+        """The zone of the profile's latest event in event time that carried a known one (as
+        the profile keeps it: of every event, for ever)."""
+        zone = f"{self.prop('timezone', 'context')}.:String"
+        known = self.param(sorted(TIME_ZONES), "Array(String)")
+        latest = self.column(f"ifNull(argMaxIf({zone}, {T}, has({known}, ifNull({zone}, ''))), '')")
+        zones = self.param(spec.zones, "Array(String)")
+        regions = self.param(spec.regions, "Array(String)")
+        return f"(has({zones}, {latest}) OR arrayExists(r -> startsWith({latest}, r), {regions}))"
 
     def bucket(self, spec: Bucket) -> str:
         salt = self.param(spec.salt + ":", "String")

@@ -24,6 +24,9 @@ ITEM_FIELDS = ("product_id", "sku", "name", "category", "brand", "variant", "pri
 
 
 TIME_ZONES = frozenset(available_timezones())
+# Named among what changed (`evs`) when an event carries a time zone: the profile's may be
+# new (the audience worker then matches the audiences reading it).
+TIME_ZONE = "time_zone"
 
 
 def _product_id(properties: dict[str, Any]) -> str:
@@ -119,7 +122,8 @@ class Change(TypedDict, total=False):
     t0: int  # grouped: the earliest of their times
     tzt: int  # grouped: the time of the time zone kept
     h: list[list[Any]]  # track events for the audience history: [time, JSON member]
-    evs: list[str]  # what changed, for the audience worker: event names, `identify`, `consent`
+    evs: list[str]  # what changed, for the audience worker: event names, `identify`, `consent`,
+    # `time_zone`
 
 
 def _scalar(value: Any) -> bool:
@@ -191,7 +195,8 @@ def change_of(event: StoredEvent) -> Change:
 
 def _for_audiences(change: Change, event: StoredEvent, name: str, warnings: list[str]) -> None:
     """What the audience worker reads: the track event for the history, and what changed."""
-    change["evs"] = [name, "consent"] if "consent" in change else [name]
+    change["evs"] = [name, *(["consent"] if "consent" in change else []),
+                     *([TIME_ZONE] if "tz" in change else [])]  # fmt: skip
     if event.type == "track":
         change["h"] = [[event.timestamp, history_member(event, warnings)]]
 
@@ -317,5 +322,4 @@ def _join(group: Change, change: Change) -> None:
     for part in ("views", "h"):  # lists that add up
         if part in change:
             group[part] = group.get(part, []) + change[part]
-    if change["evs"][0] not in group["evs"]:
-        group["evs"] = [*group["evs"], *change["evs"]]
+    group["evs"] = [*group["evs"], *(name for name in change["evs"] if name not in group["evs"])]

@@ -64,6 +64,7 @@ class AudienceInputs:
     history: list[tuple[int, str, str, dict[str, Any]]]  # (at, message id, event, properties)
     traits: dict[str, Any]
     granted: set[tuple[str, str]]  # (channel, purpose)
+    time_zone: str | None = None  # the profile's (IANA), if an event told it
 
 
 class ProfileReader:
@@ -246,7 +247,8 @@ local function audience_inputs(profile, history, traits, consent, since)
     return {0}
   end
   return {1, redis.call('ZRANGE', history, '(' .. since, '+inf', 'BYSCORE', 'WITHSCORES'),
-          redis.call('HGETALL', traits), redis.call('HGETALL', consent)}
+          redis.call('HGETALL', traits), redis.call('HGETALL', consent),
+          redis.call('HGET', profile, 'tz')}
 end
 """
 READ_INPUTS = INPUTS_LUA + "return audience_inputs(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])"
@@ -256,7 +258,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
     """The inputs from `audience_inputs`' reply (None: no such profile)."""
     if not reply[0]:
         return None
-    _, history, traits, consent = reply
+    _, history, traits, consent, time_zone = reply
     return AudienceInputs(
         history=[
             (int(history[i + 1]), *orjson.loads(history[i])) for i in range(0, len(history), 2)
@@ -267,6 +269,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
             for i in range(0, len(consent), 2)
             if consent[i + 1] == b"granted"
         },  # fmt: skip
+        time_zone=text(time_zone) if time_zone else None,
     )
 
 

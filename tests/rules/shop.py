@@ -84,9 +84,10 @@ class Shop:
         return definition
 
     def track(self, who: str, event: str, at: int | None = None, user: str = "",
-              **properties: Any) -> dict[str, Any]:  # fmt: skip
+              time_zone: str | None = None, **properties: Any) -> dict[str, Any]:  # fmt: skip
         return self.send({"type": "track", "event": event, "anonymousId": who,
                           **({"userId": user} if user else {}),
+                          **({"context": {"timezone": time_zone}} if time_zone else {}),
                           "properties": properties}, at)  # fmt: skip
 
     def identify(self, who: str, user: str, at: int | None = None, **traits: Any) -> dict[str, Any]:

@@ -46,6 +46,8 @@ others = st.sampled_from([
     {"trait": {"name": "age", "op": ">=", "value": 30}},
     {"member_of": {"audience": "base"}},
     {"out_of_stock": {"within": "P1D"}},
+    {"time_zone": {"in": ["Europe/Berlin"]}},
+    {"time_zone": {"in": ["America/", "Asia/Tokyo"]}},
 ])  # fmt: skip
 
 
@@ -119,6 +121,8 @@ def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
         "flag": st.sampled_from([True, False, "true", 1, None]),
         "quantity": st.sampled_from([1, 2, None]),
         "revenue": st.sampled_from([10, 25.5]),
+        "tz": st.sampled_from([None, "Europe/Berlin", "America/New_York", "Asia/Tokyo",
+                               "Mars/Olympus"]),
     })  # fmt: skip
 
 
@@ -132,10 +136,17 @@ identify = st.fixed_dictionaries({
 
 def send_all(shop: Shop, names: list[str], events: list[dict[str, Any]],
              identifies: list[dict[str, Any]]) -> None:  # fmt: skip
+    told: set[int] = set()
     for e in events:
         properties = {k: e[k] for k in ("category", "product_id", "price", "quantity", "revenue",
                                         "flag") if e[k] is not None}  # fmt: skip
-        shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], **properties)
+        # Time zones told at the very same moment (to one profile, or two that merge) are a
+        # tie each path may break its own way.
+        zone = e["tz"] if e["before"] not in told else None
+        if zone:
+            told.add(e["before"])
+        shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], time_zone=zone,
+                   **properties)  # fmt: skip
     for i in identifies:
         # Identifies a millisecond apart at least: traits set at the very same moment are
         # a tie that each path may break its own way.
@@ -192,7 +203,7 @@ cart_move = st.fixed_dictionaries({
                               "Order Completed"]),
     "before": st.one_of(st.integers(0, days(3) // 60_000),
                         st.integers(-days(1) // 60_000, -1)).map(lambda m: m * 60_000),
-    "category": st.none(), "flag": st.none(), "revenue": st.just(10),
+    "category": st.none(), "flag": st.none(), "revenue": st.just(10), "tz": st.none(),
     "product_id": st.sampled_from(["p1", "p2"]),
     "price": st.sampled_from([5, 10, 20.5, 10.0, "10", True, None]),
     "quantity": st.sampled_from([1, 2, None]),

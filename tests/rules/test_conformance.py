@@ -102,6 +102,16 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]
       ("dee", A, 3 * MIN, {"product_id": "p1", "price": 25, "quantity": 2}),
       ("dee", A, 2 * MIN, {"product_id": "p1"})],  # no price: 25 still, 3 units: 75
      [(0, {"ann", "dee"})]),
+    ("the time zone of the latest event in event time that told a known one",
+     {"time_zone": {"in": ["Europe/Berlin", "America/"]}},
+     [("ann", V, 2 * MIN, {"time_zone": "Asia/Tokyo"}),
+      ("ann", V, MIN, {"time_zone": "Europe/Berlin"}),
+      ("bob", V, MIN, {"time_zone": "Europe/Berlin"}),
+      ("bob", V, 2 * MIN, {"time_zone": "Asia/Tokyo"}),  # received later, happened before
+      ("cy", V, MIN, {"time_zone": "America/New_York"}),  # in the region
+      ("cy", V, 0, {"time_zone": "Mars/Olympus"}),  # not a zone: not kept
+      ("dee", V, 0, {}), ("eve", V, 0, {"time_zone": "Europe/Paris"})],
+     [(0, {"ann", "bob", "cy"})]),
     ("and, or, not together",
      {"and": [{"performed": {"event": V, "within": "P1D", "times": 1}},
               {"or": [{"not": {"performed": {"event": A, "within": "P1D", "times": 1}}},

@@ -210,6 +210,33 @@ def test_a_product_back_in_stock_moves_its_watchers(
         assert stored == [("boot",)]
 
 
+def test_an_event_telling_a_new_time_zone_moves_the_audiences_reading_it(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """The time zone comes with any event (`context.timezone`): one of a name no audience
+    reads still has the audiences reading the time zone matched again."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("berlin", {"time_zone": {"in": ["Europe/Berlin"]}})
+        shop.track("ann", "Product Viewed", time_zone="Asia/Tokyo")
+        shop.settle()
+        ann = shop.profile_of("ann")
+        assert shop.members("berlin") == set()
+        shop.now += 1000
+        shop.track("ann", "Signed In", time_zone="Europe/Berlin")
+        shop.settle()
+        assert shop.members("berlin") == {ann} == shop.sql_members("berlin")
+        [entered] = [c for c in shop.changes() if c["audience"] == "berlin"]
+        assert entered["cause"] == "event" and int(entered["at"]) == shop.now
+        # A day's browsing is applied as one change: a time zone on any of its events counts.
+        shop.track("bob", "Product Viewed")
+        shop.settle()
+        shop.now += 1000
+        shop.track("bob", "Product Viewed")
+        shop.track("bob", "Product Viewed", time_zone="Europe/Berlin")
+        shop.settle()
+        assert shop.members("berlin") == {ann, shop.profile_of("bob")}
+
+
 def test_product_updated_events_from_a_server_key_update_the_catalog(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
