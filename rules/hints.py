@@ -25,6 +25,7 @@ from rules.definition import (
     NotFollowedBy,
     OutOfStock,
     Performed,
+    TimeZoneNode,
     TraitNode,
     kind_of,
     leaves,
@@ -51,6 +52,10 @@ GROUP BY event
 TRAITS = """
 SELECT distinctJSONPathsAndTypes(traits) FROM events WHERE type = 'identify'
 """
+# Whether any event told a time zone (`context.timezone`): server-side SDKs often do not.
+ZONES_TOLD = """
+SELECT 1 FROM events WHERE ifNull(context.timezone.:String, '') != '' LIMIT 1
+"""
 NAMES = """
 SELECT DISTINCT event FROM events
 WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
@@ -65,6 +70,7 @@ class Heard:
     names: frozenset[str]  # every track event name received
     properties: dict[str, dict[str, frozenset[str]]]  # event -> property -> its types
     traits: dict[str, frozenset[str]] = field(default_factory=dict)  # trait -> its types
+    zones_told: bool = True  # an event told a time zone
 
 
 def checked(warehouse: Warehouse, root: Node, history_days: int, now: int) -> list[dict[str, str]]:
@@ -94,7 +100,9 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if any(isinstance(leaf, TraitNode) for _, leaf in leaves(root)):
         for (paths,) in warehouse.query_rows(TRAITS):
             traits = top_level(paths)
-    return Heard(history_days, names, properties, traits)
+    told = not any(isinstance(leaf, TimeZoneNode) for _, leaf in leaves(root)) or bool(
+        warehouse.query_rows(ZONES_TOLD))  # fmt: skip
+    return Heard(history_days, names, properties, traits, told)
 
 
 def top_level(paths: dict[str, list[str]]) -> dict[str, frozenset[str]]:
@@ -133,6 +141,10 @@ def hints(root: Node, found: Heard) -> list[dict[str, str]]:
             # `!=` as `==`: a trait of another type than the value never matches either way.
             wanted = NUMBER_TYPES if trait.op in NUMERIC else _types_of([trait.value])
             out.append((f"{path}.trait.name", _trait(trait.name, found.traits, wanted)))
+        elif isinstance(leaf, TimeZoneNode) and not found.zones_told:
+            out.append((f"{path}.time_zone", "no event told a time zone (`context.timezone`, "
+                        "which browser SDKs send and most server ones do not): no profile has "
+                        "one"))  # fmt: skip
         elif isinstance(leaf, CartNode) and PRODUCT_ADDED not in found.names:
             out.append((f"{path}.cart", f"no `{PRODUCT_ADDED}` event within the kept "
                         f"{found.days} days: the cart counts none (the e-commerce spec's names "

@@ -95,9 +95,15 @@ def test_what_is_heard_is_read_of_clickhouse_only_for_the_events_named(
         "('identify', '', 'm4', now64(3), '{}', '{\"plan\": \"pro\"}')"
     )  # fmt: skip
     root = Definition.model_validate({"id": "x", "name": "x", "root": {"and": [
-        {"cart": {"value": 10}}, {"trait": {"name": "plan", "value": "pro"}}]}}).root  # fmt: skip
+        {"cart": {"value": 10}}, {"trait": {"name": "plan", "value": "pro"}},
+        {"time_zone": {"in": ["Europe/"]}}]}}).root  # fmt: skip
     found = heard(warehouse, root, 30, int(time.time() * 1000))
     assert found.names == {"Product Added", "Product Viewed"}  # not `Old`: 40 days back
     assert found.properties == {"Product Added": {"price": {"String"}, "sku": {"Object"}}}
     assert found.traits == {"plan": {"String"}}
-    assert [h["path"] for h in hints(root, found)] == ["root.and[0].cart.value"]
+    assert [h["path"] for h in hints(root, found)] == ["root.and[0].cart.value",
+                                                       "root.and[2].time_zone"]  # fmt: skip
+    warehouse.command("INSERT INTO events (type, message_id, timestamp, context) VALUES "
+                      "('page', 'm5', now64(3), '{\"timezone\": \"Europe/Rome\"}')")  # fmt: skip
+    told = heard(warehouse, root, 30, int(time.time() * 1000))
+    assert [h["path"] for h in hints(root, told)] == ["root.and[0].cart.value"]
