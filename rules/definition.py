@@ -244,17 +244,16 @@ class TimeZone(Strict):
                                  "(`Europe/Berlin`, `America/`)")  # fmt: skip
         return self
 
-    @property
-    def zones(self) -> list[str]:
-        return [zone for zone in self.in_ if not zone.endswith("/")]
+    @cached_property
+    def zones(self) -> frozenset[str]:
+        return frozenset(zone for zone in self.in_ if not zone.endswith("/"))
 
-    @property
-    def regions(self) -> list[str]:
-        return [zone for zone in self.in_ if zone.endswith("/")]
+    @cached_property
+    def regions(self) -> tuple[str, ...]:
+        return tuple(zone for zone in self.in_ if zone.endswith("/"))
 
     def holds(self, zone: str | None) -> bool:
-        return zone is not None and (zone in self.zones
-                                     or any(zone.startswith(r) for r in self.regions))  # fmt: skip
+        return zone is not None and (zone in self.zones or zone.startswith(self.regions))
 
 
 class Bucket(Strict):

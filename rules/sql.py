@@ -249,8 +249,8 @@ class Printer:
         zone = f"{self.prop('timezone', 'context')}.:String"
         known = self.param(sorted(TIME_ZONES), "Array(String)")
         latest = self.column(f"ifNull(argMaxIf({zone}, {T}, has({known}, ifNull({zone}, ''))), '')")
-        zones = self.param(spec.zones, "Array(String)")
-        regions = self.param(spec.regions, "Array(String)")
+        zones = self.param(sorted(spec.zones), "Array(String)")
+        regions = self.param(list(spec.regions), "Array(String)")
         return f"(has({zones}, {latest}) OR arrayExists(r -> startsWith({latest}, r), {regions}))"
 
     def bucket(self, spec: Bucket) -> str:
