@@ -106,7 +106,8 @@ class HintOut(BaseModel):
 
 HINTS = ("What the kept history says can never hold or count: an event never received, a "
          "property no such event carries, a value of a type it never has (a typo keeps an "
-         "audience empty for ever). Not errors: the events may not have come yet.")  # fmt: skip
+         "audience empty for ever); and a membership of a disabled audience. Not errors: the "
+         "events may not have come yet.")  # fmt: skip
 
 
 class HintsOut(BaseModel):
@@ -270,7 +271,9 @@ class AudiencesApi:
         return {**self.out(saved), "hints": self.hints(definition.root, int(time.time() * 1000))}
 
     def hints(self, root: Node, now: int) -> list[dict[str, str]]:
-        return checked(self.warehouse, root, self.audiences.history_days, now)
+        found, _ = self.audiences.read()
+        disabled = frozenset(i for i, saved in found.items() if not saved.definition.enabled)
+        return checked(self.warehouse, root, self.audiences.history_days, now, disabled)
 
     def backfill(self, definition: Definition) -> int:
         """Have the real-time path decide everyone the definition may hold for, now or later

@@ -21,6 +21,7 @@ from rules.definition import (
     CartNode,
     EventRef,
     Leaf,
+    MemberOfNode,
     Node,
     NotFollowedBy,
     OutOfStock,
@@ -73,16 +74,20 @@ class Heard:
     zones_told: bool = True  # an event told a time zone
 
 
-def checked(warehouse: Warehouse, root: Node, history_days: int, now: int) -> list[dict[str, str]]:
-    """The tree's hints; or one saying the warehouse could not be asked (they are advice: what
-    is saved or previewed goes on without them)."""
+def checked(
+    warehouse: Warehouse, root: Node, history_days: int, now: int,
+    disabled: frozenset[str] = frozenset(),
+) -> list[dict[str, str]]:  # fmt: skip
+    """The tree's hints (`disabled`: the audiences that are, so have no members); or one
+    saying the warehouse could not be asked (they are advice: what is saved or previewed goes
+    on without them)."""
     try:
         found = heard(warehouse, root, history_days, now)
     except Exception as error:
         log.warning("hints: the warehouse did not answer: %s", error)
         return [{"path": "root", "hint": "not checked against the kept history: the warehouse "
                  f"did not answer ({type(error).__name__})"}]  # fmt: skip
-    return hints(root, found)
+    return hints(root, found, disabled)
 
 
 def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Heard:
@@ -131,11 +136,15 @@ def _named(path: str, leaf: Leaf) -> list[tuple[str, EventRef]]:
     return []
 
 
-def hints(root: Node, found: Heard) -> list[dict[str, str]]:
-    """The tree's conditions that what was received says can never hold (or count), each
-    `{"path", "hint"}`, in the tree's order."""
-    out = []
+def hints(root: Node, found: Heard, disabled: frozenset[str] = frozenset()) -> list[dict[str, str]]:
+    """The tree's conditions that what was received says can never hold (or count), and
+    memberships of `disabled` audiences (no one is a member), each `{"path", "hint"}`, in the
+    tree's order."""
+    out: list[tuple[str, str | None]] = []
     for path, leaf in leaves(root):
+        if isinstance(leaf, MemberOfNode) and leaf.member_of.audience in disabled:
+            out.append((f"{path}.member_of.audience", f"`{leaf.member_of.audience}` is "
+                        "disabled: no one is a member of it until it is enabled"))  # fmt: skip
         if isinstance(leaf, TraitNode):
             trait = leaf.trait
             # `!=` as `==`: a trait of another type than the value never matches either way.

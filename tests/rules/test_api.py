@@ -304,6 +304,14 @@ def test_a_definition_the_kept_history_says_never_holds_comes_back_with_hints(
                                             "root.and[1].cart"]  # fmt: skip
     assert api.get("/api/v1/audiences/typos/hints").json() == {"audience": "typos", "hints": []}
     assert api.get("/api/v1/audiences/nope/hints").status_code == 404
+    # A membership of a disabled audience: no one is a member of it.
+    vip = api.get("/api/v1/audiences/vip").json()
+    off = {"name": vip["name"], "root": vip["root"], "enabled": False}
+    assert api.put("/api/v1/audiences/vip", json=off).status_code == 200
+    preview = api.post("/api/v1/audiences/preview", json={"root": {"member_of": {
+        "audience": "vip"}}}).json()  # fmt: skip
+    assert preview["hints"] == [{"path": "root.member_of.audience", "hint": "`vip` is disabled: "
+                                 "no one is a member of it until it is enabled"}]  # fmt: skip
 
 
 def test_an_audit_holds_the_live_members_against_the_sql(

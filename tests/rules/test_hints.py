@@ -107,3 +107,14 @@ def test_what_is_heard_is_read_of_clickhouse_only_for_the_events_named(
                       "('page', 'm5', now64(3), '{\"timezone\": \"Europe/Rome\"}')")  # fmt: skip
     told = heard(warehouse, root, 30, int(time.time() * 1000))
     assert [h["path"] for h in hints(root, told)] == ["root.and[0].cart.value"]
+
+
+def test_a_membership_of_a_disabled_audience_is_hinted() -> None:
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {"or": [
+        {"member_of": {"audience": "vip"}}, {"not": {"member_of": {"audience": "lapsed"}}},
+    ]}}).root  # fmt: skip
+    heard = Heard(30, frozenset(), {})
+    assert hints(root, heard, frozenset({"lapsed"})) == [{
+        "path": "root.or[1].not.member_of.audience",
+        "hint": "`lapsed` is disabled: no one is a member of it until it is enabled"}]  # fmt: skip
+    assert hints(root, heard) == []
