@@ -57,6 +57,15 @@ SELECT distinctJSONPathsAndTypes(traits) FROM events WHERE type = 'identify'
 ZONES_TOLD = """
 SELECT 1 FROM events WHERE ifNull(context.timezone.:String, '') != '' LIMIT 1
 """
+# Of one event's text property in the kept history: which of the values asked were seen, and
+# the most common ones (to say which was likely meant). The property's name is checked by the
+# definition's grammar (a letter or `_`, then letters, digits, `_`).
+VALUES = """
+SELECT groupUniqArrayIf(v, has({{asked:Array(String)}}, v)), topK(200)(v)
+FROM (SELECT properties.`{property}`.:String AS v FROM events
+      WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+        AND event = {{event:String}} AND v IS NOT NULL)
+"""
 NAMES = """
 SELECT DISTINCT event FROM events
 WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
@@ -72,6 +81,10 @@ class Heard:
     properties: dict[str, dict[str, frozenset[str]]]  # event -> property -> its types
     traits: dict[str, frozenset[str]] = field(default_factory=dict)  # trait -> its types
     zones_told: bool = True  # an event told a time zone
+    # (event, text property) -> the values filters ask for that were seen, and common ones
+    values: dict[tuple[str, str], tuple[frozenset[str], tuple[str, ...]]] = field(
+        default_factory=dict
+    )
 
 
 def checked(
@@ -107,7 +120,28 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
             traits = top_level(paths)
     told = not any(isinstance(leaf, TimeZoneNode) for _, leaf in leaves(root)) or bool(
         warehouse.query_rows(ZONES_TOLD))  # fmt: skip
-    return Heard(history_days, names, properties, traits, told)
+    values = {}
+    for (event, prop), asked in sorted(_asked(root, names).items()):
+        parameters = {"asked": sorted(asked), "since": since, "event": event}
+        [(seen, common)] = warehouse.query_rows(VALUES.format(property=prop), parameters)
+        values[event, prop] = (frozenset(seen), tuple(common))
+    return Heard(history_days, names, properties, traits, told, values)
+
+
+def _asked(root: Node, names: frozenset[str]) -> dict[tuple[str, str], set[str]]:
+    """The text values `==` and `in` filters ask of each received event's properties."""
+    asked: dict[tuple[str, str], set[str]] = {}
+    for _, ref in references(root):
+        for where in ref.where if ref.event in names else []:
+            if where.op in ("==", "in"):
+                texts = [v for v in _listed(where.value) if isinstance(v, str)]
+                if texts:
+                    asked.setdefault((ref.event, where.property), set()).update(texts)
+    return asked
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def top_level(paths: dict[str, list[str]]) -> dict[str, frozenset[str]]:
@@ -173,15 +207,18 @@ def _event(at: str, ref: EventRef, found: Heard) -> list[tuple[str, str | None]]
         hint = f"no `{ref.event}` event within the kept {found.days} days"
         return [(at if at.endswith("]") else f"{at}.event", hint + _meant(ref.event, found.names))]
     seen = found.properties.get(ref.event, {})
-    out = []
+    out: list[tuple[str, str | None]] = []
     for i, where in enumerate(ref.where):
-        value = where.value if isinstance(where.value, list) else [where.value]
+        value = _listed(where.value)
         # `!=` holds for a value of another type: only a property never there is a hint.
         wanted = (NUMBER_TYPES if where.op in NUMERIC else None if where.op == "!="
                   else _types_of(value))  # fmt: skip
-        out.append(
-            (f"{at}.where[{i}].property", _property(ref.event, where.property, seen, wanted))
-        )
+        problem = _property(ref.event, where.property, seen, wanted)
+        if problem:
+            out.append((f"{at}.where[{i}].property", problem))
+        elif where.op in ("==", "in") and (ref.event, where.property) in found.values:
+            values = found.values[ref.event, where.property]
+            out.append((f"{at}.where[{i}].value", _value(ref.event, where.property, value, values)))
     if isinstance(ref, Performed) and ref.same:
         out.append((f"{at}.same", _property(ref.event, ref.same, seen, TEXT_TYPES)))
     if isinstance(ref, Aggregate):
@@ -201,6 +238,19 @@ def _property(
         return (f"`{name}` of `{event}` was only ever {_kinds(types)}: compared with "
                 f"{_kinds(wanted)} it never matches")  # fmt: skip
     return None
+
+
+def _value(
+    event: str, name: str, asked: list[Any], values: tuple[frozenset[str], tuple[str, ...]]
+) -> str | None:
+    """A text value (or every one of an `in` list) no such event had for the property."""
+    seen, common = values
+    texts = [v for v in asked if isinstance(v, str)]
+    if not texts or any(v in seen for v in texts) or len(texts) < len(asked):
+        return None  # one of them was seen (or a number, which the types judged)
+    listed = ", ".join(f"`{v}`" for v in texts)
+    meant = _meant(texts[0], common) if len(texts) == 1 else ""
+    return f"no `{event}` event within the kept history has `{name}` {listed}{meant}"
 
 
 def _trait(name: str, seen: dict[str, frozenset[str]], wanted: frozenset[str]) -> str | None:

@@ -4,6 +4,7 @@ ClickHouse): every place a definition names an event or a property is looked at.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from cdp.schema import migrate
 from cdp.storage import Warehouse
@@ -118,3 +119,39 @@ def test_a_membership_of_a_disabled_audience_is_hinted() -> None:
         "path": "root.or[1].not.member_of.audience",
         "hint": "`lapsed` is disabled: no one is a member of it until it is enabled"}]  # fmt: skip
     assert hints(root, heard) == []
+
+
+def test_a_text_value_no_such_event_had_is_hinted_with_the_one_likely_meant(
+    warehouse: Warehouse,
+) -> None:
+    migrate(warehouse)
+    rows = ", ".join(f"('track', 'Product Viewed', 'v{i}', now64(3), "
+                     f"'{{\"category\": \"{c}\"}}')"
+                     for i, c in enumerate(["Shoes", "Shoes", "Hats", "Bags"]))  # fmt: skip
+    warehouse.command("INSERT INTO events (type, event, message_id, timestamp, properties) "
+                      f"VALUES {rows}")  # fmt: skip
+
+    def viewed(op: str, value: Any) -> dict[str, Any]:
+        return {
+            "performed": {
+                "event": "Product Viewed",
+                "within": "P1D",
+                "times": 1,
+                "where": [{"property": "category", "op": op, "value": value}],
+            }
+        }
+
+    root = Definition.model_validate({"id": "x", "name": "x", "root": {"and": [
+        viewed("==", "shoes"), viewed("in", ["Coats", "Scarves"]),
+        # Each may hold: no hint.
+        viewed("==", "Hats"), viewed("in", ["Coats", "Bags"]), viewed("!=", "Shoe"),
+        viewed("in", ["Coats", 3]),
+    ]}}).root  # fmt: skip
+    assert hints(root, heard(warehouse, root, 30, int(time.time() * 1000))) == [
+        {"path": "root.and[0].performed.where[0].value",
+         "hint": "no `Product Viewed` event within the kept history has `category` `shoes` "
+                 "(did you mean `Shoes`?)"},
+        {"path": "root.and[1].performed.where[0].value",
+         "hint": "no `Product Viewed` event within the kept history has `category` `Coats`, "
+                 "`Scarves`"},
+    ]  # fmt: skip
