@@ -1,9 +1,11 @@
 """What the warehouse says of a definition before it runs: an event it names that the kept
-history never received, a property no such event carries, a trait no profile was given, a
-value of a type the property or trait never has there. Each keeps an audience empty, or a
-condition false, for ever, and none is an error (the events may not have come yet: a new
-shop, a new page), so they are hints beside a definition that is saved or previewed, each
-naming its path and, where one is close, what was likely meant."""
+history never received, a property no such event carries, a text value none of them had, a
+trait no profile was given, a value of a type the property or trait never has there, a cart
+with no `Product Added` (or no numeric price), a time zone no event told; and a membership
+of a disabled audience. Each keeps an audience empty, or a condition false, for ever, and
+none is an error (the events may not have come yet: a new shop, a new page), so they are
+hints beside a definition that is saved or previewed, each naming its path and, where one
+is close, what was likely meant."""
 
 from __future__ import annotations
 
