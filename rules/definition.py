@@ -240,8 +240,10 @@ class TimeZone(Strict):
             known = zone in TIME_ZONES if not zone.endswith("/") else any(
                 z.startswith(zone) for z in TIME_ZONES)  # fmt: skip
             if not known:
+                cased = {z.lower(): z for z in TIME_ZONES}.get(zone.lower())
+                meant = f" (did you mean {cased!r}?)" if cased else ""
                 raise ValueError(f"{zone!r} is neither an IANA time zone nor a region of them "
-                                 "(`Europe/Berlin`, `America/`)")  # fmt: skip
+                                 f"(`Europe/Berlin`, `America/`){meant}")  # fmt: skip
         return self
 
     @cached_property

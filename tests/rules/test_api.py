@@ -86,6 +86,9 @@ def test_predefined_audiences_are_listed_and_cannot_be_deleted(
     ({"and": [VIEWS_2], "or": [VIEWS_2]}, "body.root: a node is an object with one key"),
     ({"cart": {"units": 10**30}}, "body.root.cart.units: Input should be less than or equal"),
     ({"cart": {"units": 1, "value": 50}}, "body.root.cart: give `units` or `value`, not both"),
+    ({"time_zone": {"in": ["europe/berlin"]}}, "body.root.time_zone: 'europe/berlin' is neither "
+     "an IANA time zone nor a region of them (`Europe/Berlin`, `America/`) (did you mean "
+     "'Europe/Berlin'?)"),
 ])  # fmt: skip
 def test_an_invalid_definition_is_refused_naming_the_path(
     clients: tuple[httpx.Client, httpx.Client], root: dict[str, Any], problem: str
