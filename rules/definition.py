@@ -191,8 +191,11 @@ class Cart(Strict):
     `value` its value (each product's units times its latest price in the cart)."""
 
     op: Compare = ">"
-    units: int | None = Field(default=None, ge=0, le=1_000_000, description="default 0")
-    value: float | None = Field(default=None, ge=0, le=1e12, description="instead of units")
+    # The measure not given is left out of the definition as shown and stored.
+    units: int | None = Field(default=None, ge=0, le=1_000_000, description="default 0",
+                              exclude_if=lambda v: v is None)  # fmt: skip
+    value: float | None = Field(default=None, ge=0, le=1e12, description="instead of units",
+                                exclude_if=lambda v: v is None)  # fmt: skip
 
     @model_validator(mode="after")
     def _one_measure(self) -> Cart:

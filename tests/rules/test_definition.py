@@ -65,3 +65,11 @@ def test_windows_longer_than_the_history_and_cycles_are_problems() -> None:
         "(365 days, CDP_HISTORY_DAYS)",
         "root: member_of makes a cycle: b -> a -> b",
     ]
+
+
+def test_a_cart_shows_and_stores_only_the_measure_given() -> None:
+    root = {"and": [{"cart": {"op": ">=", "value": 100.0}}, {"cart": {"op": ">", "units": 2}}]}
+    definition = Definition.model_validate({"id": "x", "name": "x", "root": root})
+    shown = definition.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+    assert shown["root"] == root
+    assert Definition.model_validate(shown) == definition
