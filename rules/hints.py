@@ -29,6 +29,7 @@ from rules.definition import (
     OutOfStock,
     Performed,
     TimeZoneNode,
+    Trait,
     TraitNode,
     kind_of,
     leaves,
@@ -54,6 +55,12 @@ GROUP BY event
 # for ever, so all of them.
 TRAITS = """
 SELECT distinctJSONPathsAndTypes(traits) FROM events WHERE type = 'identify'
+"""
+# Of one trait: which of the text values asked were ever given, and the commonest ones.
+TRAIT_VALUES = """
+SELECT groupUniqArrayIf(v, has({{asked:Array(String)}}, v)), topK(200)(v)
+FROM (SELECT traits.`{trait}`.:String AS v FROM events
+      WHERE type = 'identify' AND v IS NOT NULL)
 """
 # Whether any event told a time zone (`context.timezone`): server-side SDKs often do not.
 ZONES_TOLD = """
@@ -87,6 +94,8 @@ class Heard:
     values: dict[tuple[str, str], tuple[frozenset[str], tuple[str, ...]]] = field(
         default_factory=dict
     )
+    # trait -> the text values `==` asks for that were given, and common ones
+    trait_values: dict[str, tuple[frozenset[str], tuple[str, ...]]] = field(default_factory=dict)
 
 
 def checked(
@@ -106,7 +115,9 @@ def checked(
 
 
 def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Heard:
-    """The kept history's event names, and the properties of those the tree names."""
+    """What the warehouse holds of what the tree names: the kept history's event names, the
+    properties of those named and the text values asked of them, the traits named and the
+    text values asked of them, whether any event told a time zone."""
     since = now - history_days * DAY_MS
     names = frozenset(row[0] for row in warehouse.query_rows(NAMES, {"since": since}))
     priced = any(isinstance(leaf, CartNode) and leaf.cart.by_value for _, leaf in leaves(root))
@@ -116,18 +127,32 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
             properties[event] = top_level(paths)
+    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop),
+                                   {"asked": sorted(asked), "since": since, "event": event})
+              for (event, prop), asked in sorted(_asked(root, names).items())}  # fmt: skip
     traits: dict[str, frozenset[str]] = {}
-    if any(isinstance(leaf, TraitNode) for _, leaf in leaves(root)):
+    named_traits = [leaf.trait for _, leaf in leaves(root) if isinstance(leaf, TraitNode)]
+    if named_traits:
         for (paths,) in warehouse.query_rows(TRAITS):
             traits = top_level(paths)
+    asked_traits: dict[str, set[str]] = {}
+    for trait in named_traits:
+        if trait.op == "==" and isinstance(trait.value, str) and trait.name in traits:
+            asked_traits.setdefault(trait.name, set()).add(trait.value)
+    trait_values = {name: _seen(warehouse, TRAIT_VALUES.format(trait=name),
+                                {"asked": sorted(texts)})
+                    for name, texts in sorted(asked_traits.items())}  # fmt: skip
     told = not any(isinstance(leaf, TimeZoneNode) for _, leaf in leaves(root)) or bool(
         warehouse.query_rows(ZONES_TOLD))  # fmt: skip
-    values = {}
-    for (event, prop), asked in sorted(_asked(root, names).items()):
-        parameters = {"asked": sorted(asked), "since": since, "event": event}
-        [(seen, common)] = warehouse.query_rows(VALUES.format(property=prop), parameters)
-        values[event, prop] = (frozenset(seen), tuple(common))
-    return Heard(history_days, names, properties, traits, told, values)
+    return Heard(history_days, names, properties, traits, told, values, trait_values)
+
+
+def _seen(
+    warehouse: Warehouse, sql: str, parameters: dict[str, Any]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Which of the values asked were seen, and the commonest ones (`VALUES`)."""
+    [(seen, common)] = warehouse.query_rows(sql, parameters)
+    return frozenset(seen), tuple(common)
 
 
 def _asked(root: Node, names: frozenset[str]) -> dict[tuple[str, str], set[str]]:
@@ -182,10 +207,7 @@ def hints(root: Node, found: Heard, disabled: frozenset[str] = frozenset()) -> l
             out.append((f"{path}.member_of.audience", f"`{leaf.member_of.audience}` is "
                         "disabled: no one is a member of it until it is enabled"))  # fmt: skip
         if isinstance(leaf, TraitNode):
-            trait = leaf.trait
-            # `!=` as `==`: a trait of another type than the value never matches either way.
-            wanted = NUMBER_TYPES if trait.op in NUMERIC else _types_of([trait.value])
-            out.append((f"{path}.trait.name", _trait(trait.name, found.traits, wanted)))
+            out.append(_trait(path, leaf.trait, found))
         elif isinstance(leaf, TimeZoneNode) and not found.zones_told:
             out.append((f"{path}.time_zone", "no event told a time zone (`context.timezone`, "
                         "which browser SDKs send and most server ones do not): no profile has "
@@ -255,14 +277,23 @@ def _value(
     return f"no `{event}` event within the kept history has `{name}` {listed}{meant}"
 
 
-def _trait(name: str, seen: dict[str, frozenset[str]], wanted: frozenset[str]) -> str | None:
-    types = seen.get(name)
+def _trait(path: str, trait: Trait, found: Heard) -> tuple[str, str | None]:
+    """A trait no profile was given, of a type the value never matches, or (`==`) a text
+    value no profile was given."""
+    name, types = trait.name, found.traits.get(trait.name)
     if types is None:
-        return f"no profile was given the trait `{name}`{_meant(name, seen)}"
+        return f"{path}.trait.name", f"no profile was given the trait `{name}`" + _meant(
+            name, found.traits)  # fmt: skip
+    # `!=` as `==`: a trait of another type than the value never matches either way.
+    wanted = NUMBER_TYPES if trait.op in NUMERIC else _types_of([trait.value])
     if not types & wanted:
-        return (f"the trait `{name}` was only ever {_kinds(types)}: compared with "
-                f"{_kinds(wanted)} it never matches")  # fmt: skip
-    return None
+        kinds = f"only ever {_kinds(types)}: compared with {_kinds(wanted)} it never matches"
+        return f"{path}.trait.name", f"the trait `{name}` was {kinds}"
+    seen, common = found.trait_values.get(name, (None, ()))
+    if trait.op == "==" and seen is not None and trait.value not in seen:
+        given = f"`{name}` `{trait.value}`{_meant(str(trait.value), common)}"
+        return f"{path}.trait.value", f"no profile was given the trait {given}"
+    return path, None
 
 
 def _types_of(values: list[Any]) -> frozenset[str]:

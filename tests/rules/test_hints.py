@@ -98,6 +98,18 @@ def test_what_is_heard_is_read_of_clickhouse_only_for_the_events_named(
     root = Definition.model_validate({"id": "x", "name": "x", "root": {"and": [
         {"cart": {"value": 10}}, {"trait": {"name": "plan", "value": "pro"}},
         {"time_zone": {"in": ["Europe/"]}}]}}).root  # fmt: skip
+    typo = Definition.model_validate(
+        {
+            "id": "x",
+            "name": "x",
+            "root": {
+                "or": [
+                    {"trait": {"name": "plan", "value": "Pro"}},
+                    {"trait": {"name": "plan", "op": "!=", "value": "Pro"}},
+                ]
+            },
+        }
+    ).root  # holds: no hint
     found = heard(warehouse, root, 30, int(time.time() * 1000))
     assert found.names == {"Product Added", "Product Viewed"}  # not `Old`: 40 days back
     assert found.properties == {"Product Added": {"price": {"String"}, "sku": {"Object"}}}
@@ -108,6 +120,12 @@ def test_what_is_heard_is_read_of_clickhouse_only_for_the_events_named(
                       "('page', 'm5', now64(3), '{\"timezone\": \"Europe/Rome\"}')")  # fmt: skip
     told = heard(warehouse, root, 30, int(time.time() * 1000))
     assert [h["path"] for h in hints(root, told)] == ["root.and[0].cart.value"]
+    assert hints(typo, heard(warehouse, typo, 30, int(time.time() * 1000))) == [
+        {
+            "path": "root.or[0].trait.value",
+            "hint": "no profile was given the trait `plan` `Pro` (did you mean `pro`?)",
+        }
+    ]
 
 
 def test_a_membership_of_a_disabled_audience_is_hinted() -> None:
