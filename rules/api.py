@@ -104,8 +104,10 @@ class HintOut(BaseModel):
     hint: str
 
 
-HINTS = ("What the kept history says can never hold or count: an event never received, a "
-         "property no such event carries, a value of a type it never has (a typo keeps an "
+HINTS = ("What the warehouse says can never hold or count: an event never received, a "
+         "property no such event carries, a text value none of them had, a trait (or trait "
+         "value) no profile was given, a value of a type it never has, a cart with no "
+         "`Product Added` or numeric price, a time zone no event told (a typo keeps an "
          "audience empty for ever); and a membership of a disabled audience. Not errors: the "
          "events may not have come yet.")  # fmt: skip
 
