@@ -89,6 +89,7 @@ class StoredEvent:
     user_id: str
     previous_id: str
     timestamp: int  # epoch milliseconds, UTC
+    is_bot: bool  # its user agent says so (`ingestion/normalize.py`)
     properties: dict[str, Any]
     traits: dict[str, Any]
     context: dict[str, Any]
@@ -104,6 +105,7 @@ class StoredEvent:
             user_id=columns.get("user_id") or "",
             previous_id=columns.get("previous_id") or "",
             timestamp=int(columns["timestamp"]),
+            is_bot=bool(columns.get("is_bot")),
             properties=properties if isinstance(properties, dict) else {},
             traits=traits if isinstance(traits, dict) else {},
             context=context if isinstance(context, dict) else {},
@@ -113,7 +115,7 @@ class StoredEvent:
 # What a StoredEvent reads of an `events` row, as SELECT expressions (times in epoch ms,
 # JSON columns as text), in the order `StoredEvent.from_row` takes them.
 STORED_SCALARS = ("message_id", "source_id", "type", "event", "anonymous_id", "user_id",
-                  "previous_id", "timestamp")  # fmt: skip
+                  "previous_id", "timestamp", "is_bot")  # fmt: skip
 STORED_SELECT = ", ".join(
     [f"toUnixTimestamp64Milli({n})" if n in TIME_COLUMNS else n for n in STORED_SCALARS]
     + [f"toJSONString({n})" for n in JSON_COLUMNS]

@@ -35,6 +35,7 @@ from rules.definition import (
     leaves,
     spec_of,
 )
+from rules.sql import HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ BOOL_TYPES = frozenset({"Bool"})
 
 # Per event name of the kept history: each top-level property with the types it was seen as.
 # Only the named events are read, and of them only their properties' paths and types.
-HEARD = """
+HEARD = f"""
 SELECT event, distinctJSONPathsAndTypes(properties)
 FROM events
-WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
-  AND event IN {names:Array(String)}
+WHERE {HISTORY} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+  AND event IN {{names:Array(String)}}
 GROUP BY event
 """
 # Every trait profiles were given (identify), with the types it was seen as: traits are kept
@@ -72,12 +73,12 @@ SELECT 1 FROM events WHERE ifNull(context.timezone.:String, '') != '' LIMIT 1
 VALUES = """
 SELECT groupUniqArrayIf(v, has({{asked:Array(String)}}, v)), topK(200)(v)
 FROM (SELECT properties.`{property}`.:String AS v FROM events
-      WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+      WHERE {history} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
         AND event = {{event:String}} AND v IS NOT NULL)
 """
-NAMES = """
+NAMES = f"""
 SELECT DISTINCT event FROM events
-WHERE type = 'track' AND timestamp > fromUnixTimestamp64Milli({since:Int64})
+WHERE {HISTORY} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
 """
 
 
@@ -127,7 +128,7 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
             properties[event] = top_level(paths)
-    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop),
+    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop, history=HISTORY),
                                    {"asked": sorted(asked), "since": since, "event": event})
               for (event, prop), asked in sorted(_asked(root, names).items())}  # fmt: skip
     traits: dict[str, frozenset[str]] = {}

@@ -43,6 +43,9 @@ from rules.definition import (
 )
 
 T = "toUnixTimestamp64Milli(timestamp)"
+# The events a profile's history keeps for audiences: track events, not a bot's
+# (`cdp/profiles/change.py`).
+HISTORY = "type = 'track' AND NOT is_bot"
 RECEIVED = "toUnixTimestamp64Milli(received_at)"
 NUMERIC_TYPES = "('Int64', 'UInt64', 'Float64')"
 SCALAR_TYPES = "('String', 'Bool', 'Int64', 'UInt64', 'Float64')"
@@ -118,7 +121,7 @@ class Printer:
 
     def event(self, ref: EventRef) -> str:
         """The event named, with its filters, inside the kept history, not after now."""
-        parts = ["type = 'track'", f"event = {self.param(ref.event, 'String')}", self.kept()]
+        parts = [HISTORY, f"event = {self.param(ref.event, 'String')}", self.kept()]
         parts += [self.where(w) for w in ref.where]
         return " AND ".join(parts)
 
@@ -144,7 +147,7 @@ class Printer:
         listed = self.param(sorted(names), "Array(String)")
         turns = may_turn(leaf, not self.negated)
         since = f"{{now:Int64}} - {self.history_ms}" if turns else "{now:Int64}"
-        has = self.column(f"countIf(type = 'track' AND event IN {listed} AND {T} > {since}) > 0")
+        has = self.column(f"countIf({HISTORY} AND event IN {listed} AND {T} > {since}) > 0")
         return f"({exact} AND NOT {has})" if self.negated else f"({exact} OR {has})"
 
     def _leaf(self, leaf: Leaf) -> str:
@@ -210,13 +213,13 @@ class Printer:
     def cart(self, spec: Cart) -> str:
         kept = self.kept()
         last_order = self.column(
-            f"maxIfOrNull({T}, type = 'track' AND event = 'Order Completed' AND {kept})"
+            f"maxIfOrNull({T}, {HISTORY} AND event = 'Order Completed' AND {kept})"
         )
         # Each add or removal: (product, signed units, time, price, message id).
         moves = self.column(
             f"groupArrayIf(({PRODUCT}, if(event = 'Product Added', 1, -1) * {QUANTITY}, {T}, "
             f"{self.number('price')}, message_id), "
-            f"type = 'track' AND event IN ('Product Added', 'Product Removed') AND {kept} "
+            f"{HISTORY} AND event IN ('Product Added', 'Product Removed') AND {kept} "
             f"AND {PRODUCT} != '')"
         )
         after = f"arrayFilter(x -> x.3 > ifNull({last_order}, -1), {moves})"
@@ -238,7 +241,7 @@ class Printer:
         products = self.live("out_of_stock", as_array=True)
         events = self.param(list(spec.events), "Array(String)")
         watched = self.column(
-            f"countIf(type = 'track' AND event IN {events} AND {self.kept()} AND "
+            f"countIf({HISTORY} AND event IN {events} AND {self.kept()} AND "
             f"{self.window(spec.within)} AND has({products}, {PRODUCT}))"
         )
         return f"({watched} > 0)"
@@ -333,7 +336,7 @@ def cut_offs(history_ms: int, history_events: int) -> str:
     text (which begins with the message id): ties at the same millisecond fall the same way
     unless a message id holds a character JSON escapes. Ranked only for the profiles over
     the cap (a bot's), so a shop's query pays one count per profile."""
-    kept = f"type = 'track' AND profile_id != '' AND {T} > {{now:Int64}} - {history_ms}"
+    kept = f"{HISTORY} AND profile_id != '' AND {T} > {{now:Int64}} - {history_ms}"
     over = f"SELECT profile_id FROM profile_events WHERE {kept} GROUP BY profile_id " \
            f"HAVING count() > {history_events}"  # fmt: skip
     ranked = (

@@ -23,6 +23,7 @@ def stored(
     traits: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
     message_id: str | None = None,
+    is_bot: bool = False,
 ) -> StoredEvent:
     """An event `at` seconds after BASE_MS."""
     return StoredEvent(
@@ -34,6 +35,7 @@ def stored(
         user_id=user_id,
         previous_id=previous_id,
         timestamp=BASE_MS + at * 1000,
+        is_bot=is_bot,
         properties=properties or {},
         traits=traits or {},
         context=context or {},

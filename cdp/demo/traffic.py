@@ -116,7 +116,8 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
         f"{report.merges:,}",
         f"{report.refused_merges:,} refused by a guard; {report.known_users:,} user ids",
     )
-    summary.add_row("bot events", f"{report.bot_events:,}", "flagged from the user agent")
+    summary.add_row("bot events", f"{report.bot_events:,}",
+                    "flagged from the user agent; not counted by audiences")  # fmt: skip
     summary.add_row("orders", f"{report.orders:,}", f"simulated {sent.orders:,}")
     summary.add_row("revenue", f"EUR {report.revenue:,.2f}", f"simulated EUR {sent.revenue:,.2f}")
     summary.add_row("elapsed", f"{elapsed:.1f} s", "")

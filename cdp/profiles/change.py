@@ -194,10 +194,14 @@ def change_of(event: StoredEvent) -> Change:
 
 
 def _for_audiences(change: Change, event: StoredEvent, name: str, warnings: list[str]) -> None:
-    """What the audience worker reads: the track event for the history, and what changed."""
-    change["evs"] = [name, *(["consent"] if "consent" in change else []),
+    """What the audience worker reads: the track event for the history, and what changed.
+    A bot's track event (its user agent says so: a crawler rendering the shop's pages runs
+    the snippet) is not kept for audiences: a crawler's page views would fill
+    `browse-abandonment`, one profile a page. The SQL path leaves them out alike."""
+    kept = event.type != "track" or not event.is_bot
+    change["evs"] = [*([name] if kept else []), *(["consent"] if "consent" in change else []),
                      *([TIME_ZONE] if "tz" in change else [])]  # fmt: skip
-    if event.type == "track":
+    if kept and event.type == "track":
         change["h"] = [[event.timestamp, history_member(event, warnings)]]
 
 

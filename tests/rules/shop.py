@@ -32,6 +32,11 @@ from tests.streams import append
 
 HOUR_MS = 3_600_000
 START = (1_790_000_000_000 // HOUR_MS) * HOUR_MS  # a fixed hour in 2026
+# Google's renderer, which runs a page's scripts (the snippet among them).
+CRAWLER = (
+    "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1; "
+    "+http://www.google.com/bot.html) Chrome/131.0.0.0 Safari/537.36"
+)
 
 
 class Shop:
@@ -84,10 +89,14 @@ class Shop:
         return definition
 
     def track(self, who: str, event: str, at: int | None = None, user: str = "",
-              time_zone: str | None = None, **properties: Any) -> dict[str, Any]:  # fmt: skip
+              time_zone: str | None = None, bot: bool = False,
+              **properties: Any) -> dict[str, Any]:  # fmt: skip
+        """A track event; `bot`: sent by a crawler that renders pages (its user agent)."""
+        context = {**({"timezone": time_zone} if time_zone else {}),
+                   **({"userAgent": CRAWLER} if bot else {})}  # fmt: skip
         return self.send({"type": "track", "event": event, "anonymousId": who,
                           **({"userId": user} if user else {}),
-                          **({"context": {"timezone": time_zone}} if time_zone else {}),
+                          **({"context": context} if context else {}),
                           "properties": properties}, at)  # fmt: skip
 
     def identify(self, who: str, user: str, at: int | None = None, **traits: Any) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def event_of(days_back: float) -> st.SearchStrategy[dict[str, Any]]:
         "revenue": st.sampled_from([10, 25.5]),
         "tz": st.sampled_from([None, "Europe/Berlin", "America/New_York", "Asia/Tokyo",
                                "Mars/Olympus"]),
+        "bot": st.sampled_from([False, False, False, True]),  # a crawler's: not counted
     })  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def send_all(shop: Shop, names: list[str], events: list[dict[str, Any]],
         if zone:
             told.add(e["before"])
         shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], time_zone=zone,
-                   **properties)  # fmt: skip
+                   bot=e.get("bot", False), **properties)  # fmt: skip
     for i in identifies:
         # Identifies a millisecond apart at least: traits set at the very same moment are
         # a tie that each path may break its own way.

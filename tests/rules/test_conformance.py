@@ -112,6 +112,14 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]
       ("cy", V, 0, {"time_zone": "Mars/Olympus"}),  # not a zone: not kept
       ("dee", V, 0, {}), ("eve", V, 0, {"time_zone": "Europe/Paris"})],
      [(0, {"ann", "bob", "cy"})]),
+    ("a crawler's events are not counted; its profile is judged like one with none",
+     {"or": [{"not_followed_by": {"event": V, "then": {"event": A}, "wait": "PT1H"}},
+             {"not": {"performed": {"event": ORDER, "within": "P1D", "times": 1}}}]},
+     [("ann", V, 2 * HOUR_MS, {}), ("ann", ORDER, HOUR_MS, {}),
+      ("bot", V, 2 * HOUR_MS, {"bot": True}), ("bot", ORDER, HOUR_MS, {"bot": True}),
+      ("cy", ORDER, HOUR_MS, {}), ("cy", V, 2 * HOUR_MS, {"bot": True}),  # a crawler's view
+      ("dee", ORDER, HOUR_MS, {}), ("dee", A, MIN, {"bot": True})],  # in another's name
+     [(0, {"ann", "bot"}), (days(1) - HOUR_MS, {"ann", "bot", "cy", "dee"})]),
     ("and, or, not together",
      {"and": [{"performed": {"event": V, "within": "P1D", "times": 1}},
               {"or": [{"not": {"performed": {"event": A, "within": "P1D", "times": 1}}},
