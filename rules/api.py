@@ -24,7 +24,7 @@ from cdp.storage import Warehouse, text
 from cdp.streams import wait_until_settled
 from rules.audiences import Audiences, Saved, problems_of
 from rules.conditions import holds, next_change, product_of, read
-from rules.definition import Definition, InvalidDefinition, Node, check_shape
+from rules.definition import Definition, InvalidDefinition, Node, check_shape, references
 from rules.evaluation import subject_of
 from rules.hints import checked
 from rules.keyspace import AudienceKeys, memberships
@@ -273,8 +273,11 @@ class AudiencesApi:
         return {**self.out(saved), "hints": self.hints(definition.root, int(time.time() * 1000))}
 
     def hints(self, root: Node, now: int) -> list[dict[str, str]]:
-        found, _ = self.audiences.read()
-        disabled = frozenset(i for i, saved in found.items() if not saved.definition.enabled)
+        disabled: frozenset[str] = frozenset()
+        if referenced := references(root):  # the definitions are read only for these
+            found, _ = self.audiences.read()
+            disabled = frozenset(i for i in referenced
+                                 if i in found and not found[i].definition.enabled)  # fmt: skip
         return checked(self.warehouse, root, self.audiences.history_days, now, disabled)
 
     def backfill(self, definition: Definition) -> int:
