@@ -247,11 +247,13 @@ class Printer:
         return f"({watched} > 0)"
 
     def time_zone(self, spec: TimeZone) -> str:
-        """The zone of the profile's latest event in event time that carried a known one (as
-        the profile keeps it: of every event, for ever)."""
+        """The zone of the profile's latest event in event time that carried a known one (of
+        two at the same moment, the greater name), as the profile keeps it: of every event,
+        for ever."""
         zone = f"{self.prop('timezone', 'context')}.:String"
         known = self.param(sorted(TIME_ZONES), "Array(String)")
-        latest = self.column(f"ifNull(argMaxIf({zone}, {T}, has({known}, ifNull({zone}, ''))), '')")
+        told = f"ifNull({zone}, '')"
+        latest = self.column(f"argMaxIf({told}, ({T}, {told}), has({known}, {told}))")
         zones = self.param(sorted(spec.zones), "Array(String)")
         regions = self.param(list(spec.regions), "Array(String)")
         return f"(has({zones}, {latest}) OR arrayExists(r -> startsWith({latest}, r), {regions}))"

@@ -265,8 +265,9 @@ local function move_meta(from, to, exists)
   end
   if not exists then redis.call('HSET', key(to), 'root', meta['root']) end
   if meta['tz'] then
-    local cur = tonumber(redis.call('HGET', key(to), 'tz_at'))
-    if not cur or tonumber(meta['tz_at']) >= cur then
+    local cur_tz, cur = unpack(redis.call('HMGET', key(to), 'tz', 'tz_at'))
+    local at, cur_at = tonumber(meta['tz_at']), tonumber(cur)
+    if not cur_at or at > cur_at or (at == cur_at and meta['tz'] > (cur_tz or '')) then
       redis.call('HSET', key(to), 'tz', meta['tz'], 'tz_at', meta['tz_at'])
     end
   end
@@ -543,7 +544,9 @@ local function apply_event(e)
   end
   if t > (tonumber(m[1]) or 0) then update('last_seen', t) end
   local tz_at, tz_t = tonumber(m[3]) or 0, e.tzt or t
-  if e.tz and (tz_t > tz_at or (tz_t == tz_at and e.tz ~= m[2])) then
+  -- The zone told last in event time; of two told at the same moment, the greater name (as
+  -- the SQL path picks: in any order of arrival, the same).
+  if e.tz and (tz_t > tz_at or (tz_t == tz_at and e.tz > (m[2] or ''))) then
     update('tz', e.tz)
     update('tz_at', tz_t)
   end

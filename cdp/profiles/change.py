@@ -321,7 +321,7 @@ def _join(group: Change, change: Change) -> None:
     counts = group["f"]
     for name in change["f"]:
         counts[name] = counts.get(name, 0) + 1
-    if "tz" in change and t >= group.get("tzt", -1):
+    if "tz" in change and (t, change["tz"]) > (group.get("tzt", -1), group.get("tz", "")):
         group["tz"], group["tzt"] = change["tz"], t
     for part in ("views", "h"):  # lists that add up
         if part in change:

@@ -137,16 +137,10 @@ identify = st.fixed_dictionaries({
 
 def send_all(shop: Shop, names: list[str], events: list[dict[str, Any]],
              identifies: list[dict[str, Any]]) -> None:  # fmt: skip
-    told: set[int] = set()
     for e in events:
         properties = {k: e[k] for k in ("category", "product_id", "price", "quantity", "revenue",
                                         "flag") if e[k] is not None}  # fmt: skip
-        # Time zones told at the very same moment (to one profile, or two that merge) are a
-        # tie each path may break its own way.
-        zone = e["tz"] if e["before"] not in told else None
-        if zone:
-            told.add(e["before"])
-        shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], time_zone=zone,
+        shop.track(names[e["who"]], e["event"], at=shop.now - e["before"], time_zone=e["tz"],
                    bot=e.get("bot", False), **properties)  # fmt: skip
     for i in identifies:
         # Identifies a millisecond apart at least: traits set at the very same moment are

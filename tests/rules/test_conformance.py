@@ -110,8 +110,16 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]
       ("bob", V, 2 * MIN, {"time_zone": "Asia/Tokyo"}),  # received later, happened before
       ("cy", V, MIN, {"time_zone": "America/New_York"}),  # in the region
       ("cy", V, 0, {"time_zone": "Mars/Olympus"}),  # not a zone: not kept
-      ("dee", V, 0, {}), ("eve", V, 0, {"time_zone": "Europe/Paris"})],
-     [(0, {"ann", "bob", "cy"})]),
+      ("dee", V, 0, {}), ("eve", V, 0, {"time_zone": "Europe/Paris"}),
+      # Two told at the same moment: the greater name, in either order of arrival (views are
+      # grouped before the profile script, adds each go alone).
+      ("fay", V, MIN, {"time_zone": "Europe/Berlin"}), ("fay", V, MIN, {"time_zone": "Asia/Tokyo"}),
+      ("gus", V, MIN, {"time_zone": "Asia/Tokyo"}), ("gus", V, MIN, {"time_zone": "Europe/Berlin"}),
+      ("hal", A, MIN, {"time_zone": "Europe/Berlin", "product_id": "p1"}),
+      ("hal", A, MIN, {"time_zone": "Asia/Tokyo", "product_id": "p1"}),
+      ("ida", A, MIN, {"time_zone": "Asia/Tokyo", "product_id": "p1"}),
+      ("ida", A, MIN, {"time_zone": "Europe/Berlin", "product_id": "p1"})],
+     [(0, {"ann", "bob", "cy", "fay", "gus", "hal", "ida"})]),
     ("a crawler's events are not counted; its profile is judged like one with none",
      {"or": [{"not_followed_by": {"event": V, "then": {"event": A}, "wait": "PT1H"}},
              {"not": {"performed": {"event": ORDER, "within": "P1D", "times": 1}}}]},

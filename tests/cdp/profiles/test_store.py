@@ -260,3 +260,30 @@ def test_an_events_properties_past_the_history_budget_are_not_kept_and_the_log_s
     profile = store.read(wide)
     assert profile is not None
     assert profile.log[0]["message"].startswith(f"properties from 'p{len(kept) - 1:03d}' on not")
+
+
+@pytest.mark.parametrize("phone_zone", ["Europe/Berlin", "Asia/Tokyo"])
+def test_two_time_zones_told_at_one_moment_give_one_answer_in_any_order(
+    store: ProfileStore, redis_client: redis.Redis, phone_zone: str
+) -> None:
+    """Two devices of one person tell different zones at the same millisecond: whichever
+    arrives first, whether the merge comes before or after, and whichever device's profile
+    survives it, the profile keeps the greater name (as the SQL path of audiences picks it),
+    not the one that happened to come last."""
+    laptop_zone = "Asia/Tokyo" if phone_zone == "Europe/Berlin" else "Europe/Berlin"
+    story = [
+        stored(event="Product Viewed", at=1, anonymous_id="phone",
+               context={"timezone": phone_zone}),
+        stored(event="Product Viewed", at=1, anonymous_id="laptop",
+               context={"timezone": laptop_zone}),
+        stored("identify", at=2, anonymous_id="laptop", user_id="u1"),
+        stored("identify", at=3, anonymous_id="phone", user_id="u1"),
+    ]  # fmt: skip
+    zones = set()
+    for order in itertools.permutations(story):
+        wipe(redis_client, store.prefix)
+        store.apply_events(order)
+        profile = store.read(profile_of(store, "u", "u1"))
+        assert profile is not None
+        zones.add(profile.timezone)
+    assert zones == {"Europe/Berlin"}
