@@ -42,6 +42,8 @@ from rules.definition import (
     NotFollowedBy,
     NotFollowedByNode,
     Or,
+    Orders,
+    OrdersNode,
     OutOfStock,
     OutOfStockNode,
     Performed,
@@ -91,6 +93,7 @@ class Subject:
     # kept for ever.
     kept_ms: int | None = None
     time_zone: str | None = None  # the profile's (IANA name), if an event told it
+    orders: int = 0  # every `Order Completed` it was sent, ever (the profile's count)
 
     _timelines: dict[Any, Timeline] = field(default_factory=dict, repr=False)
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
@@ -465,6 +468,7 @@ THRESHOLDS: dict[type, Callable[[Any], str]] = {
     OutOfStock: lambda spec: "a watched product out of stock",
     Bucket: lambda spec: f"< {spec.below}",
     TimeZone: lambda spec: "in " + ", ".join(spec.in_),
+    Orders: lambda spec: f"{spec.op} {spec.count}",
     MemberOf: lambda spec: f"member of {spec.audience}",
 }  # fmt: skip
 
@@ -507,6 +511,10 @@ def _time_zone(spec: TimeZone, s: Subject, now: int) -> Measure:
     return float(ok), True, ok, s.time_zone or "unknown", None
 
 
+def _orders(spec: Orders, s: Subject, now: int) -> Measure:
+    return s.orders, True, COMPARE[spec.op](s.orders, spec.count), s.orders, None
+
+
 def _bucket(spec: Bucket, s: Subject, now: int) -> Measure:
     b = bucket_of(s.profile_id, spec.salt)
     return b, True, b < spec.below, b, None
@@ -522,6 +530,7 @@ MEASURES: dict[type, Callable[[Any, Subject, int], Measure]] = {
     LastPerformedNode: last_performed, AggregateNode: aggregate, TraitNode: _trait,
     CartNode: _cart, ConsentNode: _consent, OutOfStockNode: _out_of_stock,
     BucketNode: _bucket, MemberOfNode: _member_of, TimeZoneNode: _time_zone,
+    OrdersNode: _orders,
 }  # fmt: skip
 
 

@@ -213,6 +213,14 @@ class Cart(Strict):
         return self.value if self.value is not None else self.units or 0
 
 
+class Orders(Strict):
+    """The orders the profile ever placed: every `Order Completed` it was sent, however long
+    ago (beyond the kept history: "never bought", "bought twice or more" over all time)."""
+
+    op: Compare = ">="
+    count: int = Field(ge=0, le=1_000_000_000)
+
+
 class Consent(Strict):
     """Consent for a channel and purpose is granted now."""
 
@@ -311,6 +319,10 @@ class CartNode(Strict):
     cart: Cart
 
 
+class OrdersNode(Strict):
+    orders: Orders
+
+
 class ConsentNode(Strict):
     consent: Consent
 
@@ -336,11 +348,11 @@ KINDS: dict[str, type[Strict]] = {
     "not_followed_by": NotFollowedByNode, "last_performed": LastPerformedNode,
     "aggregate": AggregateNode, "trait": TraitNode, "cart": CartNode, "consent": ConsentNode,
     "out_of_stock": OutOfStockNode, "bucket": BucketNode, "member_of": MemberOfNode,
-    "time_zone": TimeZoneNode,
+    "time_zone": TimeZoneNode, "orders": OrdersNode,
 }  # fmt: skip
 Leaf = (PerformedNode | NotFollowedByNode | LastPerformedNode | AggregateNode | TraitNode
         | CartNode | ConsentNode | OutOfStockNode | BucketNode | MemberOfNode
-        | TimeZoneNode)  # fmt: skip
+        | TimeZoneNode | OrdersNode)  # fmt: skip
 
 
 _KIND_OF: dict[type, str] = {model: kind for kind, model in KINDS.items()}
@@ -364,7 +376,8 @@ Node = Annotated[
     | Annotated[AggregateNode, Tag("aggregate")] | Annotated[TraitNode, Tag("trait")]
     | Annotated[CartNode, Tag("cart")] | Annotated[ConsentNode, Tag("consent")]
     | Annotated[OutOfStockNode, Tag("out_of_stock")] | Annotated[BucketNode, Tag("bucket")]
-    | Annotated[MemberOfNode, Tag("member_of")] | Annotated[TimeZoneNode, Tag("time_zone")],
+    | Annotated[MemberOfNode, Tag("member_of")] | Annotated[TimeZoneNode, Tag("time_zone")]
+    | Annotated[OrdersNode, Tag("orders")],
     Discriminator(
         _kind,
         custom_error_type="node",

@@ -45,6 +45,7 @@ from rules.definition import (
     Not,
     NotFollowedByNode,
     Or,
+    OrdersNode,
     PerformedNode,
     leaves,
     spec_of,
@@ -84,6 +85,7 @@ COMPARISONS: dict[type, Any] = {
     LastPerformedNode: lambda spec: (">=", spec.ago),  # `<` is a range: below
     CartNode: lambda spec: (spec.op, spec.threshold),
     BucketNode: lambda spec: ("<", spec.below),
+    OrdersNode: lambda spec: (spec.op, spec.count),
 }
 
 

@@ -17,10 +17,19 @@ from cdp.profiles.change import TIME_ZONE
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
 from rules.changes import AudienceChange, Cause
-from rules.conditions import Happened, Reading, Subject, events_read, next_change, read
+from rules.conditions import (
+    ORDER_COMPLETED,
+    Happened,
+    Reading,
+    Subject,
+    events_read,
+    next_change,
+    read,
+)
 from rules.definition import (
     ConsentNode,
     Definition,
+    OrdersNode,
     OutOfStockNode,
     TimeZoneNode,
     TraitNode,
@@ -122,7 +131,8 @@ class Outcome:
 
 def inputs_of(definition: Definition) -> frozenset[str]:
     """What changes can change the audience with no time passing: the events it names,
-    `identify` for traits, `consent`, `stock` for the catalog, `time_zone` for the profile's.
+    `identify` for traits, `consent`, `stock` for the catalog, `time_zone` for the profile's,
+    `Order Completed` for its orders.
     Membership of another audience is followed through the layers; a bucket never changes."""
     found: set[str] = set()
     for _, leaf in leaves(definition.root):
@@ -135,6 +145,8 @@ def inputs_of(definition: Definition) -> frozenset[str]:
             found.add("stock")
         elif isinstance(leaf, TimeZoneNode):
             found.add(TIME_ZONE)
+        elif isinstance(leaf, OrdersNode):
+            found.add(ORDER_COMPLETED)
     return frozenset(found)
 
 
@@ -240,4 +252,4 @@ def subject_from(
     ]
     return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
                    None if history_days is None else history_days * DAY_MS,
-                   time_zone=inputs.time_zone)  # fmt: skip
+                   time_zone=inputs.time_zone, orders=inputs.orders)  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 
 from cdp.storage import Warehouse
 from rules.audiences import DAY_MS
-from rules.conditions import CART_EVENTS, PRODUCT_ADDED
+from rules.conditions import CART_EVENTS, ORDER_COMPLETED, PRODUCT_ADDED
 from rules.definition import (
     NUMERIC,
     Aggregate,
@@ -26,6 +26,7 @@ from rules.definition import (
     MemberOfNode,
     Node,
     NotFollowedBy,
+    OrdersNode,
     OutOfStock,
     Performed,
     TimeZoneNode,
@@ -35,7 +36,7 @@ from rules.definition import (
     leaves,
     spec_of,
 )
-from rules.sql import HISTORY
+from rules.sql import TRACK
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ BOOL_TYPES = frozenset({"Bool"})
 HEARD = f"""
 SELECT event, distinctJSONPathsAndTypes(properties)
 FROM events
-WHERE {HISTORY} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+WHERE {TRACK} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
   AND event IN {{names:Array(String)}}
 GROUP BY event
 """
@@ -78,7 +79,7 @@ FROM (SELECT properties.`{property}`.:String AS v FROM events
 """
 NAMES = f"""
 SELECT DISTINCT event FROM events
-WHERE {HISTORY} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+WHERE {TRACK} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
 """
 
 
@@ -128,7 +129,7 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
             properties[event] = top_level(paths)
-    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop, history=HISTORY),
+    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop, history=TRACK),
                                    {"asked": sorted(asked), "since": since, "event": event})
               for (event, prop), asked in sorted(_asked(root, names).items())}  # fmt: skip
     traits: dict[str, frozenset[str]] = {}
@@ -217,6 +218,10 @@ def hints(root: Node, found: Heard, disabled: frozenset[str] = frozenset()) -> l
             out.append((f"{path}.cart", f"no `{PRODUCT_ADDED}` event within the kept "
                         f"{found.days} days: the cart counts none (the e-commerce spec's names "
                         f"are read: {', '.join(sorted(CART_EVENTS))})"))  # fmt: skip
+        elif isinstance(leaf, OrdersNode) and ORDER_COMPLETED not in found.names:
+            out.append((f"{path}.orders", f"no `{ORDER_COMPLETED}` event within the kept "
+                        f"{found.days} days: orders are counted from it (the e-commerce "
+                        "spec's name)"))  # fmt: skip
         elif isinstance(leaf, CartNode) and leaf.cart.by_value:
             prices = _property(PRODUCT_ADDED, "price", found.properties.get(PRODUCT_ADDED, {}),
                                NUMBER_TYPES)  # fmt: skip

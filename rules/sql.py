@@ -31,6 +31,7 @@ from rules.definition import (
     Not,
     NotFollowedBy,
     Or,
+    Orders,
     OutOfStock,
     OutOfStockNode,
     Performed,
@@ -43,9 +44,11 @@ from rules.definition import (
 )
 
 T = "toUnixTimestamp64Milli(timestamp)"
-# The events a profile's history keeps for audiences: track events, not a bot's
-# (`cdp/profiles/change.py`).
-HISTORY = "type = 'track' AND NOT is_bot"
+# A person's track events: not a bot's (`cdp/profiles/change.py`).
+TRACK = "type = 'track' AND NOT is_bot"
+# Those the profile's history keeps for audiences: of a profile over the cap, the newest
+# (`cut_offs`, joined as `cut`).
+HISTORY = f"{TRACK} AND (cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id))"
 RECEIVED = "toUnixTimestamp64Milli(received_at)"
 NUMERIC_TYPES = "('Int64', 'UInt64', 'Float64')"
 SCALAR_TYPES = "('String', 'Bool', 'Int64', 'UInt64', 'Float64')"
@@ -258,6 +261,14 @@ class Printer:
         regions = self.param(list(spec.regions), "Array(String)")
         return f"(has({zones}, {latest}) OR arrayExists(r -> startsWith({latest}, r), {regions}))"
 
+    def orders(self, spec: Orders) -> str:
+        """Every order received by now, however old (the profile's count: not only the kept
+        history's)."""
+        count = self.column(
+            f"countIf({TRACK} AND event = 'Order Completed' AND {RECEIVED} <= {{now:Int64}})"
+        )
+        return f"({count} {spec.op} {spec.count})"
+
     def bucket(self, spec: Bucket) -> str:
         salt = self.param(spec.salt + ":", "String")
         hashed = f"SHA256(concat({salt}, profile_id))"
@@ -324,8 +335,6 @@ def members_query(
         f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
         f"LEFT JOIN ({cut_offs(history_ms, history_events)}) AS cut ON cut.capped = profile_id "
         f"WHERE profile_id != '' AND ({T} <= {{now:Int64}} OR {RECEIVED} <= {{now:Int64}}) "
-        "AND (type != 'track' "
-        "OR cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id)) "
         f"GROUP BY profile_id) WHERE {condition}"
     )
     return Query(sql, {**printer.parameters, "now": now}, dict(printer.needs))
@@ -338,7 +347,7 @@ def cut_offs(history_ms: int, history_events: int) -> str:
     text (which begins with the message id): ties at the same millisecond fall the same way
     unless a message id holds a character JSON escapes. Ranked only for the profiles over
     the cap (a bot's), so a shop's query pays one count per profile."""
-    kept = f"{HISTORY} AND profile_id != '' AND {T} > {{now:Int64}} - {history_ms}"
+    kept = f"{TRACK} AND profile_id != '' AND {T} > {{now:Int64}} - {history_ms}"
     over = f"SELECT profile_id FROM profile_events WHERE {kept} GROUP BY profile_id " \
            f"HAVING count() > {history_events}"  # fmt: skip
     ranked = (

@@ -184,7 +184,7 @@ def change_of(event: StoredEvent) -> Change:
     time_zone = event.context.get("timezone")
     if time_zone and isinstance(time_zone, str) and time_zone in TIME_ZONES:
         change["tz"] = time_zone
-    if name in SHOPPING:
+    if name in SHOPPING and not event.is_bot:  # a crawler's views, cart and orders are none
         _shopping(change, name, product, event, warnings)
     _consent(change, name, traits, properties, warnings)
     _for_audiences(change, event, name, warnings)

@@ -65,6 +65,7 @@ class AudienceInputs:
     traits: dict[str, Any]
     granted: set[tuple[str, str]]  # (channel, purpose)
     time_zone: str | None = None  # the profile's (IANA), if an event told it
+    orders: int = 0  # its `Order Completed` events, ever
 
 
 class ProfileReader:
@@ -248,7 +249,7 @@ local function audience_inputs(profile, history, traits, consent, since)
   end
   return {1, redis.call('ZRANGE', history, '(' .. since, '+inf', 'BYSCORE', 'WITHSCORES'),
           redis.call('HGETALL', traits), redis.call('HGETALL', consent),
-          redis.call('HGET', profile, 'tz')}
+          redis.call('HMGET', profile, 'tz', 'orders')}
 end
 """
 READ_INPUTS = INPUTS_LUA + "return audience_inputs(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])"
@@ -258,7 +259,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
     """The inputs from `audience_inputs`' reply (None: no such profile)."""
     if not reply[0]:
         return None
-    _, history, traits, consent, time_zone = reply
+    _, history, traits, consent, (time_zone, orders) = reply
     return AudienceInputs(
         history=[
             (int(history[i + 1]), *orjson.loads(history[i])) for i in range(0, len(history), 2)
@@ -270,6 +271,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
             if consent[i + 1] == b"granted"
         },  # fmt: skip
         time_zone=text(time_zone) if time_zone else None,
+        orders=int(orders or 0),
     )
 
 

@@ -48,6 +48,8 @@ others = st.sampled_from([
     {"out_of_stock": {"within": "P1D"}},
     {"time_zone": {"in": ["Europe/Berlin"]}},
     {"time_zone": {"in": ["America/", "Asia/Tokyo"]}},
+    {"orders": {"count": 1}},
+    {"orders": {"op": "==", "count": 2}},
 ])  # fmt: skip
 
 
@@ -266,8 +268,13 @@ def test_a_profile_past_the_history_cap_is_judged_alike(
                                                  "times": 100}})  # fmt: skip
         shop.define("viewed-80", {"performed": {"event": "Product Viewed", "within": "P7D",
                                                 "times": 80}})  # fmt: skip
+        shop.define("three-orders", {"orders": {"count": 3}})
+        shop.define("ordered-in-history", {"performed": {"event": "Order Completed",
+                                                         "within": "P7D", "times": 1}})  # fmt: skip
         bot = f"{namespace}-bot"
         tied = shop.now - days(1)
+        for i in range(3):  # the oldest of all: gone from the history, yet orders placed
+            shop.track(bot, "Order Completed", at=tied - days(2) + i)
         for i in range(20):  # the oldest, gone from the history whatever the order
             shop.track(bot, "Signed Up", at=tied - days(1) + i)
         for _ in range(20):  # 40 at one millisecond, of which 30 stay
@@ -284,11 +291,14 @@ def test_a_profile_past_the_history_cap_is_judged_alike(
         assert inputs is not None and len(inputs.history) == 100
         kept = sum(event == "Signed Up" for _, _, event, _ in inputs.history)
         assert 0 < kept < 20
-        for audience in [*thresholds, "viewed-100", "viewed-80"]:
+        for audience in [*thresholds, "viewed-100", "viewed-80", "three-orders",
+                         "ordered-in-history"]:  # fmt: skip
             assert shop.members(audience) == shop.sql_members(audience), audience
         assert shop.members("signed-up-1") == {profile}
         assert shop.members("viewed-100") == set()  # 90 kept of the 110 sent
         assert shop.members("viewed-80") == {profile}
+        assert shop.members("three-orders") == {profile}
+        assert shop.members("ordered-in-history") == set()
 
 
 @examples(25)

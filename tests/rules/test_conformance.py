@@ -128,6 +128,11 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, str, int, dict[str, Any]]
       ("cy", ORDER, HOUR_MS, {}), ("cy", V, 2 * HOUR_MS, {"bot": True}),  # a crawler's view
       ("dee", ORDER, HOUR_MS, {}), ("dee", A, MIN, {"bot": True})],  # in another's name
      [(0, {"ann", "bot"}), (days(1) - HOUR_MS, {"ann", "bot", "cy", "dee"})]),
+    ("orders placed, ever; a crawler's are none",
+     {"orders": {"op": ">=", "count": 2}},
+     [("ann", ORDER, days(3), {}), ("ann", ORDER, -HOUR_MS, {}),  # one dated ahead counts too
+      ("bob", ORDER, 0, {}), ("bob", ORDER, 0, {"bot": True}), ("cy", V, 0, {})],
+     [(0, {"ann"}), (days(30), {"ann"})]),
     ("and, or, not together",
      {"and": [{"performed": {"event": V, "within": "P1D", "times": 1}},
               {"or": [{"not": {"performed": {"event": A, "within": "P1D", "times": 1}}},

@@ -73,3 +73,10 @@ def test_a_cart_shows_and_stores_only_the_measure_given() -> None:
     shown = definition.model_dump(mode="json", by_alias=True, exclude_defaults=False)
     assert shown["root"] == root
     assert Definition.model_validate(shown) == definition
+
+
+def test_orders_count_from_at_least_and_refuse_a_count_below_zero() -> None:
+    assert parse_node({"orders": {"count": 2}}).orders.op == ">="  # type: ignore[union-attr]
+    with pytest.raises(InvalidDefinition) as raised:
+        parse_node({"and": [{"orders": {"op": "<", "count": -1}}]})
+    assert [p.split(":")[0] for p in raised.value.problems] == ["root.and[0].orders.count"]

@@ -20,6 +20,7 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
         {"last_performed": {"event": "Signed Up", "ago": "P7D"}},
         {"performed": {"event": "ORDER COMPLETED", "within": "P1D", "times": 1}},
         {"cart": {"units": 1}},
+        {"orders": {"count": 1}},
     ]}}).root  # fmt: skip
     heard = Heard(30, frozenset({"Product Added", "Order Completed", "Product Viewed"}), {})
     assert hints(root, heard) == [
@@ -40,6 +41,11 @@ def test_every_event_a_condition_names_is_looked_at_and_only_those_never_receive
         "hint": "no `Product Added` event within the kept 30 days: the cart counts none (the "
                 "e-commerce spec's names are read: Order Completed, Product Added, Product "
                 "Removed)"}  # fmt: skip
+    without_orders = Heard(30, frozenset({"Product Added", "Purchased"}), {})
+    assert hints(root, without_orders)[-1] == {
+        "path": "root.or[5].orders",
+        "hint": "no `Order Completed` event within the kept 30 days: orders are counted from it "
+                "(the e-commerce spec's name)"}  # fmt: skip
 
 
 def test_a_property_with_paths_below_it_is_an_object_and_a_same_groups_only_text() -> None:

@@ -39,6 +39,19 @@ def test_cart_events_and_orders() -> None:
     )  # cents, rounded half to even like Python
 
 
+def test_a_bots_track_events_are_counted_but_feed_no_cart_order_view_or_audience() -> None:
+    for event, properties in (("Product Viewed", {"product_id": "p1"}),
+                              ("Product Added", {"product_id": "p1"}),
+                              ("Order Completed", {"total": 10})):  # fmt: skip
+        person = change(event=event, anonymous_id="a", properties=properties)
+        bot = change(event=event, anonymous_id="a", properties=properties, is_bot=True,
+                     context={"timezone": "Europe/Rome"})  # fmt: skip
+        assert person.keys() & {"views", "cart", "order"} and "h" in person
+        assert not bot.keys() & {"views", "cart", "order", "h"}
+        assert bot["f"] == person["f"]  # what happened is still counted by day
+        assert bot["evs"] == ["time_zone"] and bot["tz"] == "Europe/Rome"
+
+
 def test_identify_traits_consent_and_warnings() -> None:
     identify = change(kind="identify", user_id="u", anonymous_id="a",
                       traits={"email": "x@y.io", "plan": {"b": 1, "a": 2}, "gone": None,
