@@ -194,6 +194,19 @@ class Runtime:
             ),
         }  # fmt: skip
 
+    def adopt_shipped(self, audiences: AudiencesApi) -> None:
+        """Predefined audiences this version or its settings changed are decided anew, in a
+        thread of their own (on a big shop their SQL takes seconds; the server answers
+        meanwhile)."""
+
+        def adopt() -> None:
+            try:
+                audiences.adopt_shipped()
+            except Exception:
+                log.exception("predefined audiences: the changed ones were not decided anew")
+
+        threading.Thread(target=adopt, name="adopt-shipped-audiences", daemon=True).start()
+
     def memberships(self, profile_id: str) -> list[str]:
         return sorted(memberships(self.redis.hgetall(self.audiences.keys.of(profile_id))))
 
@@ -277,6 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async_redis = connect_async_redis(runtime.redis_url)
         app.state.runtime = runtime
         app.state.services = runtime.services()
+        runtime.adopt_shipped(app.state.services[AudiencesApi])
         app.state.tracking = Tracking(
             write_keys=runtime.credentials.write_keys,
             stream=EventStream(

@@ -280,10 +280,11 @@ class AudiencesApi:
                                  if i in found and not found[i].definition.enabled)  # fmt: skip
         return checked(self.warehouse, root, self.audiences.history_days, now, disabled)
 
-    def backfill(self, definition: Definition) -> int:
+    def backfill(self, definition: Definition, settle: bool = True) -> int:
         """Have the real-time path decide everyone the definition may hold for, now or later
-        with no new event, and everyone in the audience now, at `backfill_rate` a second."""
-        if self.stored_streams and wait_until_settled(
+        with no new event, and everyone in the audience now, at `backfill_rate` a second
+        (`settle`: first wait until what the tracking API took is in ClickHouse)."""
+        if settle and self.stored_streams and wait_until_settled(
             self.redis, self.stored_streams, self.settle_seconds
         ) is None:  # fmt: skip
             log.warning("backfill of %s: events not stored in ClickHouse after %ss; a profile "
@@ -297,6 +298,18 @@ class AudiencesApi:
         self.redis.hset(self.keys.backfills, definition.id, orjson.dumps(
             {"at": now, "until": until, "candidates": len(asked)}))  # fmt: skip
         return schedule(self.redis, self.keys, asked, now, self.backfill_rate)
+
+    def adopt_shipped(self) -> list[str]:
+        """The predefined audiences a new version or setting changed, backfilled as a save
+        would (`Audiences.adopt_shipped`): at start, before the shop's traffic needs them."""
+        changed = self.audiences.adopt_shipped()
+        for definition in changed:
+            log.info("predefined audience %s changed with this version or its settings: "
+                     "deciding its members anew", definition.id)  # fmt: skip
+            # No wait for the events on their way: the generation moved on, so each profile
+            # they change is decided in full when they come.
+            self.backfill(definition, settle=False)
+        return [d.id for d in changed]
 
     def delete(self, audience_id: str) -> None:
         self.audiences.delete(audience_id)

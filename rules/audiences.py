@@ -22,7 +22,15 @@ from pydantic import ValidationError
 
 from cdp.errors import Conflict, NotFound, Unprocessable
 from cdp.storage import text
-from rules.definition import Definition, InvalidDefinition, Node, path_of, references, windows
+from rules.definition import (
+    Definition,
+    InvalidDefinition,
+    Node,
+    dump,
+    path_of,
+    references,
+    windows,
+)
 from rules.engine import MAX_CONNECTIVES, MAX_TERMS, complexity, connectives
 from rules.keyspace import AudienceKeys
 from rules.predefined import predefined
@@ -130,6 +138,27 @@ def layers(definitions: list[Definition]) -> list[list[Definition]]:
     return out
 
 
+# The shipped definitions in effect (those the shop did not change) against the trees last
+# in effect (KEYS[2]): each that differs (a new version's, or `CDP_VIP_REVENUE` changed) is
+# recorded and the definitions' generation (KEYS[3]) moves on, as for a PUT. KEYS[1]: the
+# stored definitions. ARGV: id, tree JSON, ... Returns the ids that changed. One script: of
+# servers starting together, one finds each change.
+ADOPT = """
+local changed = {}
+for i = 1, #ARGV, 2 do
+  local id, tree = ARGV[i], ARGV[i + 1]
+  if redis.call('HEXISTS', KEYS[1], id) == 0 and redis.call('HGET', KEYS[2], id) ~= tree then
+    redis.call('HSET', KEYS[2], id, tree)
+    changed[#changed + 1] = id
+  end
+end
+if #changed > 0 then
+  redis.call('INCR', KEYS[3])
+end
+return changed
+"""
+
+
 class Audiences:
     """The saved definitions under one key prefix."""
 
@@ -138,6 +167,18 @@ class Audiences:
         self.keys = AudienceKeys(prefix)
         self.history_days = history_days
         self.shipped = {d.id: d for d in predefined(vip_revenue)}
+
+    def adopt_shipped(self) -> list[Definition]:
+        """The predefined audiences whose shipped definition changed since it was last in
+        effect (a shop's own version of one is not shipped's), now in effect: the worker
+        decides every profile anew at its next look, and the caller backfills them (or their
+        members would stay as the definition before had them)."""
+        args: list[str | bytes] = []
+        for id_, definition in sorted(self.shipped.items()):
+            args += [id_, orjson.dumps(dump(definition.root), option=orjson.OPT_SORT_KEYS)]
+        keys = [self.keys.definitions, self.keys.shipped, self.keys.generation]
+        changed = self.client.eval(ADOPT, len(keys), *keys, *args)
+        return [self.shipped[text(id_)] for id_ in changed]
 
     def all(self) -> list[Saved]:
         """Every audience whose definition is valid (see `invalid` for the others)."""

@@ -5,10 +5,12 @@ Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences
 member since, epoch ms; `~generation`, `~next`, `~last`, `~v`, `~seen`, `~later`,
 `~failures`, below), `audience:<id>:members` (a sorted set: profile → since),
 `audiences:due` (a sorted set: profile → the next moment its memberships may change with
-no event), `audiences:backfills` (a hash: audience → JSON {at, until, candidates} of its last
-backfill, until the profiles due by its end are evaluated), `audiences:watchers:<product>` (a
-sorted set: profiles that viewed or wishlisted the product → when), and the stream
-`stream:audience_changes` (`rules/changes.py`)."""
+no event), `audiences:shipped` (a hash: predefined audience → the tree of its shipped
+definition last in effect, `Audiences.adopt_shipped`), `audiences:backfills` (a hash:
+audience → JSON {at, until, candidates} of its last backfill, until the profiles due by its
+end are evaluated), `audiences:watchers:<product>` (a sorted set: profiles that viewed or
+wishlisted the product → when), and the stream `stream:audience_changes`
+(`rules/changes.py`)."""
 
 from __future__ import annotations
 
@@ -74,6 +76,10 @@ class AudienceKeys:
     @property
     def due(self) -> str:
         return f"{self.prefix}:audiences:due"
+
+    @property
+    def shipped(self) -> str:
+        return f"{self.prefix}:audiences:shipped"
 
     @property
     def backfills(self) -> str:

@@ -37,8 +37,9 @@ def predefined(vip_revenue: float) -> list[Definition]:
          {"aggregate": {"event": ORDERED, "property": "revenue", "fn": "sum", "within": "P90D",
                         "op": ">=", "value": vip_revenue}}),
         ("lapsed-customers", "Lapsed customers",
-         "Ordered before, but not within the last 90 days.",
-         {"last_performed": {"event": ORDERED, "op": ">=", "ago": "P90D"}}),
+         "Ordered before (ever), but not within the last 90 days.",
+         {"and": [{"orders": {"count": 1}},
+                  {"not": {"performed": {"event": ORDERED, "within": "P90D", "times": 1}}}]}),
     ]  # fmt: skip
     return [
         Definition.model_validate({"id": id_, "name": name, "description": text, "root": root})

@@ -43,7 +43,20 @@ def shop(live_server: LiveServer) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    """Headless Chromium as it is: its user agent says `HeadlessChrome`, a bot's (stored and
+    counted, but no shopper: no profile cart, no audience)."""
     context = browser.new_context()
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def shopper(browser: Browser) -> Iterator[Page]:
+    """The same browser with the user agent of a shopper's Chrome."""
+    agent = (f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+             f"Chrome/{browser.version} Safari/537.36")  # fmt: skip
+    context = browser.new_context(user_agent=agent)
     opened = context.new_page()
     yield opened
     context.close()
@@ -183,8 +196,9 @@ def test_consent_given_in_the_banner_is_on_the_profile(
 
 
 def test_two_people_on_one_computer_with_reset_are_two_profiles(
-    page: Page, shop: str, live_server: LiveServer
+    shopper: Page, shop: str, live_server: LiveServer
 ) -> None:
+    page = shopper
     loaded(page, f"{shop}/p/sku-1")
     page.evaluate("cdp.track('Product Added', {product_id: 'sku-1'})")
     page.evaluate("cdp.identify('ann', {email: 'ann@example.com'})")
@@ -202,3 +216,13 @@ def test_two_people_on_one_computer_with_reset_are_two_profiles(
     assert {i["value"] for i in bob["identities"]} == {second_cookie, "bob", "bob@example.com"}
     assert [item["product_id"] for item in ann["features"]["cart"]] == ["sku-1"]
     assert [item["product_id"] for item in bob["features"]["cart"]] == ["sku-2"]
+
+
+def test_a_headless_browser_is_a_bot_whose_cart_no_profile_keeps(
+    page: Page, shop: str, live_server: LiveServer
+) -> None:
+    loaded(page, f"{shop}/p/sku-1")
+    page.evaluate("cdp.track('Product Added', {product_id: 'sku-1'})")
+    anonymous = page.evaluate("cdp.anonymousId()")
+    crawler = profile(live_server, lambda p: p["features"]["events"] == 2, anonymous_id=anonymous)
+    assert crawler["features"]["cart"] == []

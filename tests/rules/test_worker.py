@@ -14,6 +14,7 @@ from cdp import deadletters
 from cdp.catalog import Product
 from cdp.settings import Settings
 from cdp.storage import Warehouse
+from rules.audiences import Audiences
 from rules.definition import Definition
 from rules.evaluation import Plan
 from rules.keyspace import FAILURES, VERSION
@@ -730,3 +731,54 @@ def test_a_big_backfill_holds_back_no_time_based_transition(
         shop.advance(1_400)
         shown = api.out(shop.audiences.get("twice"))
         assert shown["size"] == 5 and shown["computing"] is None
+
+
+def test_a_predefined_audience_a_setting_changed_is_decided_anew_at_start(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """`CDP_VIP_REVENUE` raised from 100 to 200 and the server started again: `vip` holds
+    only who reaches 200 at once, with no event (the members before were kept otherwise, and
+    the audit disagreed), and a second server starting finds nothing left to do."""
+    from rules.api import AudiencesApi
+
+    with Shop(settings.model_copy(update={"vip_revenue": 100}), redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000)  # the API decides at the wall clock's moment
+        shop.track("ann", "Order Completed", revenue=150)
+        shop.track("bob", "Order Completed", revenue=250)
+        shop.settle()
+        ann, bob = shop.profile_of("ann"), shop.profile_of("bob")
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        assert set(api.adopt_shipped()) == set(shop.audiences.shipped)  # none recorded yet
+        assert api.adopt_shipped() == []
+        shop.now = int(time.time() * 1000) + 1000
+        shop.advance(0)
+        assert shop.members("vip") == {ann, bob}
+
+        shop.audiences = Audiences(redis_client, settings.redis_prefix, settings.history_days,
+                                   vip_revenue=200)  # fmt: skip
+        shop.worker = shop.audience_worker()
+        restarted = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse,
+                                 shop.sources)  # fmt: skip
+        assert restarted.adopt_shipped() == ["vip"]
+        assert restarted.adopt_shipped() == []
+        shop.now = int(time.time() * 1000) + 1000
+        shop.advance(0)
+        assert shop.members("vip") == {bob} == shop.sql_members("vip")
+        [left] = [c for c in shop.changes() if c["audience"] == "vip" and c["change"] == "exit"]
+        assert left["profile"] == ann
+
+
+def test_a_predefined_audience_the_shop_changed_stays_the_shops_whatever_a_setting_says(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    from rules.api import AudiencesApi
+
+    with Shop(settings.model_copy(update={"vip_revenue": 100}), redis_client, warehouse) as shop:
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        assert "vip" in api.adopt_shipped()
+        own = shop.audiences.shipped["vip"].model_copy(update={"name": "Our VIPs"})
+        api.save(own, create=False)
+        restarted = Audiences(redis_client, settings.redis_prefix, settings.history_days,
+                              vip_revenue=200)  # fmt: skip
+        assert restarted.adopt_shipped() == []
+        assert restarted.get("vip").definition == own
