@@ -1,11 +1,11 @@
 """What the warehouse says of a definition before it runs: an event it names that the kept
 history never received, a property no such event carries, a text value none of them had, a
 trait no profile was given, a value of a type the property or trait never has there, a cart
-with no `Product Added` (or no numeric price), a time zone no event told; and a membership
-of a disabled audience. Each keeps an audience empty, or a condition false, for ever, and
-none is an error (the events may not have come yet: a new shop, a new page), so they are
-hints beside a definition that is saved or previewed, each naming its path and, where one
-is close, what was likely meant."""
+with no `Product Added` (or no numeric price), orders with no `Order Completed`, a time zone
+no event told; and a membership of a disabled audience. Each keeps an audience empty, or a
+condition false, for ever, and none is an error (the events may not have come yet: a new
+shop, a new page), so they are hints beside a definition that is saved or previewed, each
+naming its path and, where one is close, what was likely meant."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ SELECT 1 FROM events WHERE ifNull(context.timezone.:String, '') != '' LIMIT 1
 VALUES = """
 SELECT groupUniqArrayIf(v, has({{asked:Array(String)}}, v)), topK(200)(v)
 FROM (SELECT properties.`{property}`.:String AS v FROM events
-      WHERE {history} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
+      WHERE {track} AND timestamp > fromUnixTimestamp64Milli({{since:Int64}})
         AND event = {{event:String}} AND v IS NOT NULL)
 """
 NAMES = f"""
@@ -129,7 +129,7 @@ def heard(warehouse: Warehouse, root: Node, history_days: int, now: int) -> Hear
     if named:
         for event, paths in warehouse.query_rows(HEARD, {"since": since, "names": named}):
             properties[event] = top_level(paths)
-    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop, history=TRACK),
+    values = {(event, prop): _seen(warehouse, VALUES.format(property=prop, track=TRACK),
                                    {"asked": sorted(asked), "since": since, "event": event})
               for (event, prop), asked in sorted(_asked(root, names).items())}  # fmt: skip
     traits: dict[str, frozenset[str]] = {}
