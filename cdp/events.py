@@ -94,6 +94,12 @@ class StoredEvent:
     traits: dict[str, Any]
     context: dict[str, Any]
 
+    @property
+    def crawled(self) -> bool:
+        """A bot's track event (a crawler rendering the shop's pages runs the snippet): stored
+        and counted, but no shopper's doing (no views, cart, orders or audience history)."""
+        return self.is_bot and self.type == "track"
+
     @classmethod
     def of(cls, columns: dict[str, Any], properties: Any, traits: Any, context: Any) -> StoredEvent:
         return cls(

@@ -184,7 +184,7 @@ def change_of(event: StoredEvent) -> Change:
     time_zone = event.context.get("timezone")
     if time_zone and isinstance(time_zone, str) and time_zone in TIME_ZONES:
         change["tz"] = time_zone
-    if name in SHOPPING and not event.is_bot:  # a crawler's views, cart and orders are none
+    if name in SHOPPING and not event.crawled:
         _shopping(change, name, product, event, warnings)
     _consent(change, name, traits, properties, warnings)
     _for_audiences(change, event, name, warnings)
@@ -195,10 +195,9 @@ def change_of(event: StoredEvent) -> Change:
 
 def _for_audiences(change: Change, event: StoredEvent, name: str, warnings: list[str]) -> None:
     """What the audience worker reads: the track event for the history, and what changed.
-    A bot's track event (its user agent says so: a crawler rendering the shop's pages runs
-    the snippet) is not kept for audiences: a crawler's page views would fill
+    A bot's track event is not kept for audiences: a crawler's page views would fill
     `browse-abandonment`, one profile a page. The SQL path leaves them out alike."""
-    kept = event.type != "track" or not event.is_bot
+    kept = not event.crawled
     change["evs"] = [*([name] if kept else []), *(["consent"] if "consent" in change else []),
                      *([TIME_ZONE] if "tz" in change else [])]  # fmt: skip
     if kept and event.type == "track":
