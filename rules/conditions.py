@@ -99,6 +99,15 @@ class Subject:
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
         default_factory=dict, repr=False
     )
+    _carts: dict[int, tuple[int, float, int | None]] = field(default_factory=dict, repr=False)
+
+    def cart(self, now: int) -> tuple[int, float, int | None]:
+        """`cart_of` the history at `now` (made once per subject and moment)."""
+        found = self._carts.get(now)
+        if found is None:
+            events = [h for h in self.history if h.event in CART_EVENTS]  # what it reads
+            found = self._carts[now] = cart_of(events, now)
+        return found
 
     @cached_property
     def by_event(self) -> dict[str, list[Happened]]:
@@ -347,13 +356,7 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
     later = [h for h in timeline.events[end:]
              if number(h.properties.get(spec.property)) is not None]  # fmt: skip
     values = [number(h.properties[spec.property]) or 0.0 for h in inside]
-    present = bool(values) or spec.fn in ("sum", "count")
-    result = {
-        "sum": lambda: total(values), "count": lambda: float(len(values)),
-        "avg": lambda: total(values) / len(values), "min": lambda: min(values),
-        "max": lambda: max(values),
-    }[spec.fn]() if present else 0.0  # fmt: skip
-    value = clamp(round(result, 6))
+    value, present = summary(spec.fn, values)
     holds = present and COMPARE[spec.op](value, spec.value)
     return (
         value,
@@ -362,6 +365,18 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
         value if present else None,
         _soonest(_leaves_window(inside, spec.within), _arrivals(later, now)),
     )
+
+
+def summary(fn: str, values: list[float]) -> tuple[float, bool]:
+    """An aggregate of these values (the reading's value), and whether there is one (`avg`,
+    `min` and `max` of none have none)."""
+    present = bool(values) or fn in ("sum", "count")
+    result = {
+        "sum": lambda: total(values), "count": lambda: float(len(values)),
+        "avg": lambda: total(values) / len(values), "min": lambda: min(values),
+        "max": lambda: max(values),
+    }[fn]() if present else 0.0  # fmt: skip
+    return clamp(round(result, 6)), present
 
 
 def clamp(value: float) -> float:
@@ -484,7 +499,7 @@ def _trait(spec: Trait, s: Subject, now: int) -> Measure:
 
 
 def _cart(spec: Cart, s: Subject, now: int) -> Measure:
-    units, value, oldest = cart_of(s.history, now)
+    units, value, oldest = s.cart(now)
     next_at = _soonest(_arrivals(s.history, now), s.forgotten(oldest))
     measured = value if spec.by_value else units
     return measured, True, COMPARE[spec.op](measured, spec.threshold), measured, next_at

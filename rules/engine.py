@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from rules.batch import Flags, column_decider
 from rules.changes import Change
 from rules.conditions import Prepared, Reading, decider, prepare
 from rules.definition import (
@@ -238,12 +239,23 @@ class Compiled:
                 for i, (_, leaf) in enumerate(self.found)]  # fmt: skip
 
     @cached_property
+    def names(self) -> list[str]:
+        """The snapshot's field names in the order `rules/evaluation.py` puts its columns:
+        the member flag, each leaf's value, the presence fields."""
+        return [self.member_field, *(value for value, _ in self.fields),
+                *(present for _, present in self.fields if present)]  # fmt: skip
+
+    @cached_property
     def prepared(self) -> list[Prepared]:
         return prepare(self.found)
 
     @cached_property
     def decide(self) -> Callable[[Sequence[Reading]], bool]:
         return decider(self.root)
+
+    @cached_property
+    def decide_columns(self) -> Callable[[Sequence[Flags]], Flags]:
+        return column_decider(self.root)
 
 
 def by_audience(fact: dict[str, float]) -> list[dict[str, float]]:

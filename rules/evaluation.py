@@ -8,22 +8,24 @@ through at once)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, NamedTuple
 
+import numpy as np
 from prometheus_client import Counter
 
 from cdp.profiles.change import TIME_ZONE
 from cdp.profiles.reader import AudienceInputs, ProfileReader
 from rules.audiences import DAY_MS, layers
-from rules.changes import AudienceChange, Cause
+from rules.batch import NONE, Batch
+from rules.changes import AudienceChange, Cause, Change
 from rules.conditions import (
     ORDER_COMPLETED,
     Happened,
-    Reading,
     Subject,
     events_read,
-    next_change,
     read,
 )
 from rules.definition import (
@@ -31,6 +33,7 @@ from rules.definition import (
     Definition,
     OrdersNode,
     OutOfStockNode,
+    Performed,
     TimeZoneNode,
     TraitNode,
     leaves,
@@ -69,6 +72,19 @@ class Plan:
     def kept(self) -> frozenset[str]:
         """The audiences whose memberships a profile keeps: those matched and those frozen."""
         return frozenset(self.definitions) | frozenset(self.frozen)
+
+    @cached_property
+    def windows(self) -> dict[Any, list[int]]:
+        """The windows of the counts of each selection (`rules/batch.py` counts them at
+        once)."""
+        found: dict[Any, set[int]] = {}
+        for layer in self.layers:
+            for c in layer:
+                for _, leaf in c.found:
+                    spec = spec_of(leaf)
+                    if isinstance(spec, Performed) and not spec.same:
+                        found.setdefault(spec.selector, set()).add(spec.within)
+        return {selector: sorted(windows) for selector, windows in found.items()}
 
     @property
     def reads_stock(self) -> bool:
@@ -126,7 +142,7 @@ class Outcome:
     changes: list[AudienceChange] = field(default_factory=list)
     next_of: dict[str, int | None] = field(default_factory=dict)  # each matched audience's
     # next moment of change with no event
-    readings: dict[str, list[Reading]] = field(default_factory=dict)
+    matched: set[str] = field(default_factory=set)
 
 
 def inputs_of(definition: Definition) -> frozenset[str]:
@@ -150,6 +166,18 @@ def inputs_of(definition: Definition) -> frozenset[str]:
     return frozenset(found)
 
 
+class Look(NamedTuple):
+    """One profile's evaluation: its subject at `now`, why, what changed since the last one
+    (None: anything may have; empty: only time passed), the audiences due (their moment has
+    come)."""
+
+    subject: Subject
+    now: int
+    cause: Cause
+    changed: frozenset[str] | None = None
+    due: frozenset[str] = frozenset()
+
+
 def evaluate(
     plan: Plan,
     subject: Subject,
@@ -158,68 +186,193 @@ def evaluate(
     changed: frozenset[str] | None = None,
     due: frozenset[str] = frozenset(),
 ) -> Outcome:
-    """Match the audiences of the plan on the subject at `now` (epoch ms): all of them, or
-    with `changed` (what changed since the last evaluation; empty when only time passed)
-    only those that read it, those `due` (their moment has come), and those that reference
-    an audience the profile entered or left. Memberships of audiences the plan does not
-    hold (deleted, disabled) are left as exits; those it holds frozen are kept."""
-    outcome = Outcome()
-    moved: set[str] = set()
-    members = set(subject.memberships) & plan.kept
-    for gone in sorted(set(subject.memberships) - members):
-        outcome.changes.append(AudienceChange(gone, subject.profile_id, "exit", now, "definition",
-                                              plan.generation, []))  # fmt: skip
-    subject.memberships = members
+    """`evaluate_all` of one profile."""
+    return evaluate_all(plan, [Look(subject, now, cause, changed, due)])[0]
+
+
+def evaluate_all(plan: Plan, looks: Sequence[Look]) -> list[Outcome]:
+    """Match the audiences of the plan on each subject at its `now` (epoch ms): all of them,
+    or with `changed` only those that read it, those `due`, and those that reference an
+    audience the profile entered or left. Memberships of audiences the plan does not hold
+    (deleted, disabled) are left as exits; those it holds frozen are kept. The conditions are
+    read for the batch at once (`rules/batch.py`), the engine matches each profile's facts."""
+    outcomes = [Outcome() for _ in looks]
+    for look, outcome in zip(looks, outcomes, strict=True):
+        s = look.subject
+        members = set(s.memberships) & plan.kept
+        for gone in sorted(set(s.memberships) - members):
+            outcome.changes.append(AudienceChange(gone, s.profile_id, "exit", look.now,
+                                                  "definition", plan.generation, []))  # fmt: skip
+        s.memberships = members
+    batch = Batch([look.subject for look in looks], [look.now for look in looks], plan.windows)
+    moved: list[set[str]] = [set() for _ in looks]
     for n, whole_layer in enumerate(plan.layers):
-        layer = plan.reading(n, changed)
-        if moved or due:  # and those due, or referencing an audience entered or left
-            chosen = {c.audience for c in layer}
-            layer = [c for c in whole_layer if c.audience in chosen or c.audience in due
-                     or plan.refers[c.audience] & moved]  # fmt: skip
-        if layer:
-            moved |= _match(plan, layer, subject, now, cause, outcome)
-    outcome.next_of = {a: next_change(r, now) for a, r in outcome.readings.items()}
-    return outcome
+        chosen = [
+            _chosen(plan, n, whole_layer, look, m) for look, m in zip(looks, moved, strict=True)
+        ]
+        _match(plan, whole_layer, chosen, looks, batch, outcomes, moved)
+    return outcomes
+
+
+def _chosen(
+    plan: Plan, n: int, whole_layer: list[Compiled], look: Look, moved: set[str]
+) -> list[Compiled]:
+    """The layer's audiences matched for one profile."""
+    layer = plan.reading(n, look.changed)
+    if moved or look.due:  # and those due, or referencing an audience entered or left
+        names = {c.audience for c in layer}
+        layer = [c for c in whole_layer if c.audience in names or c.audience in look.due
+                 or plan.refers[c.audience] & moved]  # fmt: skip
+    return layer
+
+
+@dataclass
+class _Group:
+    """The audiences of one shard matched in a layer: their facts' field names, and each
+    profile's values in that order (a row); where each audience's fields are."""
+
+    names: list[str] = field(default_factory=list)
+    columns: list[list[Any]] = field(default_factory=list)
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def fact(self, row: int, names: set[str] | None) -> dict[str, Any]:
+        """The profile's fact of this shard: of every audience (None), or of those named."""
+        values = self.rows[row]
+        if names is None:
+            return dict(zip(self.names, values, strict=True))
+        fact: dict[str, Any] = {}
+        for audience, start, end in self.spans:
+            if audience in names:
+                fact.update(zip(self.names[start:end], values[start:end], strict=True))
+        return fact
+
+
+@dataclass
+class _Layer:
+    """A layer's audiences read for the batch: each profile's facts by shard, the tree's
+    transitions, and the next moments (a row a profile, an entry an audience)."""
+
+    audiences: list[str]
+    groups: dict[int, _Group]
+    expected: list[dict[str, Change]]
+    nexts: list[list[int | None]]
+
+    @classmethod
+    def of(cls, plan: Plan, asked: list[Compiled], rows_of: dict[str, list[int]],
+           batch: Batch) -> _Layer:  # fmt: skip
+        size = len(batch.subjects)
+        place = {c.audience: j for j, c in enumerate(asked)}
+        member = np.zeros((len(asked), size), dtype=np.bool_)
+        for row, subject in enumerate(batch.subjects):
+            for audience in subject.memberships:
+                j = place.get(audience)
+                if j is not None:
+                    member[j, row] = True
+        columns = [[batch.column(leaf, rows_of[c.audience]) for leaf in c.prepared] for c in asked]
+        decision = np.vstack([c.decide_columns([column.holds for column in cs])
+                              for c, cs in zip(asked, columns, strict=True)])  # fmt: skip
+        expected: list[dict[str, Change]] = [{} for _ in range(size)]
+        for j, row in zip(*np.nonzero(decision != member), strict=True):
+            expected[row][asked[j].audience] = "enter" if decision[j, row] else "exit"
+        leaves = np.vstack([column.next_at for cs in columns for column in cs])
+        leaves = np.where(leaves > batch.nows, leaves, NONE)
+        starts = np.cumsum([0] + [len(cs) for cs in columns[:-1]])
+        soonest = np.minimum.reduceat(leaves, starts, axis=0).T.tolist()
+        nexts = [[None if at == NONE else at for at in row] for row in soonest]
+        groups: dict[int, _Group] = {}
+        flags = member.astype(np.int64).tolist()
+        for c, cs, flag in zip(asked, columns, flags, strict=True):
+            group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
+            start = len(group.names)
+            group.names += c.names
+            group.columns += [flag, *(column.values for column in cs)]
+            group.columns += [[int(p) for p in column.present]
+                              for column, (_, present) in zip(cs, c.fields, strict=True)
+                              if present]  # fmt: skip
+            group.spans.append((c.audience, start, len(group.names)))
+        for group in groups.values():
+            group.rows = list(zip(*group.columns, strict=True))
+        return cls([c.audience for c in asked], groups, expected, nexts)
 
 
 def _match(
-    plan: Plan, layer: list[Compiled], subject: Subject, now: int, cause: Cause, outcome: Outcome
-) -> set[str]:
-    """One layer's audiences matched by the engine: their readings and transitions added to
-    the outcome, the subject's memberships changed; the audiences entered or left."""
-    members = subject.memberships
-    facts: dict[int, dict[str, float]] = {}  # shard -> its audiences' snapshots
-    shard_of = plan.matcher.shard_of
-    for compiled in layer:
-        audience = compiled.audience
-        readings = outcome.readings[audience] = read(compiled.root, subject, now, compiled.prepared)
-        fact = facts.get(shard_of[audience])
-        if fact is None:
-            fact = facts[shard_of[audience]] = {}
-        compiled.fill(fact, readings, audience in members)
-    fired = plan.matcher.match_facts(facts)
-    moved = set()
-    for compiled in layer:
-        audience = compiled.audience
-        readings = outcome.readings[audience]
-        expected = compiled.decide(readings)
-        was = audience in members
-        change = fired.get(audience)
-        if change != (
-            "enter" if expected and not was else "exit" if was and not expected else None
-        ):
-            DISAGREEMENTS.inc()
-            log.error("engine and tree disagree on %s for %s", audience, subject.profile_id)
-        if change == "enter":
-            members.add(audience)
-        elif change == "exit":
-            members.discard(audience)
-        if change:
-            moved.add(audience)
-            reason = [r.as_dict() for r in readings]
-            outcome.changes.append(AudienceChange(audience, subject.profile_id, change, now,
-                                                  cause, plan.generation, reason))  # fmt: skip
-    return moved
+    plan: Plan,
+    whole_layer: list[Compiled],
+    chosen: list[list[Compiled]],
+    looks: Sequence[Look],
+    batch: Batch,
+    outcomes: list[Outcome],
+    moved: list[set[str]],
+) -> None:
+    """One layer matched by the engine for each profile, on the audiences chosen for it:
+    their next moments and transitions added to its outcome, its memberships changed, the
+    audiences it entered or left added to its `moved`."""
+    whole = [row for row, layer in enumerate(chosen) if len(layer) == len(whole_layer)]
+    rows_of = {c.audience: list(whole) for c in whole_layer} if whole else {}
+    for row, layer in enumerate(chosen):
+        if 0 < len(layer) < len(whole_layer):
+            for c in layer:
+                rows_of.setdefault(c.audience, []).append(row)
+    if not rows_of:
+        return
+    read = _Layer.of(plan, [c for c in whole_layer if c.audience in rows_of], rows_of, batch)
+    for row, layer in enumerate(chosen):
+        if layer:
+            names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
+            _match_one(plan, layer, names, read, looks[row], row, outcomes[row], moved[row])
+
+
+def _match_one(
+    plan: Plan,
+    layer: list[Compiled],
+    names: set[str] | None,
+    read_: _Layer,
+    look: Look,
+    row: int,
+    outcome: Outcome,
+    moved: set[str],
+) -> None:
+    """One profile's facts matched (of every audience of the layer, None, or of those
+    named), its transitions checked against the tree's answer and recorded."""
+    facts = {shard: group.fact(row, names) for shard, group in read_.groups.items()}
+    fired = plan.matcher.match_facts({shard: fact for shard, fact in facts.items() if fact})
+    s = look.subject
+    expected = read_.expected[row]
+    if names is not None:
+        expected = {a: change for a, change in expected.items() if a in names}
+    if fired != expected:
+        for audience in sorted(set(fired) | set(expected)):
+            if fired.get(audience) != expected.get(audience):
+                DISAGREEMENTS.inc()
+                log.error("engine and tree disagree on %s for %s", audience, s.profile_id)
+    nexts = zip(read_.audiences, read_.nexts[row], strict=True)
+    if names is None:
+        outcome.matched.update(read_.audiences)
+        outcome.next_of.update(nexts)
+    else:
+        outcome.matched.update(names)
+        outcome.next_of.update((a, at) for a, at in nexts if a in names)
+    for c in layer if fired else ():
+        change = fired.get(c.audience)
+        if change is not None:
+            _record(plan, c, change, look, outcome, moved)
+
+
+def _record(
+    plan: Plan, c: Compiled, change: Change, look: Look, outcome: Outcome, moved: set[str]
+) -> None:
+    """A transition: the profile's memberships changed, the change with its reason (each
+    condition as `rules/conditions.py` reads it) added to the outcome."""
+    s = look.subject
+    if change == "enter":
+        s.memberships.add(c.audience)
+    else:
+        s.memberships.discard(c.audience)
+    moved.add(c.audience)
+    reason = [r.as_dict() for r in read(c.root, s, look.now, c.prepared)]
+    outcome.changes.append(AudienceChange(c.audience, s.profile_id, change, look.now,
+                                          look.cause, plan.generation, reason))  # fmt: skip
 
 
 def subject_of(

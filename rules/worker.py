@@ -41,7 +41,7 @@ from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
 from rules.conditions import Happened, product_of
-from rules.evaluation import Outcome, Plan, evaluate, subject_from
+from rules.evaluation import Look, Outcome, Plan, evaluate_all, subject_from
 from rules.keyspace import (
     FAILURES,
     GENERATION,
@@ -466,14 +466,12 @@ class AudienceWorker(StreamConsumer):
         memberships another worker changed meanwhile (nothing of it written)."""
         generation, stock_version, profiles = self.read(asked)
         plan = self.plan_of(generation, stock_version)
-        outcomes: list[Outcome | None] = []
+        watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
+        outcomes, writes_of = self._decide(plan, asked, profiles, watching)
         batch: list[list[Any]] = []  # the commit script's profiles
         placed: list[int] = []  # their places in `asked`
-        watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
-        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, profiles, strict=True)):
-            writes = Writes()
-            outcome = self._decide(writes, plan, a, stored, due, inputs, watching)
-            outcomes.append(outcome)
+        for n, (a, outcome) in enumerate(zip(asked, outcomes, strict=True)):
+            writes, stored = writes_of[n], profiles[n][0]
             if outcome is not MISSING and (writes.commands or writes.moment):
                 seen, new = writes.moment or (None, None)
                 moved = int(bool(writes.moment))
@@ -534,16 +532,39 @@ class AudienceWorker(StreamConsumer):
 
     def _decide(
         self,
+        plan: Plan,
+        asked: list[Asked],
+        profiles: list[tuple[dict[bytes, bytes], int | None, AudienceInputs | None]],
+        watching: list[tuple[str, str, int]],
+    ) -> tuple[list[Outcome | None], list[Writes]]:
+        """The profiles read evaluated together: each one's outcome and writes (those that
+        change something), the products they watch added to `watching`."""
+        outcomes: list[Outcome | None] = []
+        writes_of = [Writes() for _ in asked]
+        looks: list[tuple[int, Look, dict[str, int]]] = []  # place, look, next moments read
+        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, profiles, strict=True)):
+            decided = self._look(writes_of[n], plan, a, stored, due, inputs)
+            outcomes.append(decided if isinstance(decided, Outcome) else None)
+            if not isinstance(decided, Outcome):
+                looks.append((n, *decided))
+        decisions = evaluate_all(plan, [look for _, look, _ in looks])
+        for (n, look, nexts), outcome in zip(looks, decisions, strict=True):
+            self._settle(writes_of[n], plan, look, outcome, nexts, profiles[n][1], watching)
+            outcomes[n] = outcome
+        return outcomes, writes_of
+
+    def _look(
+        self,
         writes: Writes,
         plan: Plan,
         a: Asked,
         stored: dict[bytes, bytes],
         due: int | None,
         inputs: AudienceInputs | None,
-        watching: list[tuple[str, str, int]],
-    ) -> Outcome | None:
-        """One profile's evaluation, its writes (those that change something) noted on
-        `writes`, and on `watching` for the batch."""
+    ) -> Outcome | tuple[Look, dict[str, int]]:
+        """What to evaluate of one profile (with the next moments read), or its outcome
+        when there is nothing to evaluate: MISSING (not live) or put off; the marks it
+        leaves noted on `writes`."""
         if inputs is None:
             return MISSING
         key = self.keys.of(a.profile_id)
@@ -560,15 +581,28 @@ class AudienceWorker(StreamConsumer):
         # (A moment no audience was due at is a look asked for: everything is decided.)
         subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock,
                                self.history_days)  # fmt: skip
-        outcome = evaluate(plan, subject, a.now, a.cause, changed, due_now)
-        self._write(writes, a.profile_id, outcome)
-        if changed is None or changed & plan.watch_events:
-            for product, at in watched(plan, subject.history, a.now).items():
-                watching.append((self.keys.watchers(product), a.profile_id, at))
-        next_at = _keep_next_moments(writes, key, plan, outcome, nexts)
+        return Look(subject, a.now, a.cause, changed, due_now), nexts
+
+    def _settle(
+        self,
+        writes: Writes,
+        plan: Plan,
+        look: Look,
+        outcome: Outcome,
+        nexts: dict[str, int],
+        due: int | None,
+        watching: list[tuple[str, str, int]],
+    ) -> None:
+        """One profile's evaluation written (what changes something) on `writes`, and the
+        products it watches on `watching` for the batch."""
+        pid = look.subject.profile_id
+        self._write(writes, pid, outcome)
+        if look.changed is None or look.changed & plan.watch_events:
+            for product, at in watched(plan, look.subject.history, look.now).items():
+                watching.append((self.keys.watchers(product), pid, at))
+        next_at = _keep_next_moments(writes, self.keys.of(pid), plan, outcome, nexts)
         if next_at != due:
             writes.moment = (due, next_at)
-        return outcome
 
     def _mark(
         self, writes: Writes, key: str, a: Asked, stored: dict[bytes, bytes], events: int

@@ -75,11 +75,10 @@ class Recording(AudienceWorker):
 
     matched: list[set[str]]
 
-    def _decide(self, writes, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
-        outcome = super()._decide(writes, plan, a, *read_and_batch)
-        if outcome is not None and outcome.readings:
-            self.matched.append(set(outcome.readings))
-        return outcome
+    def _settle(self, writes, plan, look, outcome, *rest):  # type: ignore[no-untyped-def]
+        if outcome.matched:
+            self.matched.append(set(outcome.matched))
+        super()._settle(writes, plan, look, outcome, *rest)
 
 
 def test_when_a_moment_comes_only_the_audiences_due_then_are_matched(

@@ -262,13 +262,13 @@ class Interrupted(AudienceWorker):
 
     interrupted = ""
 
-    def _decide(self, writes, plan, a, *read_and_batch):  # type: ignore[no-untyped-def]
+    def _look(self, writes, plan, a, *read):  # type: ignore[no-untyped-def]
         self.decided.append(a.profile_id)
         if not self.interrupted:
             self.interrupted = a.profile_id
             # As another worker's commit does: the version moves on.
             self.client.hincrby(self.keys.of(a.profile_id), VERSION, 1)
-        return super()._decide(writes, plan, a, *read_and_batch)
+        return super()._look(writes, plan, a, *read)
 
 
 def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
@@ -531,10 +531,10 @@ class Allergic(AudienceWorker):
 
     allergen = ""
 
-    def _decide(self, writes, plan, a, *rest):  # type: ignore[no-untyped-def]
+    def _look(self, writes, plan, a, *rest):  # type: ignore[no-untyped-def]
         if a.profile_id == self.allergen:
             raise ValueError("a condition failed on this profile")
-        return super()._decide(writes, plan, a, *rest)
+        return super()._look(writes, plan, a, *rest)
 
 
 def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(

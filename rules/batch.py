@@ -1,0 +1,419 @@
+"""The conditions of a batch of profiles read at once, a column a condition: what
+`rules/conditions.py` reads of one profile (its value, whether it holds, its next moment),
+for every profile of the batch in a few array operations instead of a Python call each.
+
+The windowed conditions (an event performed N times, the time since the last one, an event
+not followed by another) are counts and bounds of time ranges, so each is a handful of
+binary searches over the batch's events of one selection, stacked profile after profile.
+The other kinds are read profile by profile by `rules/conditions.py` itself (the reference:
+it also writes the reasons and answers "why"), only for the profiles that ask for them;
+a test holds both to the same readings."""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.conditions import (
+    COMPARE,
+    NEVER,
+    PRODUCT_ADDED,
+    PRODUCT_REMOVED,
+    Happened,
+    Prepared,
+    Subject,
+    aggregate,
+    group_of,
+    last_performed,
+    matches,
+    not_followed_by,
+    number,
+    performed,
+    summary,
+)
+from rules.definition import (
+    Aggregate,
+    And,
+    Cart,
+    EventRef,
+    LastPerformed,
+    Node,
+    Not,
+    NotFollowedBy,
+    Or,
+    OutOfStock,
+    Performed,
+)
+
+Ints = npt.NDArray[np.int64]
+Flags = npt.NDArray[np.bool_]
+NONE = np.iinfo(np.int64).max  # no next moment
+# Events of the batch: each one's row (its profile), time, and the event, in row order.
+Selection = tuple[list[int], list[int], list[Happened]]
+ARRAY_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt,
+    "==": operator.eq, "!=": operator.ne,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One condition over the batch, a row a profile (rows not asked for are not read)."""
+
+    values: list[Any]  # what the engine compares (the reference's numbers, int or float)
+    present: list[bool]
+    holds: Flags
+    next_at: Ints  # NONE: no next moment
+
+
+class Stacked:
+    """The events one selection picks of each profile of the batch, in one sorted array:
+    profile after profile, each in time order, so that one search finds each profile's
+    bound in its own part."""
+
+    def __init__(self, rows: list[int], ats: list[int], size: int) -> None:
+        """`rows`, `ats`: each event's profile (its row in the batch) and time, in that
+        order; `size`: the profiles of the batch."""
+        row = np.array(rows, dtype=np.int64)
+        flat = np.array(ats, dtype=np.int64)
+        self.ends = (
+            np.cumsum(np.bincount(row, minlength=size)) if rows else np.zeros(size, np.int64)
+        )
+        self.starts = np.concatenate(([0], self.ends[:-1])) if size else self.ends
+        self.low = int(flat.min()) if rows else 0
+        high = int(flat.max()) if rows else 0
+        self.span = high - self.low + 2  # a profile's keys: its times less `low`, in a span
+        self.bases = np.arange(size, dtype=np.int64) * self.span
+        self.keys = row * self.span + (flat - self.low)
+        self.ats = np.append(flat, 0)  # one past the end: read where masked
+
+    def upto(self, moments: Ints) -> Ints:
+        """Each profile's index (in the stacked array) of its first event after its moment:
+        its start plus how many it has at or before it. `moments`: one a profile, or rows of
+        one a profile (several windows at once)."""
+        local = np.maximum(np.minimum(moments - self.low, self.span - 2), -1)
+        return np.searchsorted(self.keys, self.bases + local, side="right")
+
+    def first_after(self, index: Ints) -> Ints:
+        """The time of the event at each index, where it is the profile's (else NONE)."""
+        return np.where(index < self.ends, self.ats[index], NONE)
+
+
+class Batch:
+    """The subjects of a batch, each at its own moment, and their columns (made once)."""
+
+    def __init__(
+        self,
+        subjects: Sequence[Subject],
+        nows: Sequence[int],
+        windows: dict[Any, list[int]] | None = None,
+    ) -> None:
+        """`windows`: the windows of the counts of each selection (`EventRef.selector`) that
+        the batch will be asked for, counted at once (others are counted when asked)."""
+        self.subjects = subjects
+        self.now_list = list(nows)
+        self.nows = np.array(self.now_list, dtype=np.int64)
+        kept = [s.kept_ms for s in subjects]
+        self.kept = np.array([NONE if k is None else k for k in kept], dtype=np.int64)
+        self.windows = windows or {}
+        self._stacked: dict[Any, Stacked] = {}
+        self._now: dict[Any, tuple[Ints, Ints]] = {}  # selector -> (upto now, first after)
+        self._counts: dict[Any, dict[int, tuple[Ints, Ints]]] = {}  # selector -> window ->
+        # (count, when its first leaves the window)
+        self._read: dict[int, dict[int, tuple[Any, ...]]] = {}  # leaf -> row -> measure
+        self._numbers: dict[Any, tuple[Stacked, list[float], Ints, Ints]] = {}
+        self._events: dict[str, Selection] | None = None
+        self._groups: dict[Any, tuple[Stacked, list[str], Ints, Ints]] = {}
+        self._everything: tuple[Stacked, Ints, Ints] | None = None
+        self._texts: dict[tuple[str, str], dict[str, Selection]] = {}
+
+    def selection(self, ref: EventRef) -> Selection:
+        """The events of the batch the reference picks: their rows, times and events, in
+        the order of the rows, each profile's in time order."""
+        if self._events is None:
+            self._events = {}
+            for row, subject in enumerate(self.subjects):
+                for h in subject.history:
+                    found = self._events.get(h.event)
+                    if found is None:
+                        found = self._events[h.event] = ([], [], [])
+                    found[0].append(row)
+                    found[1].append(h.at)
+                    found[2].append(h)
+        named = self._events.get(ref.event, ([], [], []))
+        if not ref.where:
+            return named
+        first = ref.where[0] if len(ref.where) == 1 else None
+        if first is not None and first.op == "==" and isinstance(first.value, str):
+            return self._by_text(ref.event, first.property, named).get(first.value, ([], [], []))
+        picked: Selection = ([], [], [])
+        for row, at, h in zip(*named, strict=True):
+            if all(matches(w, h.properties) for w in ref.where):
+                picked[0].append(row)
+                picked[1].append(at)
+                picked[2].append(h)
+        return picked
+
+    def _by_text(self, event: str, prop: str, named: Selection) -> dict[str, Selection]:
+        """The events of that name by their text value of the property (what `==` a text
+        matches), made once per batch and property."""
+        index = self._texts.get((event, prop))
+        if index is None:
+            index = self._texts[event, prop] = {}
+            for row, at, h in zip(*named, strict=True):
+                value = h.properties.get(prop)
+                if isinstance(value, str):
+                    found = index.get(value)
+                    if found is None:
+                        found = index[value] = ([], [], [])
+                    found[0].append(row)
+                    found[1].append(at)
+                    found[2].append(h)
+        return index
+
+    def stacked(self, ref: EventRef) -> Stacked:
+        found = self._stacked.get(ref.selector)
+        if found is None:
+            rows, ats, _ = self.selection(ref)
+            found = self._stacked[ref.selector] = Stacked(rows, ats, len(self.subjects))
+        return found
+
+    def at_now(self, ref: EventRef) -> tuple[Stacked, Ints, Ints]:
+        """The selection, the index of each profile's first event after its now, and that
+        event's time (NONE: none)."""
+        s = self.stacked(ref)
+        found = self._now.get(ref.selector)
+        if found is None:
+            end = s.upto(self.nows)
+            found = self._now[ref.selector] = (end, s.first_after(end))
+        return s, *found
+
+    def counted(self, ref: EventRef, within: int) -> tuple[Ints, Ints, Ints]:
+        """How many of the selection each profile has in (now - within, now], when the
+        first of them leaves the window (NONE: none inside), when the next comes (NONE)."""
+        s, end, arrival = self.at_now(ref)
+        by_window = self._counts.setdefault(ref.selector, {})
+        if within not in by_window:
+            windows = sorted({within, *self.windows.get(ref.selector, ())} - set(by_window))
+            spans = np.array(windows, dtype=np.int64)[:, None]
+            start = s.upto(self.nows - spans)
+            counts = end - start
+            leaves = np.where(counts > 0, s.ats[start] + spans, NONE)
+            for i, window in enumerate(windows):
+                by_window[window] = (counts[i], leaves[i])
+        count, leaves = by_window[within]
+        return count, leaves, arrival
+
+    def forgotten(self, at: Ints) -> Ints:
+        """When events of these times leave the kept history (NONE: kept for ever)."""
+        return np.where(self.kept == NONE, NONE, at + np.where(self.kept == NONE, 0, self.kept))
+
+    def column(self, leaf: Prepared, rows: Sequence[int]) -> Column:
+        """The condition over the batch; `rows`: the profiles that ask for it (the kinds
+        read profile by profile are read for those only)."""
+        _, _, spec, measure = leaf
+        if measure is performed:
+            return self._grouped(spec) if spec.same else self._performed(spec)
+        if measure is last_performed:
+            return self._last_performed(spec)
+        if measure is not_followed_by:
+            return self._not_followed_by(spec)
+        if measure is aggregate:
+            return self._aggregate(spec)
+        if isinstance(spec, OutOfStock) and not any(s.out_of_stock for s in self.subjects):
+            return self._nothing_out_of_stock(spec)
+        if isinstance(spec, Cart):
+            return self._cart(spec, measure, rows)
+        return self._each(spec, measure, rows)
+
+    def _each(self, spec: Any, measure: Callable[..., Any], rows: Sequence[int]) -> Column:
+        read = self._read.setdefault(id(spec), {})
+        for row in rows:
+            if row not in read:
+                read[row] = measure(spec, self.subjects[row], self.now_list[row])
+        size = len(self.subjects)
+        values: list[Any] = [0] * size
+        present = [False] * size
+        holds = np.zeros(size, dtype=np.bool_)
+        next_at = np.full(size, NONE, dtype=np.int64)
+        for row, (value, is_present, ok, _, at) in read.items():
+            values[row], present[row], holds[row] = value, is_present, ok
+            if at is not None:
+                next_at[row] = at
+        return Column(values, present, holds, next_at)
+
+    def _performed(self, spec: Performed) -> Column:
+        count, leaves, arrival = self.counted(spec, spec.within)
+        next_at = np.minimum(leaves, arrival)
+        holds = ARRAY_COMPARE[spec.op](count, spec.times)
+        return Column(count.tolist(), [True] * len(count), holds, next_at)
+
+    def _last_performed(self, spec: LastPerformed) -> Column:
+        s, end, arrival = self.at_now(spec)
+        has = end > s.starts
+        last = s.ats[end - 1]
+        age = self.nows - last
+        holds = has & (age >= spec.ago if spec.op == ">=" else age < spec.ago)
+        ends = np.where(has & (last + spec.ago > self.nows), last + spec.ago, NONE)
+        kept = np.where(has, self.forgotten(last), NONE)
+        next_at = np.minimum(np.minimum(ends, kept), arrival)
+        values = np.where(has, age, NEVER)
+        return Column(values.tolist(), [True] * len(end), holds, next_at)
+
+    def _aggregate(self, spec: Aggregate) -> Column:
+        key = (spec.selector, spec.property)
+        found = self._numbers.get(key)
+        if found is None:
+            stacked, numbers = _numeric(self, spec, spec.property)
+            end = stacked.upto(self.nows)
+            found = self._numbers[key] = (stacked, numbers, end, stacked.first_after(end))
+        stacked, numbers, end, arrival = found
+        start = stacked.upto(self.nows - spec.within)
+        next_at = np.minimum(np.where(end > start, stacked.ats[start] + spec.within, NONE),
+                             arrival)  # fmt: skip
+        none = summary(spec.fn, [])
+        values: list[Any] = []
+        present: list[bool] = []
+        for first, last in zip(start.tolist(), end.tolist(), strict=True):
+            value, is_present = summary(spec.fn, numbers[first:last]) if last > first else none
+            values.append(value)
+            present.append(is_present)
+        compare = COMPARE[spec.op]
+        holds = np.array(
+            [p and compare(v, spec.value) for v, p in zip(values, present, strict=True)],
+            dtype=np.bool_,
+        )
+        return Column(values, present, holds, next_at)
+
+    def _grouped(self, spec: Performed) -> Column:
+        """The largest count of one value of the `same` property within the window."""
+        assert spec.same
+        key = (spec.selector, spec.same)
+        found = self._groups.get(key)
+        if found is None:
+            rows: list[int] = []
+            ats: list[int] = []
+            values: list[str] = []
+            for row, at, h in zip(*self.selection(spec), strict=True):
+                value = group_of(h, spec.same)
+                if value is not None:
+                    rows.append(row)
+                    ats.append(at)
+                    values.append(value)
+            stacked = Stacked(rows, ats, len(self.subjects))
+            end = stacked.upto(self.nows)
+            found = self._groups[key] = (stacked, values, end, stacked.first_after(end))
+        stacked, groups, end, arrival = found
+        start = stacked.upto(self.nows - spec.within)
+        next_at = np.minimum(np.where(end > start, stacked.ats[start] + spec.within, NONE),
+                             arrival)  # fmt: skip
+        counts = [max(Counter(groups[first:last]).values()) if last > first else 0
+                  for first, last in zip(start.tolist(), end.tolist(), strict=True)]  # fmt: skip
+        holds = ARRAY_COMPARE[spec.op](np.array(counts, dtype=np.int64), spec.times)
+        return Column(counts, [True] * len(counts), holds, next_at)
+
+    def _cart(self, spec: Cart, measure: Callable[..., Any], rows: Sequence[int]) -> Column:
+        """The cart of those who added or removed a product is read profile by profile;
+        the others' is empty until an event comes."""
+        carted = {*self.selection(EventRef(event=PRODUCT_ADDED))[0],
+                  *self.selection(EventRef(event=PRODUCT_REMOVED))[0]}  # fmt: skip
+        column = self._each(spec, measure, [row for row in rows if row in carted])
+        empty = 0.0 if spec.by_value else 0
+        holds = COMPARE[spec.op](empty, spec.threshold)
+        arrival = self.everything()[2]
+        for row in rows:
+            if row not in carted:
+                column.values[row] = empty
+                column.present[row] = True
+                column.holds[row] = holds
+                column.next_at[row] = arrival[row]
+        return column
+
+    def everything(self) -> tuple[Stacked, Ints, Ints]:
+        """Every event of the batch's profiles, the index of each one's first after its now
+        and its time (NONE: none)."""
+        if self._everything is None:
+            self.selection(EventRef(event=PRODUCT_ADDED))  # the index made
+            rows: list[int] = []
+            ats: list[int] = []
+            for row, subject in enumerate(self.subjects):
+                rows += [row] * len(subject.history)
+                ats += [h.at for h in subject.history]
+            stacked = Stacked(rows, ats, len(self.subjects))
+            end = stacked.upto(self.nows)
+            self._everything = (stacked, end, stacked.first_after(end))
+        return self._everything
+
+    def _nothing_out_of_stock(self, spec: OutOfStock) -> Column:
+        """No product is out of stock: the condition holds for nobody until one of these
+        events comes (or the stock changes, which is an event of its own)."""
+        next_at = np.full(len(self.subjects), NONE, dtype=np.int64)
+        for event in spec.events:
+            next_at = np.minimum(next_at, self.at_now(EventRef(event=event))[2])
+        size = len(self.subjects)
+        return Column([0.0] * size, [True] * size, np.zeros(size, dtype=np.bool_), next_at)
+
+    def _not_followed_by(self, spec: NotFollowedBy) -> Column:
+        firsts, end, first_arrival = self.at_now(spec)
+        thens, then_now, then_arrival = self.at_now(spec.then)
+        within = spec.within
+        start = firsts.upto(self.nows - within) if within is not None else firsts.starts
+        has = end > start
+        last = firsts.ats[end - 1]
+        arrivals = np.minimum(first_arrival, then_arrival)
+        followed = has & (then_now > thens.upto(np.where(has, last, self.nows)))
+        waiting = has & ~followed
+        waited = self.nows - last
+        holds = waiting & (waited >= spec.wait)
+        if within:
+            slides = last + within
+            after_then = np.minimum(arrivals, slides)
+        else:
+            slides, after_then = self.forgotten(last), arrivals
+        due = np.where(holds, NONE, last + spec.wait)
+        next_at = np.where(
+            waiting,
+            np.minimum(np.minimum(due, slides), arrivals),
+            np.where(followed, after_then, arrivals),
+        )
+        values = np.where(waiting, waited, NEVER)
+        return Column(values.tolist(), [True] * len(end), holds, next_at)
+
+
+def _numeric(batch: Batch, ref: EventRef, prop: str) -> tuple[Stacked, list[float]]:
+    """The selection's events whose property is a number, stacked, and those numbers."""
+    rows: list[int] = []
+    ats: list[int] = []
+    values: list[float] = []
+    for row, at, h in zip(*batch.selection(ref), strict=True):
+        value = number(h.properties.get(prop))
+        if value is not None:
+            rows.append(row)
+            ats.append(at)
+            values.append(value)
+    return Stacked(rows, ats, len(batch.subjects)), values
+
+
+def column_decider(node: Node) -> Callable[[Sequence[Flags]], Flags]:
+    """The tree's answer for every profile from its leaves' columns (in leaf order): what
+    `rules/conditions.py` `decider` answers for one."""
+    index = iter(range(1 << 30))
+
+    def build(n: Node) -> Callable[[Sequence[Flags]], Flags]:
+        if isinstance(n, And | Or):
+            parts = [build(c) for c in (n.and_ if isinstance(n, And) else n.or_)]
+            combine = np.logical_and if isinstance(n, And) else np.logical_or
+            return lambda cols: combine.reduce([part(cols) for part in parts])
+        if isinstance(n, Not):
+            inner = build(n.not_)
+            return lambda cols: ~inner(cols)
+        i = next(index)
+        return lambda cols: cols[i]
+
+    return build(node)
