@@ -220,6 +220,56 @@ class Asked:
     changed: frozenset[str] | None
 
 
+class Ahead:
+    """The read of a worker's next batch, sent before the batch in hand is evaluated, on a
+    connection of its own: Valkey runs the script while the worker evaluates, and its reply
+    waits in the connection until the next batch's turn. A batch read it was not sent for
+    (another batch came between) is read as usual; what it sent is still taken at its turn.
+    What it read is as current as a read at the time it was sent: a profile written since
+    is caught by the commit's version check, as another worker's write would be."""
+
+    def __init__(self, client: redis.Redis, sha: str) -> None:
+        self.client = client
+        self.sha = sha
+        self.next: list[Asked] | None = None  # the batch after the one in hand
+        self._sent: tuple[list[Asked], Any] | None = None  # the batch sent for, its connection
+
+    def send(self, asked: list[Asked], keys: list[str], args: list[str | int]) -> None:
+        self.drop()
+        connection = self.client.connection_pool.get_connection()
+        try:
+            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.client.connection_pool.release(connection)
+            raise
+        self._sent = (asked, connection)
+
+    def reply(self, asked: list[Asked]) -> Any | None:
+        """The reply of the read sent for these profiles, if it was (None otherwise, or if
+        the script was not loaded: the caller reads as usual, which loads it)."""
+        if self._sent is None or self._sent[0] is not asked:
+            return None
+        _, connection = self._sent
+        self._sent = None
+        try:
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            return None
+        except BaseException:
+            connection.disconnect()  # a reply half read must not reach another command
+            raise
+        finally:
+            self.client.connection_pool.release(connection)
+
+    def drop(self) -> None:
+        """Let go of a read sent and not taken (its connection closed, the reply unread)."""
+        if self._sent is not None:
+            connection = self._sent[1]
+            self._sent = None
+            connection.disconnect()
+            self.client.connection_pool.release(connection)
+
+
 MISSING = Outcome()  # the profile is not live: merged away or erased
 PUT_OFF = AudienceInputs([], {}, set())  # not read: a long history evaluated within the second
 PUT_OFF_OUTCOME = Outcome()  # its evaluation put off (nothing decided, its look scheduled)
@@ -403,23 +453,28 @@ class AudienceWorker(StreamConsumer):
         evaluated at): a stream entry may name thousands of profiles, and a backlog taken in
         one read holds no time-based transition back for longer than a batch."""
         acked = False
-        for start in range(0, len(asked), EVALUATION_BATCH):
-            last = start + EVALUATION_BATCH >= len(asked)
-            _, acked = self.evaluate_all(asked[start : start + EVALUATION_BATCH],
-                                         entries if last else ())  # fmt: skip
-            if due_by is not None and not last:
-                self.run_due(due_by)
+        batches = [asked[i : i + EVALUATION_BATCH] for i in range(0, len(asked), EVALUATION_BATCH)]
+        ahead = Ahead(self.client, self._read_batch.sha)
+        try:
+            for n, batch in enumerate(batches):
+                last = n == len(batches) - 1
+                ahead.next = None if last else batches[n + 1]
+                _, acked = self.evaluate_all(batch, entries if last else (), ahead)
+                if due_by is not None and not last:
+                    self.run_due(due_by)
+        finally:
+            ahead.drop()
         return acked
 
     def evaluate_all(
-        self, asked: list[Asked], entries: Sequence[Entry] = ()
+        self, asked: list[Asked], entries: Sequence[Entry] = (), ahead: Ahead | None = None
     ) -> tuple[list[Outcome | None], bool]:
         """`evaluate` for many profiles in two round trips (read, write), and whether the
         write acknowledged the `entries` (only when it wrote every profile: those another
         worker changed meanwhile, or not live, are decided again each alone)."""
         if len(asked) > 1:
             try:
-                outcomes, acked = self._evaluate_once(asked, entries)
+                outcomes, acked = self._evaluate_once(asked, entries, ahead)
             except self.storage_errors:
                 raise
             except Exception as error:  # one profile's failure holds back nobody: each alone
@@ -434,7 +489,7 @@ class AudienceWorker(StreamConsumer):
             return [again[a.profile_id] if o is None or o is MISSING else o
                     for a, o in zip(asked, outcomes, strict=True)], False  # fmt: skip
         try:
-            return self._evaluate_alone(asked[0], entries)
+            return self._evaluate_alone(asked, entries, ahead)
         except self.storage_errors:
             raise
         except Exception as error:
@@ -442,10 +497,13 @@ class AudienceWorker(StreamConsumer):
             return [None], False
 
     def _evaluate_alone(
-        self, one: Asked, entries: Sequence[Entry]
+        self, asked: list[Asked], entries: Sequence[Entry], ahead: Ahead | None = None
     ) -> tuple[list[Outcome | None], bool]:
-        for _ in range(10):
-            [outcome], acked = self._evaluate_once([one], entries)
+        [one] = asked
+        for attempt in range(10):
+            first = attempt == 0  # the batch as asked: a read sent ahead for it is its own
+            [outcome], acked = self._evaluate_once(asked if first else [one], entries,
+                                                   ahead if first else None)  # fmt: skip
             if outcome is None:
                 continue  # another worker changed its memberships: read again
             if outcome is not MISSING:
@@ -458,13 +516,13 @@ class AudienceWorker(StreamConsumer):
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
     def _evaluate_once(
-        self, asked: list[Asked], entries: Sequence[Entry]
+        self, asked: list[Asked], entries: Sequence[Entry], ahead: Ahead | None = None
     ) -> tuple[list[Outcome | None], bool]:
         """Read the profiles, evaluate, write what changed (one script call each way), with
         the acknowledgement of the `entries` if every profile is live and written (then True).
         MISSING for a profile that is not live (merged away or erased); None for one whose
         memberships another worker changed meanwhile (nothing of it written)."""
-        generation, stock_version, profiles = self.read(asked)
+        generation, stock_version, profiles = self.read(asked, ahead)
         plan = self.plan_of(generation, stock_version)
         watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
         outcomes, writes_of = self._decide(plan, asked, profiles, watching)
@@ -514,21 +572,33 @@ class AudienceWorker(StreamConsumer):
         SET_ASIDE.labels(self.group).inc()
         self.set_aside += 1
 
-    def read(self, asked: list[Asked]) -> BatchRead:
+    def read(self, asked: list[Asked], ahead: Ahead | None = None) -> BatchRead:
         """The definitions' generation, the stock version, and each profile's memberships
-        hash, next moment and inputs (None: not live), in one call."""
+        hash, next moment and inputs (None: not live), in one call: the one `ahead` sent for
+        these profiles if it did; then the read of its next batch is sent, for Valkey to
+        run while this batch is evaluated."""
+        reply = ahead.reply(asked) if ahead is not None else None
+        if reply is None:
+            keys, args = self._reading(asked)
+            reply = self._read_batch(keys=keys, args=args)
+        if ahead is not None and ahead.next:
+            ahead.send(ahead.next, *self._reading(ahead.next))
+        generation, stock_version, *profiles = reply
+        return BatchRead(generation, stock_version, [
+            (_pairs(stored), None if due is None else int(due),
+             PUT_OFF if inputs[0] == 2 else audience_inputs_of(inputs))
+            for stored, due, inputs in profiles
+        ])  # fmt: skip
+
+    def _reading(self, asked: list[Asked]) -> tuple[list[str], list[str | int]]:
+        """`READ_BATCH`'s keys and arguments for these profiles."""
         keys = [self.keys.due, self.keys.generation, self.catalog.keys.stock_version]
         args: list[str | int] = [self.hot_events, SEEN]
         for a in asked:
             keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
             args += [a.profile_id, a.now - self.history_days * DAY_MS,
                      a.now - HOT_PAUSE_MS if a.cause == "event" else -1]  # fmt: skip
-        generation, stock_version, *profiles = self._read_batch(keys=keys, args=args)
-        return BatchRead(generation, stock_version, [
-            (_pairs(stored), None if due is None else int(due),
-             PUT_OFF if inputs[0] == 2 else audience_inputs_of(inputs))
-            for stored, due, inputs in profiles
-        ])  # fmt: skip
+        return keys, args
 
     def _decide(
         self,

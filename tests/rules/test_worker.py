@@ -23,6 +23,8 @@ from rules.worker import (
     HOT_PAUSE_MS,
     LEASE_MS,
     RETRY_MS,
+    Ahead,
+    Asked,
     AudienceWorker,
     RulesUnavailable,
     retry_after,
@@ -85,8 +87,8 @@ class CrashBeforeAck(AudienceWorker):
     """Killed after a batch's writes, before the entries are acknowledged (as between two
     batches of one read: only the last one's write acknowledges them)."""
 
-    def _evaluate_once(self, asked, entries):  # type: ignore[no-untyped-def]
-        super()._evaluate_once(asked, ())
+    def _evaluate_once(self, asked, entries, ahead=None):  # type: ignore[no-untyped-def]
+        super()._evaluate_once(asked, (), ahead)
         raise Killed("before acknowledging")
 
 
@@ -289,14 +291,59 @@ def test_a_batch_another_worker_touched_is_decided_again_one_by_one(
         assert sorted(enters) == sorted(everyone)  # once each
 
 
+def test_a_batch_read_ahead_of_a_write_to_its_profile_is_decided_again_alone(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """The next batch's read is sent before this batch is written: a profile in both was
+    read as it was before the write, so its second decision is not written (the version
+    moved) and it is decided again alone: one enter."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        visitors = [f"v{i}" for i in range(EVALUATION_BATCH)]
+        viewed_twice(shop, *visitors)
+        shop.apply()
+        ids = [shop.profile_of(who) for who in visitors]
+        shop.worker = shop.audience_worker(Interrupted)
+        shop.worker.decided = []
+        shop.worker.interrupted = "nobody"  # counts, interrupts nothing
+        shop.worker.evaluate_batches([Asked(pid, shop.now, "event", None)
+                                      for pid in [*ids, ids[0]]])  # fmt: skip
+        assert shop.worker.decided.count(ids[0]) == 3  # in each batch, then alone
+        assert shop.members("twice") == set(ids)
+        enters = [c for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(c["profile"] for c in enters) == sorted(ids)
+
+
+def test_a_read_sent_ahead_is_taken_only_by_its_batch_and_lets_go_of_its_connection(
+    redis_client: redis.Redis,
+) -> None:
+    pool = redis_client.connection_pool
+    script = redis_client.register_script("return ARGV[1]")
+    script(args=["loaded"])
+    mine, other = [Asked("p1", 1, "event", None)], [Asked("p1", 1, "event", None)]
+    ahead = Ahead(redis_client, script.sha)
+    ahead.send(mine, [], ["ahead"])
+    assert ahead.reply(other) is None  # an equal batch, not the one it was sent for
+    assert ahead.reply(mine) == b"ahead"
+    assert ahead.reply(mine) is None  # taken once
+    forgotten = Ahead(redis_client, "0" * 40)  # a script Valkey does not hold
+    forgotten.send(mine, [], ["x"])
+    assert forgotten.reply(mine) is None  # read as usual instead
+    dropped = Ahead(redis_client, script.sha)
+    dropped.send(mine, [], ["never taken"])
+    dropped.drop()
+    assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
+    assert redis_client.ping()
+
+
 class Counting(AudienceWorker):
     """Counts the profiles it evaluated."""
 
     evaluated = 0
 
-    def evaluate_all(self, asked, entries=()):  # type: ignore[no-untyped-def]
+    def evaluate_all(self, asked, entries=(), ahead=None):  # type: ignore[no-untyped-def]
         self.evaluated += len(asked)
-        return super().evaluate_all(asked, entries)
+        return super().evaluate_all(asked, entries, ahead)
 
 
 def test_two_workers_share_the_changes_and_the_schedule_each_transition_once(
@@ -376,10 +423,10 @@ class Moments(AudienceWorker):
         started, readings = self.clock, itertools.count()
         self.clock = lambda: started() + (10 if next(readings) else 0)
 
-    def evaluate_all(self, asked, entries=()):  # type: ignore[no-untyped-def]
+    def evaluate_all(self, asked, entries=(), ahead=None):  # type: ignore[no-untyped-def]
         for a in asked:
             self.seen.setdefault(a.profile_id, []).append(a.now)
-        return super().evaluate_all(asked, entries)
+        return super().evaluate_all(asked, entries, ahead)
 
 
 def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
