@@ -29,7 +29,7 @@ from rules.conditions import (
     Prepared,
     Subject,
     aggregate,
-    group_of,
+    group_value,
     last_performed,
     matches,
     not_followed_by,
@@ -127,9 +127,8 @@ class Batch:
         self._counts: dict[Any, dict[int, tuple[Ints, Ints]]] = {}  # selector -> window ->
         # (count, when its first leaves the window)
         self._read: dict[int, dict[int, tuple[Any, ...]]] = {}  # leaf -> row -> measure
-        self._numbers: dict[Any, tuple[Stacked, list[float], Ints, Ints]] = {}
+        self._values: dict[Any, tuple[Stacked, list[Any], Ints, Ints]] = {}
         self._events: dict[str, Selection] | None = None
-        self._groups: dict[Any, tuple[Stacked, list[str], Ints, Ints]] = {}
         self._everything: tuple[Stacked, Ints, Ints] | None = None
         self._texts: dict[tuple[str, str], dict[str, Selection]] = {}
 
@@ -267,20 +266,11 @@ class Batch:
         return Column(values.tolist(), [True] * len(end), holds, next_at)
 
     def _aggregate(self, spec: Aggregate) -> Column:
-        key = (spec.selector, spec.property)
-        found = self._numbers.get(key)
-        if found is None:
-            stacked, numbers = _numeric(self, spec, spec.property)
-            end = stacked.upto(self.nows)
-            found = self._numbers[key] = (stacked, numbers, end, stacked.first_after(end))
-        stacked, numbers, end, arrival = found
-        start = stacked.upto(self.nows - spec.within)
-        next_at = np.minimum(np.where(end > start, stacked.ats[start] + spec.within, NONE),
-                             arrival)  # fmt: skip
+        numbers, spans, next_at = self._valued(spec, spec.property, number, spec.within)
         none = summary(spec.fn, [])
         values: list[Any] = []
         present: list[bool] = []
-        for first, last in zip(start.tolist(), end.tolist(), strict=True):
+        for first, last in spans:
             value, is_present = summary(spec.fn, numbers[first:last]) if last > first else none
             values.append(value)
             present.append(is_present)
@@ -294,29 +284,37 @@ class Batch:
     def _grouped(self, spec: Performed) -> Column:
         """The largest count of one value of the `same` property within the window."""
         assert spec.same
-        key = (spec.selector, spec.same)
-        found = self._groups.get(key)
+        groups, spans, next_at = self._valued(spec, spec.same, group_value, spec.within)
+        counts = [max(Counter(groups[first:last]).values()) if last > first else 0
+                  for first, last in spans]  # fmt: skip
+        holds = ARRAY_COMPARE[spec.op](np.array(counts, dtype=np.int64), spec.times)
+        return Column(counts, [True] * len(counts), holds, next_at)
+
+    def _valued(
+        self, ref: EventRef, prop: str, value_of: Callable[[Any], Any], within: int
+    ) -> tuple[list[Any], list[tuple[int, int]], Ints]:
+        """The values of a property of the selection's events (`value_of` it; None: the
+        event is left out), each profile's span of them within (now - within, now], and
+        when the first inside leaves the window or the next comes (NONE: neither)."""
+        key = (ref.selector, prop, value_of)
+        found = self._values.get(key)
         if found is None:
             rows: list[int] = []
             ats: list[int] = []
-            values: list[str] = []
-            for row, at, h in zip(*self.selection(spec), strict=True):
-                value = group_of(h, spec.same)
+            values: list[Any] = []
+            for row, at, h in zip(*self.selection(ref), strict=True):
+                value = value_of(h.properties.get(prop))
                 if value is not None:
                     rows.append(row)
                     ats.append(at)
                     values.append(value)
             stacked = Stacked(rows, ats, len(self.subjects))
             end = stacked.upto(self.nows)
-            found = self._groups[key] = (stacked, values, end, stacked.first_after(end))
-        stacked, groups, end, arrival = found
-        start = stacked.upto(self.nows - spec.within)
-        next_at = np.minimum(np.where(end > start, stacked.ats[start] + spec.within, NONE),
-                             arrival)  # fmt: skip
-        counts = [max(Counter(groups[first:last]).values()) if last > first else 0
-                  for first, last in zip(start.tolist(), end.tolist(), strict=True)]  # fmt: skip
-        holds = ARRAY_COMPARE[spec.op](np.array(counts, dtype=np.int64), spec.times)
-        return Column(counts, [True] * len(counts), holds, next_at)
+            found = self._values[key] = (stacked, values, end, stacked.first_after(end))
+        stacked, values, end, arrival = found
+        start = stacked.upto(self.nows - within)
+        next_at = np.minimum(np.where(end > start, stacked.ats[start] + within, NONE), arrival)
+        return values, list(zip(start.tolist(), end.tolist(), strict=True)), next_at
 
     def _cart(self, spec: Cart, measure: Callable[..., Any], rows: Sequence[int]) -> Column:
         """The cart of those who added or removed a product is read profile by profile;
@@ -384,20 +382,6 @@ class Batch:
         )
         values = np.where(waiting, waited, NEVER)
         return Column(values.tolist(), [True] * len(end), holds, next_at)
-
-
-def _numeric(batch: Batch, ref: EventRef, prop: str) -> tuple[Stacked, list[float]]:
-    """The selection's events whose property is a number, stacked, and those numbers."""
-    rows: list[int] = []
-    ats: list[int] = []
-    values: list[float] = []
-    for row, at, h in zip(*batch.selection(ref), strict=True):
-        value = number(h.properties.get(prop))
-        if value is not None:
-            rows.append(row)
-            ats.append(at)
-            values.append(value)
-    return Stacked(rows, ats, len(batch.subjects)), values
 
 
 def column_decider(node: Node) -> Callable[[Sequence[Flags]], Flags]:

@@ -274,7 +274,11 @@ def events_read(leaf: Leaf) -> frozenset[str]:
 
 
 def group_of(happened: Happened, prop: str) -> str | None:
-    value = happened.properties.get(prop)
+    return group_value(happened.properties.get(prop))
+
+
+def group_value(value: Any) -> str | None:
+    """A property's value as `same` groups it: text only."""
     return value if isinstance(value, str) else None
 
 

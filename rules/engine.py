@@ -341,9 +341,13 @@ class Matcher:
         import durable_rules_engine as native
 
         self._fired.clear()
+        assert_fact, handles = native.assert_fact, self._handles
         for shard, fact in by_shard.items():
             try:
-                self._match_fact(shard, fact)
+                text = engine_json(fact)
+                asserted = assert_fact(handles[shard], text)
+                if asserted[0] != NOT_HANDLED:  # a rule matched (the steady state: none)
+                    self._fired_by(shard, text, asserted)
             except native.error as error:
                 if STACK_OVERFLOW not in str(error):
                     raise
@@ -361,10 +365,15 @@ class Matcher:
         fires, retract it."""
         import durable_rules_engine as native
 
+        asserted = native.assert_fact(self._handles[shard], text)
+        if asserted[0] != NOT_HANDLED:  # else no rule matched: the engine kept nothing
+            self._fired_by(shard, text, asserted)
+
+    def _fired_by(self, shard: int, text: str, asserted: tuple[int, int]) -> None:
+        """Take the transitions an asserted fact fired, then retract it."""
+        import durable_rules_engine as native
+
         handle = self._handles[shard]
-        asserted = native.assert_fact(handle, text)
-        if asserted[0] == NOT_HANDLED:
-            return  # no rule matched: the engine kept nothing
         try:
             self._run(shard, handle, asserted)
         finally:  # even after a failure: a fact left asserted would fail every profile whose

@@ -40,12 +40,8 @@ FAILURES = "~failures"
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:
     """Audience → member since (ms), from the hash as Redis returns it."""
-    found = {}
-    for key, value in stored.items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        if not name.startswith("~"):
-            found[name] = int(value)
-    return found
+    return {(key.decode() if isinstance(key, bytes) else str(key)): int(value)
+            for key, value in stored.items() if key[:1] not in (b"~", "~")}  # fmt: skip
 
 
 def next_moments(stored: dict[bytes, bytes]) -> dict[str, int]:

@@ -768,8 +768,12 @@ def _keep_next_moments(
     """Write the audiences' next moments in the memberships hash `key` if the matched ones
     moved (forgetting audiences gone from the plan); the profile's next moment: the soonest
     of all its audiences'."""
-    kept = {a: at for a, at in nexts.items() if a in plan.definitions and a not in outcome.next_of}
-    kept.update((a, at) for a, at in outcome.next_of.items() if at is not None)
+    if len(outcome.next_of) == len(plan.definitions):  # every audience matched
+        kept = {a: at for a, at in outcome.next_of.items() if at is not None}
+    else:
+        kept = {a: at for a, at in nexts.items()
+                if a in plan.definitions and a not in outcome.next_of}  # fmt: skip
+        kept.update((a, at) for a, at in outcome.next_of.items() if at is not None)
     if kept != nexts:
         if kept:
             writes.hset(key, NEXT, orjson.dumps(kept).decode())
@@ -784,10 +788,12 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
     found: dict[str, int] = {}
     if not plan.watch_events:
         return found
+    since = now - plan.watch_ms
     for h in history:
-        product = product_of(h.properties)
-        if product and h.event in plan.watch_events and h.at > now - plan.watch_ms:
-            found[product] = max(found.get(product, h.at), h.at)
+        if h.event in plan.watch_events and h.at > since:
+            product = product_of(h.properties)
+            if product:
+                found[product] = max(found.get(product, h.at), h.at)
     return found
 
 

@@ -61,7 +61,7 @@ def _text(mapping: dict[bytes, bytes]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AudienceInputs:
-    history: list[tuple[int, str, str, dict[str, Any]]]  # (at, message id, event, properties)
+    history: list[list[Any]]  # [at, message id, event, properties], in time order
     traits: dict[str, Any]
     granted: set[tuple[str, str]]  # (channel, purpose)
     time_zone: str | None = None  # the profile's (IANA), if an event told it
@@ -247,7 +247,12 @@ local function audience_inputs(profile, history, traits, consent, since)
   if redis.call('EXISTS', profile) == 0 then
     return {0}
   end
-  return {1, redis.call('ZRANGE', history, '(' .. since, '+inf', 'BYSCORE', 'WITHSCORES'),
+  local rows = redis.call('ZRANGE', history, '(' .. since, '+inf', 'BYSCORE', 'WITHSCORES')
+  local events = {}
+  for i = 1, #rows, 2 do  -- [time, id, name, properties]: the member is [id, name, properties]
+    events[#events + 1] = '[' .. rows[i + 1] .. ',' .. string.sub(rows[i], 2)
+  end
+  return {1, '[' .. table.concat(events, ',') .. ']',
           redis.call('HGETALL', traits), redis.call('HGETALL', consent),
           redis.call('HMGET', profile, 'tz', 'orders')}
 end
@@ -261,9 +266,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
         return None
     _, history, traits, consent, (time_zone, orders) = reply
     return AudienceInputs(
-        history=[
-            (int(history[i + 1]), *orjson.loads(history[i])) for i in range(0, len(history), 2)
-        ],  # fmt: skip
+        history=orjson.loads(history),  # one JSON text: the script wrote it of the members
         traits={text(traits[i]): orjson.loads(traits[i + 1]) for i in range(0, len(traits), 2)},
         granted={
             _pair(text(consent[i]))
