@@ -68,9 +68,8 @@ NEVER = -1  # the age of what never happened
 CART_EVENTS = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED})
 
 
-@dataclass(frozen=True, slots=True)
-class Happened:
-    """One track event in a profile's history."""
+class Happened(NamedTuple):
+    """One track event in a profile's history (a tuple: made for every event read)."""
 
     message_id: str
     event: str

@@ -25,6 +25,7 @@ from ingestion.segment import SegmentEvent
 from ingestion.writer import WarehouseWriter
 from rules.audiences import DAY_MS, Audiences
 from rules.definition import Definition
+from rules.evaluation import DISAGREEMENTS
 from rules.keyspace import AudienceKeys
 from rules.membership import Sources, members_at
 from rules.worker import AudienceWorker
@@ -42,6 +43,7 @@ CRAWLER = (
 class Shop:
     def __init__(self, settings: Settings, client: redis.Redis, warehouse: Warehouse) -> None:
         migrate(warehouse)
+        self.disagreements = disagreements()
         self.settings = settings
         self.client = client
         self.warehouse = warehouse
@@ -122,8 +124,13 @@ class Shop:
             moved += sum(worker.run_due() + step(worker) for worker in self.audience_workers)
             moved += step(self.records)
             if not moved:
+                self.agreed()
                 return
         raise AssertionError("the pipeline did not settle")
+
+    def agreed(self) -> None:
+        """durable_rules and the tree's own answer agreed on every profile evaluated."""
+        assert disagreements() == self.disagreements, "the engine and the tree disagreed"
 
     def apply(self) -> int:
         """What was sent is stored and applied to profiles (their changes announced, not
@@ -141,6 +148,7 @@ class Shop:
         while sum(worker.run_due() for worker in self.audience_workers):
             pass
         step(self.records)
+        self.agreed()
 
     @property
     def audience_workers(self) -> list[AudienceWorker]:
@@ -162,6 +170,11 @@ class Shop:
     def changes(self) -> list[dict[str, str]]:
         return [{k.decode(): v.decode() for k, v in fields.items()}
                 for _, fields in self.client.xrange(self.keys.changes)]  # fmt: skip
+
+
+def disagreements() -> float:
+    """`cdp_audience_engine_disagreements` of this process."""
+    return DISAGREEMENTS._value.get()  # type: ignore[attr-defined,no-any-return]
 
 
 def step(consumer: StreamConsumer) -> int:

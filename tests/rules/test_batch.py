@@ -75,7 +75,7 @@ def test_each_condition_read_for_a_batch_is_what_each_profile_alone_reads(
 ) -> None:
     rows = same_stock(drawn)
     root = parse_node(document)
-    batch = Batch([s for s, _ in rows], [now for _, now in rows], {})
+    batch = Batch([s for s, _ in rows], [now for _, now in rows], {}, arrays_from=1)
     prepared = prepare(leaves(root))
     every = list(range(len(rows)))
     for leaf in prepared:
@@ -106,7 +106,8 @@ def test_a_batch_evaluated_together_decides_what_each_alone_does(
     documents: list[dict[str, Any]], drawn: tuple[tuple[Subject, int], ...], only: bool
 ) -> None:
     """Several audiences (those naming `base` matched after it), some profiles asked for
-    everything and some only for what one event changed."""
+    everything and some only for what one event changed; alone, each profile's conditions
+    are read one by one (`rules/conditions.py`), together by arrays."""
     definitions = [Definition.model_validate({"id": "base" if i == 0 else f"t{i}",
                                               "name": "x", "root": d})
                    for i, d in enumerate(documents)]  # fmt: skip
