@@ -54,14 +54,6 @@ from rules.definition import (
 Ints = npt.NDArray[np.int64]
 Flags = npt.NDArray[np.bool_]
 NONE = np.iinfo(np.int64).max  # no next moment
-# A profile alone is read condition by condition by `rules/conditions.py`: an array
-# operation's fixed cost (a few µs, ~6 of them a condition) is more than one profile's
-# reading of a condition. Measured with the bench's 50 audiences, a profile's evaluation
-# (without its read and write): alone 1.17 ms by arrays, 0.63 ms each condition on its own;
-# 2 profiles 0.65 against 0.41 ms a profile, 4: 0.38 against 0.29, 8: 0.24 alike, 12: 0.19
-# against 0.20, 50: 0.10 against 0.33. A batch of 2 or more goes by arrays: one way for all
-# batches but the lone profile (an event when the shop is quiet), which costs ~0.5 ms less.
-ARRAYS_FROM = 2
 # Events of the batch: each one's row (its profile), time, and the event, in row order.
 Selection = tuple[list[int], list[int], list[Happened]]
 ARRAY_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
@@ -121,12 +113,9 @@ class Batch:
         subjects: Sequence[Subject],
         nows: Sequence[int],
         windows: dict[Any, list[int]] | None = None,
-        arrays_from: int = ARRAYS_FROM,
     ) -> None:
         """`windows`: the windows of the counts of each selection (`EventRef.selector`) that
-        the batch will be asked for, counted at once (others are counted when asked).
-        `arrays_from`: a smaller batch is read profile by profile."""
-        self.arrays_from = arrays_from
+        the batch will be asked for, counted at once (others are counted when asked)."""
         self.subjects = subjects
         self.now_list = list(nows)
         self.nows = np.array(self.now_list, dtype=np.int64)
@@ -228,8 +217,6 @@ class Batch:
         """The condition over the batch; `rows`: the profiles that ask for it (the kinds
         read profile by profile are read for those only)."""
         _, _, spec, measure = leaf
-        if len(self.subjects) < self.arrays_from:
-            return self._each(spec, measure, rows)
         if measure is performed:
             return self._grouped(spec) if spec.same else self._performed(spec)
         if measure is last_performed:

@@ -26,6 +26,7 @@ from rules.conditions import (
     Happened,
     Subject,
     events_read,
+    next_change,
     read,
 )
 from rules.definition import (
@@ -259,6 +260,31 @@ class _Layer:
     nexts: list[list[int | None]]
 
     @classmethod
+    def alone(cls, plan: Plan, asked: list[Compiled], look: Look) -> _Layer:
+        """The layer read of one profile alone, condition by condition by
+        `rules/conditions.py`: arrays cost more than they save for one."""
+        s, now = look.subject, look.now
+        expected: dict[str, Change] = {}
+        nexts: list[int | None] = []
+        groups: dict[int, _Group] = {}
+        for c in asked:
+            readings = read(c.root, s, now, c.prepared)
+            member = c.audience in s.memberships
+            if c.decide(readings) != member:
+                expected[c.audience] = "exit" if member else "enter"
+            nexts.append(next_change(readings, now))
+            group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
+            start = len(group.names)
+            group.names += c.names
+            group.columns += [[int(member)], *([r.value] for r in readings)]
+            group.columns += [[int(r.present)] for r, (_, present) in
+                              zip(readings, c.fields, strict=True) if present]  # fmt: skip
+            group.spans.append((c.audience, start, len(group.names)))
+        for group in groups.values():
+            group.rows = list(zip(*group.columns, strict=True))
+        return cls([c.audience for c in asked], groups, [expected], [nexts])
+
+    @classmethod
     def of(cls, plan: Plan, asked: list[Compiled], rows_of: dict[str, list[int]],
            batch: Batch) -> _Layer:  # fmt: skip
         size = len(batch.subjects)
@@ -316,18 +342,22 @@ def _match(
                 rows_of.setdefault(c.audience, []).append(row)
     if not rows_of:
         return
-    read = _Layer.of(plan, [c for c in whole_layer if c.audience in rows_of], rows_of, batch)
+    asked = [c for c in whole_layer if c.audience in rows_of]
+    if len(looks) > 1:
+        layer_read = _Layer.of(plan, asked, rows_of, batch)
+    else:
+        layer_read = _Layer.alone(plan, asked, looks[0])
     for row, layer in enumerate(chosen):
         if layer:
             names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
-            _match_one(plan, layer, names, read, looks[row], row, outcomes[row], moved[row])
+            _match_one(plan, layer, names, layer_read, looks[row], row, outcomes[row], moved[row])
 
 
 def _match_one(
     plan: Plan,
     layer: list[Compiled],
     names: set[str] | None,
-    read_: _Layer,
+    layer_read: _Layer,
     look: Look,
     row: int,
     outcome: Outcome,
@@ -335,10 +365,10 @@ def _match_one(
 ) -> None:
     """One profile's facts matched (of every audience of the layer, None, or of those
     named), its transitions checked against the tree's answer and recorded."""
-    facts = {shard: group.fact(row, names) for shard, group in read_.groups.items()}
+    facts = {shard: group.fact(row, names) for shard, group in layer_read.groups.items()}
     fired = plan.matcher.match_facts({shard: fact for shard, fact in facts.items() if fact})
     s = look.subject
-    expected = read_.expected[row]
+    expected = layer_read.expected[row]
     if names is not None:
         expected = {a: change for a, change in expected.items() if a in names}
     if fired != expected:
@@ -346,9 +376,9 @@ def _match_one(
             if fired.get(audience) != expected.get(audience):
                 DISAGREEMENTS.inc()
                 log.error("engine and tree disagree on %s for %s", audience, s.profile_id)
-    nexts = zip(read_.audiences, read_.nexts[row], strict=True)
+    nexts = zip(layer_read.audiences, layer_read.nexts[row], strict=True)
     if names is None:
-        outcome.matched.update(read_.audiences)
+        outcome.matched.update(layer_read.audiences)
         outcome.next_of.update(nexts)
     else:
         outcome.matched.update(names)

@@ -75,7 +75,7 @@ def test_each_condition_read_for_a_batch_is_what_each_profile_alone_reads(
 ) -> None:
     rows = same_stock(drawn)
     root = parse_node(document)
-    batch = Batch([s for s, _ in rows], [now for _, now in rows], {}, arrays_from=1)
+    batch = Batch([s for s, _ in rows], [now for _, now in rows], {})
     prepared = prepare(leaves(root))
     every = list(range(len(rows)))
     for leaf in prepared:
