@@ -2,12 +2,14 @@
 `rules/conditions.py` reads of one profile (its value, whether it holds, its next moment),
 for every profile of the batch in a few array operations instead of a Python call each.
 
-The windowed conditions (an event performed N times, the time since the last one, an event
-not followed by another) are counts and bounds of time ranges, so each is a handful of
-binary searches over the batch's events of one selection, stacked profile after profile.
-The other kinds are read profile by profile by `rules/conditions.py` itself (the reference:
-it also writes the reasons and answers "why"), only for the profiles that ask for them;
-a test holds both to the same readings."""
+The windowed conditions (an event performed N times, of one value N times, the time since
+the last one, an event not followed by another, an aggregate) are counts, values and bounds
+of time ranges, so each is a handful of binary searches over the batch's events of one
+selection, stacked profile after profile. The cart of a profile with cart events and the
+small kinds (traits, consent, buckets, memberships, orders, time zones) are read profile by
+profile by `rules/conditions.py` itself (the reference: it also reads a profile evaluated
+alone, writes the reasons and answers "why"), only for the profiles that ask for them; a
+test holds both to the same readings."""
 
 from __future__ import annotations
 
