@@ -57,7 +57,7 @@ def _summed(mine: Metric, theirs: Metric) -> Metric:
     for sample in [*mine.samples, *theirs.samples]:
         if sample.name.endswith("_created"):  # a moment, not a count: workers write none
             continue
-        key = (sample.name, tuple(sample.labels.items()))
+        key = (sample.name, tuple(sorted(sample.labels.items())))  # in any order written
         totals[key] = totals.get(key, 0.0) + sample.value
     merged = Metric(mine.name, mine.documentation, mine.type)
     for (name, labels), value in totals.items():

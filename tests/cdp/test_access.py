@@ -13,11 +13,12 @@ import httpx
 import orjson
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdp.access import JSONFormatter
 from cdp.credentials import source_id
-from cdp.metrics import MULTIPROCESS_ENV
+from cdp.metrics import MULTIPROCESS_ENV, _summed
 from cdp.settings import Settings
 from tests.conftest import API_KEY, WRITE_KEY, LiveServer, wait_for
 from tests.servers import free_port
@@ -102,6 +103,19 @@ def test_the_worker_processes_counters_are_in_metrics(live_server: LiveServer) -
     assert all(value >= 1 for value in theirs), list(zip(wanted, theirs, strict=True))
     names = [family.name for family in text_string_to_metric_families(metrics)]
     assert len(names) == len(set(names))  # one family a name, merged
+
+
+def test_one_series_counted_here_and_by_a_worker_is_served_once_summed() -> None:
+    """prometheus_client gives this process's labels in their declared order and a
+    worker's (read from its file) sorted: the same series either way."""
+    mine = Metric("cdp_audience_transitions", "enters and exits", "counter")
+    mine.add_sample("cdp_audience_transitions_total", {"change": "enter", "cause": "event"}, 2)
+    theirs = Metric("cdp_audience_transitions", "enters and exits", "counter")
+    theirs.add_sample("cdp_audience_transitions_total", {"cause": "event", "change": "enter"}, 1)
+    merged = _summed(mine, theirs)
+    assert [(s.labels, s.value) for s in merged.samples] == [
+        ({"cause": "event", "change": "enter"}, 3.0)
+    ]
 
 
 def test_a_worker_run_alone_serves_its_own_metrics(settings: Settings) -> None:
