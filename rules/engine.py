@@ -211,17 +211,13 @@ class Compiled:
         """The fact the rules match: the member flag, each leaf's value, and whether there
         is a value at all for the leaves that may have none (aggregates): every property
         costs the engine, so there are no others."""
-        fact: dict[str, float] = {}
-        self.fill(fact, readings, member)
-        return fact
+        return dict(zip(self.names, self.values(readings, member), strict=True))
 
-    def fill(self, fact: dict[str, float], readings: list[Reading], member: bool) -> None:
-        """Put the snapshot's fields in `fact` (the fact of the audience's shard)."""
-        fact[self.member_field] = int(member)
-        for (value_field, present_field), reading in zip(self.fields, readings, strict=True):
-            fact[value_field] = reading.value
-            if present_field:
-                fact[present_field] = int(reading.present)
+    def values(self, readings: Sequence[Reading], member: bool) -> list[float]:
+        """The snapshot's values in the order of its `names`."""
+        return [int(member), *(r.value for r in readings),
+                *(int(r.present) for r, (_, present) in zip(readings, self.fields, strict=True)
+                  if present)]  # fmt: skip
 
     @cached_property
     def width(self) -> int:
@@ -337,17 +333,13 @@ class Matcher:
 
     def match_facts(self, by_shard: dict[int, dict[str, float]]) -> dict[str, Change]:
         """Audience -> "enter" | "exit" for each transition the shards' facts (the snapshots
-        of a shard's audiences, `Compiled.fill`) show. Each is asserted, then retracted."""
+        of a shard's audiences, `Compiled.snapshot`) show. Each is asserted, then retracted."""
         import durable_rules_engine as native
 
         self._fired.clear()
-        assert_fact, handles = native.assert_fact, self._handles
         for shard, fact in by_shard.items():
             try:
-                text = engine_json(fact)
-                asserted = assert_fact(handles[shard], text)
-                if asserted[0] != NOT_HANDLED:  # a rule matched (the steady state: none)
-                    self._fired_by(shard, text, asserted)
+                self._match_fact(shard, fact)
             except native.error as error:
                 if STACK_OVERFLOW not in str(error):
                     raise
@@ -365,15 +357,10 @@ class Matcher:
         fires, retract it."""
         import durable_rules_engine as native
 
-        asserted = native.assert_fact(self._handles[shard], text)
-        if asserted[0] != NOT_HANDLED:  # else no rule matched: the engine kept nothing
-            self._fired_by(shard, text, asserted)
-
-    def _fired_by(self, shard: int, text: str, asserted: tuple[int, int]) -> None:
-        """Take the transitions an asserted fact fired, then retract it."""
-        import durable_rules_engine as native
-
         handle = self._handles[shard]
+        asserted = native.assert_fact(handle, text)
+        if asserted[0] == NOT_HANDLED:
+            return  # no rule matched (the steady state): the engine kept nothing
         try:
             self._run(shard, handle, asserted)
         finally:  # even after a failure: a fact left asserted would fail every profile whose

@@ -237,6 +237,13 @@ class _Group:
     spans: list[tuple[str, int, int]] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
+    def add(self, c: Compiled, columns: list[list[Any]]) -> None:
+        """An audience's fields, each a column of the batch (in the order of `c.names`)."""
+        start = len(self.names)
+        self.names += c.names
+        self.columns += columns
+        self.spans.append((c.audience, start, len(self.names)))
+
     def fact(self, row: int, names: set[str] | None) -> dict[str, Any]:
         """The profile's fact of this shard: of every audience (None), or of those named."""
         values = self.rows[row]
@@ -274,12 +281,7 @@ class _Layer:
                 expected[c.audience] = "exit" if member else "enter"
             nexts.append(next_change(readings, now))
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
-            start = len(group.names)
-            group.names += c.names
-            group.columns += [[int(member)], *([r.value] for r in readings)]
-            group.columns += [[int(r.present)] for r, (_, present) in
-                              zip(readings, c.fields, strict=True) if present]  # fmt: skip
-            group.spans.append((c.audience, start, len(group.names)))
+            group.add(c, [[value] for value in c.values(readings, member)])
         for group in groups.values():
             group.rows = list(zip(*group.columns, strict=True))
         return cls([c.audience for c in asked], groups, [expected], [nexts])
@@ -310,13 +312,10 @@ class _Layer:
         flags = member.astype(np.int64).tolist()
         for c, cs, flag in zip(asked, columns, flags, strict=True):
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
-            start = len(group.names)
-            group.names += c.names
-            group.columns += [flag, *(column.values for column in cs)]
-            group.columns += [[int(p) for p in column.present]
-                              for column, (_, present) in zip(cs, c.fields, strict=True)
-                              if present]  # fmt: skip
-            group.spans.append((c.audience, start, len(group.names)))
+            group.add(c, [flag, *(column.values for column in cs),
+                          *([int(p) for p in column.present]
+                            for column, (_, present) in zip(cs, c.fields, strict=True)
+                            if present)])  # fmt: skip
         for group in groups.values():
             group.rows = list(zip(*group.columns, strict=True))
         return cls([c.audience for c in asked], groups, expected, nexts)
