@@ -220,54 +220,85 @@ class Asked:
     changed: frozenset[str] | None
 
 
+class Sent:
+    """A script call sent on a connection of its own, its reply read when it is wanted:
+    Valkey runs the script while the worker goes on."""
+
+    def __init__(self, client: redis.Redis, sha: str, keys: list[str], args: list[Any]) -> None:
+        self.pool = client.connection_pool
+        self.connection = self.pool.get_connection()
+        try:
+            self.connection.send_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.pool.release(self.connection)
+            raise
+
+    def reply(self) -> Any | None:
+        """The script's reply (None if Valkey did not hold the script: nothing ran, the
+        caller calls it as usual, which loads it)."""
+        try:
+            return self.connection.read_response()
+        except redis.exceptions.NoScriptError:
+            return None
+        except BaseException:  # a reply half read must not reach another command
+            self.connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            self.pool.release(self.connection)
+
+    def drop(self) -> None:
+        """Let go of the call with its reply unread (its connection closed)."""
+        self.connection.disconnect()  # type: ignore[no-untyped-call]
+        self.pool.release(self.connection)
+
+
 class Ahead:
-    """The read of a worker's next batch, sent before the batch in hand is evaluated, on a
-    connection of its own: Valkey runs the script while the worker evaluates, and its reply
-    waits in the connection until the next batch's turn. A batch read it was not sent for
-    (another batch came between) is read as usual; what it sent is still taken at its turn.
-    What it read is as current as a read at the time it was sent: a profile written since
-    is caught by the commit's version check, as another worker's write would be."""
+    """The read of a worker's next batch, sent before the batch in hand is evaluated: its
+    reply waits in its connection until the next batch's turn. A batch read it was not
+    sent for (another batch came between) is read as usual; what it sent is still taken at
+    its turn. What it read is as current as a read at the time it was sent: a profile
+    written since is caught by the commit's version check, as another worker's write would
+    be."""
 
     def __init__(self, client: redis.Redis, sha: str) -> None:
         self.client = client
         self.sha = sha
         self.next: list[Asked] | None = None  # the batch after the one in hand
-        self._sent: tuple[list[Asked], Any] | None = None  # the batch sent for, its connection
+        self._sent: tuple[list[Asked], Sent] | None = None  # the batch sent for, its call
 
     def send(self, asked: list[Asked], keys: list[str], args: list[str | int]) -> None:
         self.drop()
-        connection = self.client.connection_pool.get_connection()
-        try:
-            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-        except BaseException:
-            self.client.connection_pool.release(connection)
-            raise
-        self._sent = (asked, connection)
+        self._sent = (asked, Sent(self.client, self.sha, keys, args))
 
     def reply(self, asked: list[Asked]) -> Any | None:
         """The reply of the read sent for these profiles, if it was (None otherwise, or if
         the script was not loaded: the caller reads as usual, which loads it)."""
         if self._sent is None or self._sent[0] is not asked:
             return None
-        _, connection = self._sent
+        sent = self._sent[1]
         self._sent = None
-        try:
-            return connection.read_response()
-        except redis.exceptions.NoScriptError:
-            return None
-        except BaseException:
-            connection.disconnect()  # a reply half read must not reach another command
-            raise
-        finally:
-            self.client.connection_pool.release(connection)
+        return sent.reply()
 
     def drop(self) -> None:
-        """Let go of a read sent and not taken (its connection closed, the reply unread)."""
+        """Let go of a read sent and not taken."""
         if self._sent is not None:
-            connection = self._sent[1]
+            sent = self._sent[1]
             self._sent = None
-            connection.disconnect()
-            self.client.connection_pool.release(connection)
+            sent.drop()
+
+
+@dataclass
+class Committing:
+    """A batch's commit sent, its reply not read yet: its outcomes, the places in them of
+    the profiles it writes, and the call (to make again if Valkey did not hold the
+    script)."""
+
+    asked: list[Asked]
+    outcomes: list[Outcome | None]
+    placed: list[int]
+    keys: list[str]
+    args: list[Any]
+    sent: Sent
 
 
 MISSING = Outcome()  # the profile is not live: merged away or erased
@@ -455,39 +486,48 @@ class AudienceWorker(StreamConsumer):
         acked = False
         batches = [asked[i : i + EVALUATION_BATCH] for i in range(0, len(asked), EVALUATION_BATCH)]
         ahead = Ahead(self.client, self._read_batch.sha)
+        later: list[Committing] = []  # a batch's commit, its reply read before the next's
         try:
             for n, batch in enumerate(batches):
                 last = n == len(batches) - 1
                 ahead.next = None if last else batches[n + 1]
-                _, acked = self.evaluate_all(batch, entries if last else (), ahead)
+                _, acked = self.evaluate_all(batch, entries if last else (), ahead, later)
                 if due_by is not None and not last:
-                    self.run_due(due_by)
+                    self.run_due(due_by)  # (a profile also in `later`: the versions decide)
+            self.finish_writes(later)
         finally:
             ahead.drop()
+            for committing in later:
+                committing.sent.drop()
         return acked
 
     def evaluate_all(
-        self, asked: list[Asked], entries: Sequence[Entry] = (), ahead: Ahead | None = None
+        self,
+        asked: list[Asked],
+        entries: Sequence[Entry] = (),
+        ahead: Ahead | None = None,
+        later: list[Committing] | None = None,
     ) -> tuple[list[Outcome | None], bool]:
         """`evaluate` for many profiles in two round trips (read, write), and whether the
         write acknowledged the `entries` (only when it wrote every profile: those another
-        worker changed meanwhile, or not live, are decided again each alone)."""
+        worker changed meanwhile, or not live, are decided again each alone). With `later`,
+        a write that acknowledges nothing is sent and left there, its reply read (and its
+        profiles not written decided again) by `finish_writes` before the next write: Valkey
+        runs it while the worker evaluates the next batch."""
         if len(asked) > 1:
             try:
-                outcomes, acked = self._evaluate_once(asked, entries, ahead)
+                outcomes, acked = self._evaluate_once(asked, entries, ahead, later)
             except self.storage_errors:
                 raise
             except Exception as error:  # one profile's failure holds back nobody: each alone
                 log.warning("audiences: a batch of %d profiles failed (%s); deciding each alone",
                             len(asked), error)  # fmt: skip
                 outcomes, acked = [None] * len(asked), False
-            asked_again = [a for a, o in zip(asked, outcomes, strict=True)
-                           if o is None or o is MISSING]  # fmt: skip
-            if not asked_again:
-                return outcomes, acked
-            again = {a.profile_id: self.evaluate_all([a])[0][0] for a in asked_again}
-            return [again[a.profile_id] if o is None or o is MISSING else o
-                    for a, o in zip(asked, outcomes, strict=True)], False  # fmt: skip
+            if later and later[-1].asked is asked:
+                return outcomes, False  # written later (`finish_writes`)
+            return self._again(asked, outcomes), acked  # (False if any was decided again)
+        if later:
+            self.finish_writes(later)  # (as before a batch's write)
         try:
             return self._evaluate_alone(asked, entries, ahead)
         except self.storage_errors:
@@ -495,6 +535,28 @@ class AudienceWorker(StreamConsumer):
         except Exception as error:
             self.set_aside_profile(asked[0], error)
             return [None], False
+
+    def _again(self, asked: list[Asked], outcomes: list[Outcome | None]) -> list[Outcome | None]:
+        """The outcomes of a batch, those not written (None) or not live decided again, each
+        alone."""
+        again = {a.profile_id: self.evaluate_all([a])[0][0]
+                 for a, o in zip(asked, outcomes, strict=True)
+                 if o is None or o is MISSING}  # fmt: skip
+        if not again:
+            return outcomes
+        return [again[a.profile_id] if o is None or o is MISSING else o
+                for a, o in zip(asked, outcomes, strict=True)]  # fmt: skip
+
+    def finish_writes(self, later: list[Committing]) -> None:
+        """The writes sent and not read yet: their replies read, their profiles not written
+        decided again, each alone."""
+        while later:
+            committing = later.pop(0)
+            conflicts = committing.sent.reply()
+            if conflicts is None:  # Valkey did not hold the script: nothing ran
+                conflicts = self._commit(keys=committing.keys, args=committing.args)
+            self._committed(committing.asked, committing.outcomes, committing.placed, conflicts)
+            self._again(committing.asked, committing.outcomes)
 
     def _evaluate_alone(
         self, asked: list[Asked], entries: Sequence[Entry], ahead: Ahead | None = None
@@ -516,12 +578,18 @@ class AudienceWorker(StreamConsumer):
         raise RuntimeError(f"memberships of {one.profile_id} kept changing under us")
 
     def _evaluate_once(
-        self, asked: list[Asked], entries: Sequence[Entry], ahead: Ahead | None = None
+        self,
+        asked: list[Asked],
+        entries: Sequence[Entry],
+        ahead: Ahead | None = None,
+        later: list[Committing] | None = None,
     ) -> tuple[list[Outcome | None], bool]:
         """Read the profiles, evaluate, write what changed (one script call each way), with
         the acknowledgement of the `entries` if every profile is live and written (then True).
         MISSING for a profile that is not live (merged away or erased); None for one whose
-        memberships another worker changed meanwhile (nothing of it written)."""
+        memberships another worker changed meanwhile (nothing of it written). With `later`,
+        the writes sent before are finished first, and a write that acknowledges nothing is
+        left there unread (its outcomes' None set by `finish_writes`)."""
         generation, stock_version, profiles = self.read(asked, ahead)
         plan = self.plan_of(generation, stock_version)
         watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
@@ -538,21 +606,34 @@ class AudienceWorker(StreamConsumer):
                 placed.append(n)
         live = all(o is not MISSING for o in outcomes)
         ack = [entry_id for entry_id, _ in entries] if live else []
-        acked = False
+        conflicts: list[Any] = []
         if batch or watching or ack:
             keys = [self.keys.due]
             args: list[Any] = [orjson.dumps(batch), orjson.dumps(watching), VERSION]
             if ack:
                 keys, args = [*keys, self.stream], [*args, self.group, *ack]
+            if later is not None:
+                self.finish_writes(later)  # (an acknowledgement comes after every write before it)
+                if not ack:
+                    sent = Sent(self.client, self._commit.sha, keys, args)
+                    later.append(Committing(asked, outcomes, placed, keys, args, sent))
+                    return outcomes, False
             conflicts = self._commit(keys=keys, args=args)
-            for place in conflicts:
-                outcomes[placed[int(place) - 1]] = None
-            acked = bool(ack) and not conflicts
+        self._committed(asked, outcomes, placed, conflicts)
+        return outcomes, bool(ack) and not conflicts
+
+    def _committed(
+        self, asked: list[Asked], outcomes: list[Outcome | None], placed: list[int],
+        conflicts: list[Any],
+    ) -> None:  # fmt: skip
+        """The write's profiles not written (the places it answered) set to None; the
+        others' evaluations and transitions counted."""
+        for place in conflicts:
+            outcomes[placed[int(place) - 1]] = None
         for a, outcome in zip(asked, outcomes, strict=True):
             if outcome is not MISSING and outcome is not None and outcome is not PUT_OFF_OUTCOME:
                 EVALUATIONS.labels(a.cause).inc()
                 _count(outcome)
-        return outcomes, acked
 
     def set_aside_profile(self, a: Asked, error: Exception) -> None:
         """A profile that failed in its batch and alone: a dead letter with the reason, and

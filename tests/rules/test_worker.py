@@ -87,7 +87,7 @@ class CrashBeforeAck(AudienceWorker):
     """Killed after a batch's writes, before the entries are acknowledged (as between two
     batches of one read: only the last one's write acknowledges them)."""
 
-    def _evaluate_once(self, asked, entries, ahead=None):  # type: ignore[no-untyped-def]
+    def _evaluate_once(self, asked, entries, ahead=None, later=None):  # type: ignore[no-untyped-def]
         super()._evaluate_once(asked, (), ahead)
         raise Killed("before acknowledging")
 
@@ -314,6 +314,80 @@ def test_a_batch_read_ahead_of_a_write_to_its_profile_is_decided_again_alone(
         assert sorted(c["profile"] for c in enters) == sorted(ids)
 
 
+class KilledWhenDecidedAgain(Interrupted):
+    """Interrupted, then killed as it decides the interrupted profile again."""
+
+    def _look(self, writes, plan, a, *read):  # type: ignore[no-untyped-def]
+        if a.profile_id == self.interrupted:
+            raise Killed("deciding it again")
+        return super()._look(writes, plan, a, *read)
+
+
+@pytest.mark.parametrize("last_batch", [5, 1])  # (a batch of one is evaluated alone)
+def test_a_batch_written_while_the_next_is_evaluated_is_finished_before_the_acknowledgement(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse, last_batch: int
+) -> None:
+    """An entry naming two batches: the first batch's write is read back only when the
+    second's is sent; a profile of the first that another worker touched meanwhile is decided
+    again alone before the entry is acknowledged (by the second batch's write): a crash then
+    leaves the entry to be handled again."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        visitors = [f"v{i}" for i in range(EVALUATION_BATCH + last_batch)]
+        viewed_twice(shop, *visitors)
+        shop.worker = shop.audience_worker(KilledWhenDecidedAgain, consumer="crashing")
+        shop.worker.decided = []
+        finished: list[int] = []
+        finish = shop.worker.finish_writes
+        shop.worker.finish_writes = lambda later: (finished.append(len(later)), finish(later))  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            shop.settle()
+        assert 1 in finished  # a write was left unread, then finished
+        pending = redis_client.xpending(settings.profile_changes_stream, "audiences")
+        assert pending["pending"] > 0
+        shop.worker = shop.audience_worker(consumer="crashing")
+        assert shop.worker.recover() > 0
+        shop.settle()
+        ids = {shop.profile_of(who) for who in visitors}
+        assert shop.members("twice") == ids
+        enters = [c["profile"] for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(enters) == sorted(ids)  # once each
+        pending = redis_client.xpending(settings.profile_changes_stream, "audiences")
+        assert pending["pending"] == 0
+
+
+class Forgetful(AudienceWorker):
+    """Valkey forgets its scripts while the first batch is decided (as after its restart)."""
+
+    forgot = False
+
+    def _decide(self, *args):  # type: ignore[no-untyped-def]
+        if not self.forgot:
+            self.forgot = True
+            self.client.script_flush()
+        return super()._decide(*args)
+
+
+def test_a_write_sent_to_a_valkey_that_forgot_the_script_is_made_again(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        visitors = [f"v{i}" for i in range(EVALUATION_BATCH * 2)]
+        viewed_twice(shop, *visitors)
+        shop.apply()
+        ids = [shop.profile_of(who) for who in visitors]
+        shop.worker = shop.audience_worker(Forgetful)
+        pool = redis_client.connection_pool
+        in_use = len(pool._in_use_connections)  # type: ignore[attr-defined]
+        shop.worker.evaluate_batches([Asked(pid, shop.now, "event", None) for pid in ids])
+        assert shop.worker.forgot
+        assert shop.members("twice") == set(ids)
+        enters = [c["profile"] for c in shop.changes() if c["audience"] == "twice"]
+        assert sorted(enters) == sorted(ids)
+        assert len(pool._in_use_connections) == in_use  # type: ignore[attr-defined]
+
+
 def test_a_read_sent_ahead_is_taken_only_by_its_batch_and_lets_go_of_its_connection(
     redis_client: redis.Redis,
 ) -> None:
@@ -341,9 +415,9 @@ class Counting(AudienceWorker):
 
     evaluated = 0
 
-    def evaluate_all(self, asked, entries=(), ahead=None):  # type: ignore[no-untyped-def]
+    def evaluate_all(self, asked, entries=(), ahead=None, later=None):  # type: ignore[no-untyped-def]
         self.evaluated += len(asked)
-        return super().evaluate_all(asked, entries, ahead)
+        return super().evaluate_all(asked, entries, ahead, later)
 
 
 def test_two_workers_share_the_changes_and_the_schedule_each_transition_once(
@@ -423,10 +497,10 @@ class Moments(AudienceWorker):
         started, readings = self.clock, itertools.count()
         self.clock = lambda: started() + (10 if next(readings) else 0)
 
-    def evaluate_all(self, asked, entries=(), ahead=None):  # type: ignore[no-untyped-def]
+    def evaluate_all(self, asked, entries=(), ahead=None, later=None):  # type: ignore[no-untyped-def]
         for a in asked:
             self.seen.setdefault(a.profile_id, []).append(a.now)
-        return super().evaluate_all(asked, entries, ahead)
+        return super().evaluate_all(asked, entries, ahead, later)
 
 
 def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
