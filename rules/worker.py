@@ -399,8 +399,20 @@ class AudienceWorker(StreamConsumer):
 
     def handle(self, entries: Entries, *, recovered: bool) -> int:
         now = self.clock()
-        # Profile → what changed in it (None: anything may have, evaluate it in full).
+        profiles, merges = self._named(entries)
+        if merges:
+            self.retire_merged(list(merges.items()), now)
+        asked = [Asked(pid, now, "event", None if names is None else frozenset(names))
+                 for pid, names in profiles.items()]  # fmt: skip
+        if not self.evaluate_batches(asked, entries, due_by=now):
+            self.ack(entries)
+        return len(profiles)
+
+    def _named(self, entries: Entries) -> tuple[dict[str, set[str] | None], dict[str, str]]:
+        """The profiles the entries name, each with what changed in it (None: anything may
+        have, evaluate it in full), and the profiles merged away, each with its survivor."""
         profiles: dict[str, set[str] | None] = {}
+        merges: dict[str, str] = {}
 
         def changed(pid: str, names: Iterable[str] | None) -> None:
             if names is None or pid in profiles and profiles[pid] is None:
@@ -412,7 +424,7 @@ class AudienceWorker(StreamConsumer):
             if not fields:
                 continue
             for merged, survivor in _list(fields.get(b"m")):
-                self.retire_merged(merged, survivor, now)
+                merges[merged] = survivor
                 changed(survivor, None)
             for product in _list(fields.get(b"products")):  # in or out of stock now
                 for pid in self.watchers(product):
@@ -420,11 +432,7 @@ class AudienceWorker(StreamConsumer):
             named = _dict(fields.get(b"e"))
             for pid in _list(fields.get(b"p")):
                 changed(pid, named.get(pid))
-        asked = [Asked(pid, now, "event", None if names is None else frozenset(names))
-                 for pid, names in profiles.items()]  # fmt: skip
-        if not self.evaluate_batches(asked, entries, due_by=now):
-            self.ack(entries)
-        return len(profiles)
+        return profiles, merges
 
     def drain_once(self, block_ms: int | None = None) -> int:
         """The schedule's soonest moment and what is new on the stream, in one round trip;
@@ -571,7 +579,7 @@ class AudienceWorker(StreamConsumer):
             if outcome is not MISSING:
                 return [outcome], acked
             live = self.reader.live_id(one.profile_id)
-            self.retire(one.profile_id, live, one.now)
+            self.retire([(one.profile_id, live)], one.now)
             if live is None or live == one.profile_id:
                 return [None], False
             one = Asked(live, one.now, one.cause, None)
@@ -790,39 +798,55 @@ class AudienceWorker(StreamConsumer):
                                               "rows": orjson.dumps(rows).decode()})  # fmt: skip
             writes.hset(self.keys.of(pid), LAST, max(change.at for change in outcome.changes))
 
-    def retire_merged(self, merged: str, survivor: str, now: int) -> None:
-        """`retire`, or set the merged profile aside: its look again finds it merged away,
-        and retires it then."""
+    def retire_merged(self, merges: list[tuple[str, str]], now: int) -> None:
+        """`retire` of the profiles merged away (merged, survivor), together; if that
+        fails, each alone, and one that fails alone is set aside: its look again finds it
+        merged away, and retires it then."""
         try:
-            self.retire(merged, survivor, now)
+            self.retire(merges, now)
+            return
         except self.storage_errors:
             raise
         except Exception as error:
-            self.set_aside_profile(Asked(merged, now, "merge", None), error)
-
-    def retire(self, merged: str, survivor: str | None, now: int) -> None:
-        """A profile merged into another (or erased): it leaves its audiences (recorded
-        under the definitions of now)."""
-        plan = self.refresh()
-        reason = [{"path": "root", "condition": "merge", "value": survivor,
-                   "threshold": "", "holds": False}] if survivor else []  # fmt: skip
-        key = self.keys.of(merged)
-        for _ in range(10):
-            stored = self.client.hgetall(key)
-            outcome = Outcome(changes=[
-                AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
-                for a in sorted(memberships(stored))
-            ])  # fmt: skip
-            writes = Writes()
-            self._write(writes, merged, outcome)
-            writes.delete(key)
-            writes.zrem(self.keys.due, merged)
-            profile = [key, _version(stored), writes.commands, merged, "", "", 0]
-            if not self._commit(keys=[self.keys.due],
-                                args=[orjson.dumps([profile]), "[]", VERSION]):  # fmt: skip
-                _count(outcome)
+            if len(merges) == 1:
+                self.set_aside_profile(Asked(merges[0][0], now, "merge", None), error)
                 return
-        raise RuntimeError(f"memberships of {merged} kept changing under us")
+        for merge in merges:
+            self.retire_merged([merge], now)
+
+    def retire(self, merges: Sequence[tuple[str, str | None]], now: int) -> None:
+        """Profiles merged into others (or erased: no survivor): they leave their audiences
+        (recorded under the definitions of now), read in one call, written in another; one
+        another worker wrote meanwhile is read and written again."""
+        plan = self.refresh()
+        for _ in range(10):
+            pipe = self.client.pipeline(transaction=False)
+            for merged, _ in merges:
+                pipe.hgetall(self.keys.of(merged))
+            profiles, outcomes = [], []
+            for (merged, survivor), stored in zip(merges, pipe.execute(), strict=True):
+                reason = [{"path": "root", "condition": "merge", "value": survivor,
+                           "threshold": "", "holds": False}] if survivor else []  # fmt: skip
+                outcome = Outcome(changes=[
+                    AudienceChange(a, merged, "exit", now, "merge", plan.generation, reason)
+                    for a in sorted(memberships(stored))
+                ])  # fmt: skip
+                writes = Writes()
+                self._write(writes, merged, outcome)
+                key = self.keys.of(merged)
+                writes.delete(key)
+                writes.zrem(self.keys.due, merged)
+                profiles.append([key, _version(stored), writes.commands, merged, "", "", 0])
+                outcomes.append(outcome)
+            conflicts = {int(place) - 1 for place in self._commit(
+                keys=[self.keys.due], args=[orjson.dumps(profiles), "[]", VERSION])}  # fmt: skip
+            for n, outcome in enumerate(outcomes):
+                if n not in conflicts:
+                    _count(outcome)
+            merges = [merges[n] for n in sorted(conflicts)]
+            if not merges:
+                return
+        raise RuntimeError(f"memberships of {merges[0][0]} kept changing under us")
 
 
 def _put_off(writes: Writes, key: str, stored: dict[bytes, bytes], due: int | None) -> Outcome:

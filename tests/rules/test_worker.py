@@ -724,10 +724,10 @@ class RetireFails(AudienceWorker):
 
     failing = True
 
-    def retire(self, merged, survivor, now):  # type: ignore[no-untyped-def]
+    def retire(self, merges, now):  # type: ignore[no-untyped-def]
         if self.failing:
             raise ValueError("memberships kept changing")
-        super().retire(merged, survivor, now)
+        super().retire(merges, now)
 
 
 def test_a_merge_that_cannot_be_retired_is_set_aside_and_the_survivor_goes_on(
@@ -752,6 +752,45 @@ def test_a_merge_that_cannot_be_retired_is_set_aside_and_the_survivor_goes_on(
         shop.advance(RETRY_MS)  # its look again finds it merged away: retired
         assert not redis_client.exists(shop.keys.of(laptop))
         assert shop.members("twice") == {survivor}
+
+
+class RetireFailsFor(AudienceWorker):
+    """Cannot retire one merged profile; the others can be."""
+
+    failing = ""
+
+    def retire(self, merges, now):  # type: ignore[no-untyped-def]
+        if any(merged == self.failing for merged, _ in merges):
+            raise ValueError("memberships kept changing")
+        super().retire(merges, now)
+
+
+def test_merges_are_retired_together_and_one_that_cannot_be_holds_back_no_other(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.track("phone", "Product Viewed", at=shop.now - 2000)
+        for device in ("laptop", "tablet"):
+            shop.track(device, "Product Viewed", at=shop.now - 1000)
+            shop.track(device, "Product Viewed")
+        shop.settle()
+        laptop, tablet = shop.profile_of("laptop"), shop.profile_of("tablet")
+        assert shop.members("twice") == {laptop, tablet}
+        shop.worker = shop.audience_worker(RetireFailsFor)
+        shop.worker.failing = laptop  # type: ignore[attr-defined]
+        for device in ("phone", "laptop", "tablet"):
+            shop.identify(device, "sam")
+        shop.settle()
+        survivor = shop.profile_of("phone")
+        assert survivor not in (laptop, tablet)  # its first event is the earliest
+        [letter] = deadletters.listed(redis_client, settings.dead_letter_stream)
+        assert (letter.payload["profile"], letter.payload["cause"]) == (laptop, "merge")
+        assert redis_client.exists(shop.keys.of(laptop))  # not retired yet
+        assert not redis_client.exists(shop.keys.of(tablet))  # retired
+        exits = {c["profile"] for c in shop.changes() if c["change"] == "exit"}
+        assert exits == {tablet}
+        assert shop.members("twice") == {laptop, survivor}
 
 
 def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
