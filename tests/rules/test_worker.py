@@ -791,6 +791,19 @@ def test_merges_are_retired_together_and_one_that_cannot_be_holds_back_no_other(
         exits = {c["profile"] for c in shop.changes() if c["change"] == "exit"}
         assert exits == {tablet}
         assert shop.members("twice") == {laptop, survivor}
+        shop.worker.failing = ""  # type: ignore[attr-defined]
+        devices = ("watch", "tv")
+        for device in devices:
+            shop.track(device, "Product Viewed", at=shop.now - 1000)
+            shop.track(device, "Product Viewed")
+        shop.settle()
+        merged = {shop.profile_of(device) for device in devices}
+        for device in devices:
+            shop.identify(device, "sam")
+        shop.settle()  # both retired by one call
+        assert not any(redis_client.exists(shop.keys.of(pid)) for pid in merged)
+        exits = {c["profile"] for c in shop.changes() if c["change"] == "exit"}
+        assert exits == {tablet, *merged}
 
 
 def test_a_changed_audience_says_it_is_computing_until_its_profiles_are_decided(
