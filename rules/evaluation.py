@@ -8,9 +8,10 @@ through at once)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -227,6 +228,13 @@ def _chosen(
     return layer
 
 
+Row = tuple[Any, ...]
+
+
+def _whole(row: Row) -> Row:
+    return row
+
+
 @dataclass
 class _Group:
     """The audiences of one shard matched in a layer: their facts' field names, and each
@@ -235,7 +243,7 @@ class _Group:
     names: list[str] = field(default_factory=list)
     columns: list[list[Any]] = field(default_factory=list)
     spans: list[tuple[str, int, int]] = field(default_factory=list)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
 
     def add(self, c: Compiled, columns: list[list[Any]]) -> None:
         """An audience's fields, each a column of the batch (in the order of `c.names`)."""
@@ -244,16 +252,17 @@ class _Group:
         self.columns += columns
         self.spans.append((c.audience, start, len(self.names)))
 
-    def fact(self, row: int, names: set[str] | None) -> dict[str, Any]:
-        """The profile's fact of this shard: of every audience (None), or of those named."""
-        values = self.rows[row]
+    def picker(self, names: set[str] | None) -> tuple[list[str], Callable[[Row], Row]] | None:
+        """The fields of the audiences named (None: of every one) and how to take their
+        values from a row; None if the shard holds none of them."""
         if names is None:
-            return dict(zip(self.names, values, strict=True))
-        fact: dict[str, Any] = {}
-        for audience, start, end in self.spans:
-            if audience in names:
-                fact.update(zip(self.names[start:end], values[start:end], strict=True))
-        return fact
+            return self.names, _whole
+        places = [i for audience, start, end in self.spans if audience in names
+                  for i in range(start, end)]  # fmt: skip
+        if not places:
+            return None
+        assert len(places) > 1  # (an audience has a member flag and a leaf at least)
+        return [self.names[i] for i in places], itemgetter(*places)
 
 
 @dataclass
@@ -346,26 +355,41 @@ def _match(
         layer_read = _Layer.of(plan, asked, rows_of, batch)
     else:
         layer_read = _Layer.alone(plan, asked, looks[0])
+    pickers: dict[int, Pickers] = {}  # a layer chosen (most profiles share one) -> its fields
     for row, layer in enumerate(chosen):
         if layer:
-            names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
-            _match_one(plan, layer, names, layer_read, looks[row], row, outcomes[row], moved[row])
+            picked = pickers.get(id(layer))
+            if picked is None:
+                names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
+                picked = pickers[id(layer)] = (names, {
+                    shard: picker for shard, group in layer_read.groups.items()
+                    if (picker := group.picker(names)) is not None
+                })  # fmt: skip
+            _match_one(plan, layer, picked, layer_read, looks[row], row, outcomes[row], moved[row])
+
+
+# The audiences of a layer matched for a profile (None: every one) and each shard's fields.
+Pickers = tuple[set[str] | None, dict[int, tuple[list[str], Callable[[Row], Row]]]]
 
 
 def _match_one(
     plan: Plan,
     layer: list[Compiled],
-    names: set[str] | None,
+    picked: Pickers,
     layer_read: _Layer,
     look: Look,
     row: int,
     outcome: Outcome,
     moved: set[str],
 ) -> None:
-    """One profile's facts matched (of every audience of the layer, None, or of those
-    named), its transitions checked against the tree's answer and recorded."""
-    facts = {shard: group.fact(row, names) for shard, group in layer_read.groups.items()}
-    fired = plan.matcher.match_facts({shard: fact for shard, fact in facts.items() if fact})
+    """One profile's facts matched (of every audience of the layer, or of those named),
+    its transitions checked against the tree's answer and recorded."""
+    names, pickers = picked
+    groups = layer_read.groups
+    fired = plan.matcher.match_facts({
+        shard: dict(zip(fields, pick(groups[shard].rows[row]), strict=True))
+        for shard, (fields, pick) in pickers.items()
+    })  # fmt: skip
     s = look.subject
     expected = layer_read.expected[row]
     if names is not None:
