@@ -12,9 +12,10 @@ all text:
 - `change`: `enter` or `exit`;
 - `at`: the moment of the transition, epoch milliseconds UTC (for a time-based one, the
   moment it was due, not when it was noticed);
-- `cause`: `event` (a change to the profile), `time` (a window slid, a wait passed),
-  `definition` (the audience was created or changed), `merge` (the profile was merged
-  into another);
+- `cause`: `event` (a change to the profile; also a profile's first evaluation), `time`
+  (a window slid, a wait passed), `definition` (the audience was created or changed: the
+  look its backfill asked for, at which the audiences whose moment came say `time`; or it
+  was deleted or disabled), `merge` (the profile was merged into another);
 - `generation`: the definitions' generation that decided it;
 - `reason`: JSON, each condition with its value and threshold at that moment:
   `[{"path": "root.and[0]", "condition": "performed", "value": 3, "threshold": ">= 3",

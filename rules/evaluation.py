@@ -424,8 +424,11 @@ def _record(
         s.memberships.discard(c.audience)
     moved.add(c.audience)
     reason = [r.as_dict() for r in read(c.root, s, look.now, c.prepared)]
-    outcome.changes.append(AudienceChange(c.audience, s.profile_id, change, look.now,
-                                          look.cause, plan.generation, reason))  # fmt: skip
+    # A look the definitions' change asked for: an audience whose moment came with it
+    # changed as time passed.
+    cause: Cause = "time" if look.cause == "definition" and c.audience in look.due else look.cause
+    outcome.changes.append(AudienceChange(c.audience, s.profile_id, change, look.now, cause,
+                                          plan.generation, reason))  # fmt: skip
 
 
 def subject_of(

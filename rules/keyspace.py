@@ -44,6 +44,11 @@ def memberships(stored: dict[Any, Any]) -> dict[str, int]:
             for key, value in stored.items() if key[:1] not in (b"~", "~")}  # fmt: skip
 
 
+def member_of(stored: dict[bytes, bytes]) -> set[str]:
+    """The audiences of `memberships`, without their moments (what an evaluation needs)."""
+    return {key.decode() for key in stored if key[:1] != b"~"}
+
+
 def next_moments(stored: dict[bytes, bytes]) -> dict[str, int]:
     """Audience → its next moment of change with no event (ms), from the hash."""
     raw = stored.get(NEXT.encode())

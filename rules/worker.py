@@ -51,6 +51,7 @@ from rules.keyspace import (
     SEEN,
     VERSION,
     AudienceKeys,
+    member_of,
     memberships,
     next_moments,
 )
@@ -730,17 +731,21 @@ class AudienceWorker(StreamConsumer):
         if inputs is PUT_OFF:
             return _put_off(writes, key, stored, due)
         a = self._mark(writes, key, a, stored, len(inputs.history))
-        changed, nexts = a.changed, next_moments(stored)
+        changed, nexts, cause = a.changed, next_moments(stored), a.cause
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
-        if stored.get(GENERATION.encode()) != str(plan.generation).encode():
+        seen_under = stored.get(GENERATION.encode())
+        if seen_under != str(plan.generation).encode():
             changed = None  # first seen under these definitions: everything is decided
             writes.hset(key, GENERATION, plan.generation)
-        elif a.cause == "time" and due_now:
+            if cause == "time":  # a look the definitions' change asked for (a backfill's),
+                # or a profile never evaluated: its events are what decides it
+                cause = "definition" if seen_under is not None else "event"
+        elif cause == "time" and due_now:
             changed = frozenset()  # only time passed: the audiences due now are matched
         # (A moment no audience was due at is a look asked for: everything is decided.)
-        subject = subject_from(a.profile_id, inputs, set(memberships(stored)), self._out_of_stock,
+        subject = subject_from(a.profile_id, inputs, member_of(stored), self._out_of_stock,
                                self.history_days)  # fmt: skip
-        return Look(subject, a.now, a.cause, changed, due_now), nexts
+        return Look(subject, a.now, cause, changed, due_now), nexts
 
     def _settle(
         self,

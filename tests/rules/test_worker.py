@@ -873,6 +873,45 @@ def test_a_new_audience_takes_in_who_enters_it_later_with_no_event(
             "enter", "time", ordered + days(120))  # fmt: skip
 
 
+def test_who_a_new_audience_takes_in_at_once_enters_for_the_definition(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """The backfill's look at a profile evaluated before: an enter into the new audience
+    says `definition` (a campaign may tell it from one an event or time made), one into an
+    audience whose moment came with that look says `time`; a profile never evaluated
+    before, looked at first by a backfill, enters for its events."""
+    from rules.api import AudiencesApi, schedule
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.now = int(time.time() * 1000) - 10_000  # (the API decides at the wall clock's)
+        shop.define("recent", {"performed": {"event": "Product Viewed", "within": "PT1H",
+                                             "times": 1}})  # fmt: skip
+        shop.track("ann", "Product Viewed", at=shop.now - 2 * HOUR_MS)
+        shop.track("ann", "Product Viewed", at=shop.now - HOUR_MS + 500)  # out of "recent"
+        # 500 ms on, before the save
+        shop.settle()
+        ann = shop.profile_of("ann")
+        assert shop.members("recent") == {ann}
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        definition = Definition.model_validate({"id": "twice", "name": "T", "root": TWICE})
+        api.save(definition, create=True)
+        shop.now = int(time.time() * 1000) + 1000
+        shop.advance(0)  # one look: "recent" due (its hour ended), the backfill's asked
+        assert shop.members("twice") == {ann} and shop.members("recent") == set()
+        causes = {(c["audience"], c["change"]): c["cause"] for c in shop.changes()
+                  if c["audience"] in ("recent", "twice")}  # fmt: skip
+        assert causes == {("recent", "enter"): "event", ("recent", "exit"): "time",
+                          ("twice", "enter"): "definition"}  # fmt: skip
+        viewed_twice(shop, "bob")
+        shop.apply()  # its profile made, not evaluated
+        bob = shop.profile_of("bob")
+        schedule(redis_client, shop.keys, [bob], shop.now)
+        shop.advance(0)
+        assert shop.members("twice") == {ann, bob}
+        [entered] = [c for c in shop.changes() if c["profile"] == bob and c["audience"] == "twice"]
+        assert entered["cause"] == "event"
+
+
 def test_a_big_backfill_holds_back_no_time_based_transition(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
