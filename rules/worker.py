@@ -639,10 +639,13 @@ class AudienceWorker(StreamConsumer):
         others' evaluations and transitions counted."""
         for place in conflicts:
             outcomes[placed[int(place) - 1]] = None
+        evaluated: dict[Cause, int] = {}
         for a, outcome in zip(asked, outcomes, strict=True):
             if outcome is not MISSING and outcome is not None and outcome is not PUT_OFF_OUTCOME:
-                EVALUATIONS.labels(a.cause).inc()
+                evaluated[a.cause] = evaluated.get(a.cause, 0) + 1
                 _count(outcome)
+        for cause, count in evaluated.items():
+            EVALUATIONS.labels(cause).inc(count)
 
     def set_aside_profile(self, a: Asked, error: Exception) -> None:
         """A profile that failed in its batch and alone: a dead letter with the reason, and
