@@ -229,6 +229,9 @@ def _chosen(
 
 
 Row = tuple[Any, ...]
+# The audiences of a layer matched for a profile (None: every one) and, for each shard, the
+# fields of their fact and how to take their values from the profile's row.
+Pickers = tuple[set[str] | None, dict[int, tuple[list[str], Callable[[Row], Row]]]]
 
 
 def _whole(row: Row) -> Row:
@@ -366,10 +369,6 @@ def _match(
                     if (picker := group.picker(names)) is not None
                 })  # fmt: skip
             _match_one(plan, layer, picked, layer_read, looks[row], row, outcomes[row], moved[row])
-
-
-# The audiences of a layer matched for a profile (None: every one) and each shard's fields.
-Pickers = tuple[set[str] | None, dict[int, tuple[list[str], Callable[[Row], Row]]]]
 
 
 def _match_one(
