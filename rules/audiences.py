@@ -1,6 +1,7 @@
 """The saved audiences: the predefined ones (from code, possibly changed or disabled) and the
-shop's own, in one Redis hash. Every change increments a generation number; the audience
-worker rebuilds its rules when it sees a new one.
+shop's own, in one Redis hash. Every change increments a generation number, kept beside the
+audience it changed; the audience worker rebuilds its rules when it sees a new one, and
+matches a profile's audiences changed since its last look at its next.
 
 A definition is checked against the others before it is saved: what it references exists
 and makes no cycle, its windows reach no further back than the kept history, and the
@@ -140,9 +141,11 @@ def layers(definitions: list[Definition]) -> list[list[Definition]]:
 
 # The shipped definitions in effect (those the shop did not change) against the trees last
 # in effect (KEYS[2]): each that differs (a new version's, or `CDP_VIP_REVENUE` changed) is
-# recorded and the definitions' generation (KEYS[3]) moves on, as for a PUT. KEYS[1]: the
-# stored definitions. ARGV: id, tree JSON, ... Returns the ids that changed. One script: of
-# servers starting together, one finds each change.
+# recorded and the definitions' generation (KEYS[3]) moves on, as for a PUT, kept as the
+# audience's last change (KEYS[4]). An audience with no last change kept (saved by an older
+# version) is given the generation of now: a profile evaluated under it had every audience
+# matched. KEYS[1]: the stored definitions. ARGV: id, tree JSON, ... Returns the ids that
+# changed. One script: of servers starting together, one finds each change.
 ADOPT = """
 local changed = {}
 for i = 1, #ARGV, 2 do
@@ -152,10 +155,34 @@ for i = 1, #ARGV, 2 do
     changed[#changed + 1] = id
   end
 end
+local generation = redis.call('GET', KEYS[3]) or '0'
 if #changed > 0 then
-  redis.call('INCR', KEYS[3])
+  generation = redis.call('INCR', KEYS[3])
+end
+for _, id in ipairs(changed) do
+  redis.call('HSET', KEYS[4], id, generation)
+end
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[4], ARGV[i], generation)
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  redis.call('HSETNX', KEYS[4], id, generation)
 end
 return changed
+"""
+# A definition saved (KEYS[1] field ARGV[1], the document ARGV[2]) or, with no document,
+# deleted: the generation (KEYS[2]) moves on and is kept as the audience's last change
+# (KEYS[3]; forgotten with it).
+SAVE = """
+local generation = redis.call('INCR', KEYS[2])
+if ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[3], ARGV[1], generation)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return generation
 """
 
 
@@ -176,7 +203,7 @@ class Audiences:
         args: list[str | bytes] = []
         for id_, definition in sorted(self.shipped.items()):
             args += [id_, orjson.dumps(dump(definition.root), option=orjson.OPT_SORT_KEYS)]
-        keys = [self.keys.definitions, self.keys.shipped, self.keys.generation]
+        keys = [self.keys.definitions, self.keys.shipped, self.keys.generation, self.keys.changed]
         changed = self.client.eval(ADOPT, len(keys), *keys, *args)
         return [self.shipped[text(id_)] for id_ in changed]
 
@@ -257,10 +284,7 @@ class Audiences:
         created = before.created_at if before and before.created_at else now
         document = {"definition": definition.model_dump(mode="json", by_alias=True),
                     "created_at": created, "updated_at": now}  # fmt: skip
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.definitions, definition.id, orjson.dumps(document))
-        pipe.incr(self.keys.generation)
-        pipe.execute()
+        self._save(definition.id, orjson.dumps(document))
         return Saved(definition, definition.id in self.shipped, created, now)
 
     def delete(self, audience_id: str) -> None:
@@ -277,10 +301,17 @@ class Audiences:
                        if audience_id in references(s.definition.root))  # fmt: skip
         if users:
             raise Conflict(f"{audience_id} is referenced by {', '.join(users)}")
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.keys.definitions, audience_id)
-        pipe.incr(self.keys.generation)
-        pipe.execute()
+        self._save(audience_id, None)
+
+    def _save(self, audience_id: str, document: bytes | None) -> None:
+        """`SAVE`: the document stored (None: deleted), the generation moved on."""
+        keys = [self.keys.definitions, self.keys.generation, self.keys.changed]
+        self.client.eval(SAVE, len(keys), *keys, audience_id, *([document] if document else []))
+
+    def changed(self) -> dict[str, int]:
+        """Each audience's generation of its last change (none kept: saved by an older
+        version, and the server not started since)."""
+        return {text(k): int(v) for k, v in self.client.hgetall(self.keys.changed).items()}
 
 
 @functools.lru_cache(maxsize=2 * MAX_AUDIENCES)

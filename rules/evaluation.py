@@ -65,10 +65,23 @@ class Plan:
     frozen: dict[str, str] = field(default_factory=dict)  # audience -> why it is not matched
     # (its stored definition is not valid; the engine refused its rules): its memberships
     # are kept as they are (not left as exits)
+    changed_at: dict[str, int] = field(default_factory=dict)  # audience -> the generation
+    # of its definition's last change (none: not known, taken as changed since any)
 
     _reading: dict[tuple[int, frozenset[str] | None], list[Compiled]] = field(
         default_factory=dict, repr=False
     )
+    _changed_since: dict[int, frozenset[str]] = field(default_factory=dict, repr=False)
+
+    def changed_since(self, generation: int) -> frozenset[str]:
+        """The audiences whose definitions changed after that generation (those whose last
+        change is not known included): a profile last evaluated under it has them matched."""
+        found = self._changed_since.get(generation)
+        if found is None:
+            found = self._changed_since[generation] = frozenset(
+                a for a in self.definitions if self.changed_at.get(a, generation + 1) > generation
+            )
+        return found
 
     @cached_property
     def kept(self) -> frozenset[str]:
@@ -107,10 +120,15 @@ class Plan:
 
     @classmethod
     def of(
-        cls, generation: int, definitions: list[Definition], frozen: dict[str, str] | None = None
+        cls,
+        generation: int,
+        definitions: list[Definition],
+        frozen: dict[str, str] | None = None,
+        changed_at: dict[str, int] | None = None,
     ) -> Plan:
         """The definitions' plan; an audience whose rules the engine refuses is left out of
-        it (frozen), the others kept."""
+        it (frozen), the others kept. `changed_at`: each audience's generation of its last
+        change (`Audiences.changed`)."""
         frozen = dict(frozen or {})
         plan = cls._of(generation, definitions, frozen)
         while plan.matcher.refused:  # each round leaves out at least one
@@ -119,6 +137,7 @@ class Plan:
                           for a, why in plan.matcher.refused.items())  # fmt: skip
             definitions = [d for d in definitions if d.id not in frozen]
             plan = cls._of(generation, definitions, frozen)
+        plan.changed_at = dict(changed_at or {})
         return plan
 
     @classmethod
@@ -171,13 +190,14 @@ def inputs_of(definition: Definition) -> frozenset[str]:
 class Look(NamedTuple):
     """One profile's evaluation: its subject at `now`, why, what changed since the last one
     (None: anything may have; empty: only time passed), the audiences due (their moment has
-    come)."""
+    come) and those whose definitions changed since its last (`fresh`), matched too."""
 
     subject: Subject
     now: int
     cause: Cause
     changed: frozenset[str] | None = None
     due: frozenset[str] = frozenset()
+    fresh: frozenset[str] = frozenset()
 
 
 def evaluate(
@@ -221,10 +241,10 @@ def _chosen(
 ) -> list[Compiled]:
     """The layer's audiences matched for one profile."""
     layer = plan.reading(n, look.changed)
-    if moved or look.due:  # and those due, or referencing an audience entered or left
-        names = {c.audience for c in layer}
+    if moved or look.due or look.fresh:  # and those due, changed since its last look, or
+        names = {c.audience for c in layer}  # referencing an audience entered or left
         layer = [c for c in whole_layer if c.audience in names or c.audience in look.due
-                 or plan.refers[c.audience] & moved]  # fmt: skip
+                 or c.audience in look.fresh or plan.refers[c.audience] & moved]  # fmt: skip
     return layer
 
 

@@ -1,16 +1,17 @@
 """Every Redis key of the audience domain, named in one place.
 
 Under the prefix: `audiences` (a hash: id → saved definition JSON), `audiences:generation`
-(incremented by every change of definitions), `audiences:of:<profile>` (a hash: audience →
-member since, epoch ms; `~generation`, `~next`, `~last`, `~v`, `~seen`, `~later`,
-`~failures`, below), `audience:<id>:members` (a sorted set: profile → since),
-`audiences:due` (a sorted set: profile → the next moment its memberships may change with
-no event), `audiences:shipped` (a hash: predefined audience → the tree of its shipped
-definition last in effect, `Audiences.adopt_shipped`), `audiences:backfills` (a hash:
-audience → JSON {at, until, candidates} of its last backfill, until the profiles due by its
-end are evaluated), `audiences:watchers:<product>` (a sorted set: profiles that viewed or
-wishlisted the product → when), and the stream `stream:audience_changes`
-(`rules/changes.py`)."""
+(incremented by every change of definitions), `audiences:changed` (a hash: id → the
+generation of its definition's last change, the predefined ones' included),
+`audiences:of:<profile>` (a hash: audience → member since, epoch ms; `~generation`, `~next`,
+`~last`, `~v`, `~seen`, `~later`, `~failures`, below), `audience:<id>:members` (a sorted
+set: profile → since), `audiences:due` (a sorted set: profile → the next moment its
+memberships may change with no event), `audiences:shipped` (a hash: predefined audience →
+the tree of its shipped definition last in effect, `Audiences.adopt_shipped`),
+`audiences:backfills` (a hash: audience → JSON {at, until, candidates} of its last backfill,
+until the profiles due by its end are evaluated), `audiences:watchers:<product>` (a sorted
+set: profiles that viewed or wishlisted the product → when), and the stream
+`stream:audience_changes` (`rules/changes.py`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any
 import orjson
 
 # In a profile's memberships hash, beside audience → since: the definitions' generation of its
-# last full evaluation (a profile not evaluated under the current one is evaluated in full),
+# last evaluation, every audience changed by then matched (a profile evaluated under an older
+# one has the audiences changed since matched at its next look; one never evaluated, all),
 # `~next`: JSON {audience: the next moment (ms) it may change for the profile with no event}
 # (so that when a moment comes, only the audiences due then are matched), `~last`, the moment
 # of its latest transition (no later evaluation is made at an earlier moment: two workers'
@@ -67,6 +69,10 @@ class AudienceKeys:
     @property
     def generation(self) -> str:
         return f"{self.prefix}:audiences:generation"
+
+    @property
+    def changed(self) -> str:
+        return f"{self.prefix}:audiences:changed"
 
     def of(self, profile_id: str) -> str:
         return f"{self.prefix}:audiences:of:{profile_id}"

@@ -380,7 +380,7 @@ class AudienceWorker(StreamConsumer):
             try:
                 found, invalid = self.audiences.read()
                 enabled = [s.definition for _, s in sorted(found.items()) if s.definition.enabled]
-                built = Plan.of(generation, enabled, invalid)
+                built = Plan.of(generation, enabled, invalid, self.audiences.changed())
             except Exception as error:
                 raise RulesUnavailable(f"generation {generation}: {error}") from error
             before, self._plan = self._plan, built
@@ -736,19 +736,26 @@ class AudienceWorker(StreamConsumer):
         a = self._mark(writes, key, a, stored, len(inputs.history))
         changed, nexts, cause = a.changed, next_moments(stored), a.cause
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
+        fresh: frozenset[str] = frozenset()
         seen_under = stored.get(GENERATION.encode())
-        if seen_under != str(plan.generation).encode():
-            changed = None  # first seen under these definitions: everything is decided
+        if seen_under is None:
+            changed = None  # never evaluated: everything is decided, for its events
+            cause = "event"
             writes.hset(key, GENERATION, plan.generation)
-            if cause == "time":  # a look the definitions' change asked for (a backfill's),
-                # or a profile never evaluated: its events are what decides it
-                cause = "definition" if seen_under is not None else "event"
+        elif seen_under != str(plan.generation).encode():
+            # First seen under these definitions: those changed since its last look are
+            # matched too; a look for time is then the one a definitions' change (a
+            # backfill) asked for, or one due then (the audiences due are matched).
+            fresh = plan.changed_since(int(seen_under))
+            if cause == "time":
+                changed, cause = frozenset(), "definition"
+            writes.hset(key, GENERATION, plan.generation)
         elif cause == "time" and due_now:
             changed = frozenset()  # only time passed: the audiences due now are matched
         # (A moment no audience was due at is a look asked for: everything is decided.)
         subject = subject_from(a.profile_id, inputs, member_of(stored), self._out_of_stock,
                                self.history_days)  # fmt: skip
-        return Look(subject, a.now, cause, changed, due_now), nexts
+        return Look(subject, a.now, cause, changed, due_now, fresh), nexts
 
     def _settle(
         self,

@@ -902,6 +902,80 @@ def test_who_a_new_audience_takes_in_at_once_enters_for_the_definition(
         assert entered["cause"] == "event"
 
 
+class Matching(AudienceWorker):
+    """Notes the audiences matched for each profile it decides."""
+
+    matched: list[set[str]]
+
+    def _decide(self, plan, asked, profiles, watching):  # type: ignore[no-untyped-def]
+        outcomes, writes = super()._decide(plan, asked, profiles, watching)
+        self.matched += [o.matched for o in outcomes if o is not None]
+        return outcomes, writes
+
+
+def test_after_a_definitions_change_a_look_matches_what_changed_since_the_profiles_last(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """Not every audience: those its event reads and those whose definitions changed since
+    the profile's last look (a new one it already belongs to is entered then, before any
+    backfill); one never evaluated has every audience matched."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("viewers", {"performed": {"event": "Product Viewed", "within": "P1D",
+                                              "times": 1}})  # fmt: skip
+        shop.define("buyers", {"performed": {"event": "Order Completed", "within": "P30D",
+                                             "times": 1}})  # fmt: skip
+        shop.track("ann", "Product Wishlisted", at=shop.now - 1000)
+        shop.worker = shop.audience_worker(Matching)
+        shop.worker.matched = []
+        shop.settle()
+        assert {"viewers", "buyers"} <= shop.worker.matched[-1]  # never evaluated: all
+        ann = shop.profile_of("ann")
+        shop.define("wishers", {"performed": {"event": "Product Wishlisted", "within": "P1D",
+                                              "times": 1}})  # fmt: skip
+        shop.worker.matched = []
+        shop.track("ann", "Product Viewed")
+        shop.settle()
+        [matched] = shop.worker.matched
+        assert {"viewers", "wishers"} <= matched and "buyers" not in matched
+        assert shop.members("wishers") == {ann} == shop.members("viewers")
+        shop.worker.matched = []
+        shop.track("ann", "Product Viewed")
+        shop.settle()
+        [matched] = shop.worker.matched
+        assert "viewers" in matched and "wishers" not in matched  # changed before its last
+
+
+def test_audiences_saved_by_an_older_version_are_taken_as_changed_now_at_start(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """No last change kept (an older version saved them): the start gives each, the shipped
+    ones too, the generation of then (a profile evaluated under it had all matched); until
+    then a worker takes them as changed since any look."""
+    from rules.api import AudiencesApi
+
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("viewers", {"performed": {"event": "Product Viewed", "within": "P1D",
+                                              "times": 1}})  # fmt: skip
+        redis_client.delete(shop.keys.changed)
+        generation = int(redis_client.get(shop.keys.generation) or 0)
+        plan = Plan.of(generation, [d for d in shop.audiences.shipped.values()], {},
+                       shop.audiences.changed())  # fmt: skip
+        assert plan.changed_since(generation) == frozenset(shop.audiences.shipped)
+        plan.matcher.close()
+        api = AudiencesApi(shop.audiences, shop.store, redis_client, warehouse, shop.sources)
+        adopted = api.adopt_shipped()  # none recorded yet: each adopted, a generation on
+        assert shop.audiences.changed() == {
+            **dict.fromkeys(shop.audiences.shipped, generation + 1),
+            "viewers": generation + 1,
+        }
+        assert set(adopted) == set(shop.audiences.shipped)
+        shop.define("buyers", {"performed": {"event": "Order Completed", "within": "P30D",
+                                             "times": 1}})  # fmt: skip
+        assert shop.audiences.changed()["buyers"] == generation + 2
+        shop.audiences.delete("buyers")
+        assert "buyers" not in shop.audiences.changed()
+
+
 def test_a_big_backfill_holds_back_no_time_based_transition(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
