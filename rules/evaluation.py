@@ -68,7 +68,7 @@ class Plan:
     changed_at: dict[str, int] = field(default_factory=dict)  # audience -> the generation
     # of its definition's last change (none: not known, taken as changed since any)
 
-    _reading: dict[tuple[int, frozenset[str] | None], list[Compiled]] = field(
+    _reading: dict[tuple[int, frozenset[str] | None, frozenset[str]], list[Compiled]] = field(
         default_factory=dict, repr=False
     )
     _changed_since: dict[int, frozenset[str]] = field(default_factory=dict, repr=False)
@@ -105,16 +105,19 @@ class Plan:
     def reads_stock(self) -> bool:
         return bool(self.watch_events)
 
-    def reading(self, layer: int, changed: frozenset[str] | None) -> list[Compiled]:
-        """The layer's audiences that read what changed (all of them for None)."""
-        key = (layer, changed)
+    def reading(
+        self, layer: int, changed: frozenset[str] | None, forced: frozenset[str] = frozenset()
+    ) -> list[Compiled]:
+        """The layer's audiences that read what changed (all of them for None), and those
+        `forced`."""
+        key = (layer, changed, forced)
         found = self._reading.get(key)
         if found is None:
             if len(self._reading) > 10_000:  # combinations of names seen: a bounded memo
                 self._reading.clear()
             found = self._reading[key] = [
                 c for c in self.layers[layer]
-                if changed is None or self.inputs[c.audience] & changed
+                if changed is None or self.inputs[c.audience] & changed or c.audience in forced
             ]  # fmt: skip
         return found
 
@@ -239,12 +242,13 @@ def evaluate_all(plan: Plan, looks: Sequence[Look]) -> list[Outcome]:
 def _chosen(
     plan: Plan, n: int, whole_layer: list[Compiled], look: Look, moved: set[str]
 ) -> list[Compiled]:
-    """The layer's audiences matched for one profile."""
-    layer = plan.reading(n, look.changed)
-    if moved or look.due or look.fresh:  # and those due, changed since its last look, or
-        names = {c.audience for c in layer}  # referencing an audience entered or left
-        layer = [c for c in whole_layer if c.audience in names or c.audience in look.due
-                 or c.audience in look.fresh or plan.refers[c.audience] & moved]  # fmt: skip
+    """The layer's audiences matched for one profile: those reading what changed, those due
+    or changed since its last look, and those referencing an audience it entered or left."""
+    layer = plan.reading(n, look.changed, look.due | look.fresh if look.fresh else look.due)
+    if moved:
+        names = {c.audience for c in layer}
+        layer = [c for c in whole_layer
+                 if c.audience in names or plan.refers[c.audience] & moved]  # fmt: skip
     return layer
 
 
