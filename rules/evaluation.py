@@ -42,7 +42,7 @@ from rules.definition import (
     references,
     spec_of,
 )
-from rules.engine import Compiled, Matcher
+from rules.engine import Answers, Compiled, Matcher
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,10 @@ def _chosen(
 
 Row = tuple[Any, ...]
 # The audiences of a layer matched for a profile (None: every one) and, for each shard, the
-# fields of their fact and how to take their values from the profile's row.
-Pickers = tuple[set[str] | None, dict[int, tuple[list[str], Callable[[Row], Row]]]]
+# fields of their fact, how to take their values from the profile's row, and the engine's
+# answers kept for them.
+Picked = dict[int, tuple[list[str], Callable[[Row], Row], Answers]]
+Pickers = tuple[set[str] | None, Picked]
 
 
 def _whole(row: Row) -> Row:
@@ -389,7 +391,8 @@ def _match(
             if picked is None:
                 names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
                 picked = pickers[id(layer)] = (names, {
-                    shard: picker for shard, group in layer_read.groups.items()
+                    shard: (*picker, plan.matcher.answers(shard, picker[0]))
+                    for shard, group in layer_read.groups.items()
                     if (picker := group.picker(names)) is not None
                 })  # fmt: skip
             _match_one(plan, layer, picked, layer_read, looks[row], row, outcomes[row], moved[row])
@@ -408,11 +411,7 @@ def _match_one(
     """One profile's facts matched (of every audience of the layer, or of those named),
     its transitions checked against the tree's answer and recorded."""
     names, pickers = picked
-    groups = layer_read.groups
-    fired = plan.matcher.match_facts({
-        shard: dict(zip(fields, pick(groups[shard].rows[row]), strict=True))
-        for shard, (fields, pick) in pickers.items()
-    })  # fmt: skip
+    fired = _fired(plan.matcher, pickers, layer_read.groups, row)
     s = look.subject
     expected = layer_read.expected[row]
     if names is not None:
@@ -433,6 +432,21 @@ def _match_one(
         change = fired.get(c.audience)
         if change is not None:
             _record(plan, c, change, look, outcome, moved)
+
+
+def _fired(matcher: Matcher, pickers: Picked, groups: dict[int, _Group], row: int
+           ) -> dict[str, Change]:  # fmt: skip
+    """The transitions the engine finds in the profile's facts (an answer it gave to the same
+    fact already taken again)."""
+    fired: dict[str, Change] = {}
+    for shard, (fields, pick, answers) in pickers.items():
+        values = pick(groups[shard].rows[row])
+        answer = answers.get(values)
+        if answer is None:
+            answer = matcher.match_values(shard, fields, values, answers)
+        if answer:
+            fired.update(answer)
+    return fired
 
 
 def _record(

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rules import engine
 from rules.audiences import engine_problems
-from rules.conditions import COMPARE, Reading, Subject, holds
+from rules.conditions import COMPARE, Happened, Reading, Subject, holds
 from rules.definition import Definition, Node, kind_of, leaves, parse_node, spec_of
 from rules.engine import (
     MAX_CONNECTIVES,
@@ -22,7 +23,7 @@ from rules.engine import (
     connectives,
     engine_json,
 )
-from rules.evaluation import Plan, evaluate
+from rules.evaluation import Look, Plan, evaluate, evaluate_all
 
 LEAVES = [
     {"performed": {"event": "V", "within": "P1D", "op": ">=", "times": 2}},
@@ -266,3 +267,60 @@ def test_an_audience_the_engine_refuses_keeps_its_members_and_the_others_are_mat
     assert [(c.audience, c.change) for c in changes] == [("twice", "exit")]
     assert subject.memberships == {"past"}
     plan.matcher.close()
+
+
+def shoppers(now: int) -> list[Subject]:
+    """Four who viewed twice (at the same moments), two members who did not, one non-member
+    who did not: three facts for `twice`."""
+    viewed = [Happened(f"m{i}", "V", now - i * 60_000, {}) for i in (2, 1)]
+    return [*(Subject(f"viewer{n}", list(viewed)) for n in range(4)),
+            *(Subject(f"member{n}", memberships={"twice"}) for n in range(2)),
+            Subject("idle")]  # fmt: skip
+
+
+def transitions_of(plan: Plan, now: int) -> list[tuple[str, str]]:
+    outcomes = evaluate_all(plan, [Look(s, now, "event") for s in shoppers(now)])
+    return [(c.profile, c.change) for outcome in outcomes for c in outcome.changes]
+
+
+EXPECTED = [*((f"viewer{n}", "enter") for n in range(4)),
+            ("member0", "exit"), ("member1", "exit")]  # fmt: skip
+
+
+def test_profiles_showing_one_fact_ask_the_engine_once_and_each_gets_its_transitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's answer to a fact is kept (it depends on the fact alone): profiles whose
+    readings and memberships are the same are matched by one call, a member and a
+    non-member with the same readings are two facts, and a later batch asks again only
+    for facts not seen."""
+    plan = Plan.of(0, [Definition.model_validate({"id": "twice", "name": "x", "root": LEAVES[0]})])
+    asked: list[dict[str, float]] = []
+    match_shard = Matcher.match_shard
+
+    def counted(self: Matcher, shard: int, fact: dict[str, float]) -> dict[str, Any]:
+        asked.append(fact)
+        return match_shard(self, shard, fact)
+
+    monkeypatch.setattr(Matcher, "match_shard", counted)
+    try:
+        now = 1_790_000_000_000
+        assert transitions_of(plan, now) == EXPECTED
+        assert len(asked) == 3
+        assert transitions_of(plan, now + 1_000) == EXPECTED  # (counts only: the same facts)
+        assert len(asked) == 3
+        plan.matcher.forget()
+        assert transitions_of(plan, now) == EXPECTED and len(asked) == 6
+    finally:
+        plan.matcher.close()
+
+
+def test_the_answers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "ANSWERS_KEPT", 2)
+    plan = Plan.of(0, [Definition.model_validate({"id": "twice", "name": "x", "root": LEAVES[0]})])
+    try:
+        for _ in range(2):
+            assert transitions_of(plan, 1_790_000_000_000) == EXPECTED
+            assert sum(len(answers) for answers in plan.matcher._answers.values()) <= 2
+    finally:
+        plan.matcher.close()
