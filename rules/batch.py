@@ -25,6 +25,7 @@ import numpy.typing as npt
 from rules.conditions import (
     COMPARE,
     NEVER,
+    ORDER_COMPLETED,
     PRODUCT_ADDED,
     PRODUCT_REMOVED,
     Happened,
@@ -131,7 +132,6 @@ class Batch:
         self._read: dict[int, dict[int, tuple[Any, ...]]] = {}  # leaf -> row -> measure
         self._values: dict[Any, tuple[Stacked, list[Any], Ints, Ints]] = {}
         self._events: dict[str, Selection] | None = None
-        self._everything: tuple[Stacked, Ints, Ints] | None = None
         self._texts: dict[tuple[str, str], dict[str, Selection]] = {}
 
     def selection(self, ref: EventRef) -> Selection:
@@ -318,13 +318,14 @@ class Batch:
 
     def _cart(self, spec: Cart, measure: Callable[..., Any], rows: Sequence[int]) -> Column:
         """The cart of those who added or removed a product is read profile by profile;
-        the others' is empty until an event comes."""
+        the others' is empty (until an order dated ahead comes, as the reference has it: the
+        cart's next moment is its first event after `now`)."""
         carted = {*self.selection(EventRef(event=PRODUCT_ADDED))[0],
                   *self.selection(EventRef(event=PRODUCT_REMOVED))[0]}  # fmt: skip
         column = self._each(spec, measure, [row for row in rows if row in carted])
         empty = 0.0 if spec.by_value else 0
         holds = COMPARE[spec.op](empty, spec.threshold)
-        arrival = self.everything()[2]
+        arrival = self.at_now(EventRef(event=ORDER_COMPLETED))[2]
         for row in rows:
             if row not in carted:
                 column.values[row] = empty
@@ -332,21 +333,6 @@ class Batch:
                 column.holds[row] = holds
                 column.next_at[row] = arrival[row]
         return column
-
-    def everything(self) -> tuple[Stacked, Ints, Ints]:
-        """Every event of the batch's profiles, the index of each one's first after its now
-        and its time (NONE: none)."""
-        if self._everything is None:
-            self.selection(EventRef(event=PRODUCT_ADDED))  # the index made
-            rows: list[int] = []
-            ats: list[int] = []
-            for row, subject in enumerate(self.subjects):
-                rows += [row] * len(subject.history)
-                ats += [h.at for h in subject.history]
-            stacked = Stacked(rows, ats, len(self.subjects))
-            end = stacked.upto(self.nows)
-            self._everything = (stacked, end, stacked.first_after(end))
-        return self._everything
 
     def _nothing_out_of_stock(self, spec: OutOfStock) -> Column:
         """No product is out of stock: the condition holds for nobody until one of these

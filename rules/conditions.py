@@ -98,14 +98,18 @@ class Subject:
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
         default_factory=dict, repr=False
     )
-    _carts: dict[int, tuple[int, float, int | None]] = field(default_factory=dict, repr=False)
+    _carts: dict[int, tuple[int, float, int | None, int | None]] = field(
+        default_factory=dict, repr=False
+    )
 
-    def cart(self, now: int) -> tuple[int, float, int | None]:
-        """`cart_of` the history at `now` (made once per subject and moment)."""
+    def cart(self, now: int) -> tuple[int, float, int | None, int | None]:
+        """`cart_of` the history at `now`, and the time of its first cart event after `now`
+        (the cart reads no other: when one dated ahead comes, it may change). Made once per
+        subject and moment."""
         found = self._carts.get(now)
         if found is None:
             events = [h for h in self.history if h.event in CART_EVENTS]  # what it reads
-            found = self._carts[now] = cart_of(events, now)
+            found = self._carts[now] = (*cart_of(events, now), _arrivals(events, now))
         return found
 
     @cached_property
@@ -502,8 +506,8 @@ def _trait(spec: Trait, s: Subject, now: int) -> Measure:
 
 
 def _cart(spec: Cart, s: Subject, now: int) -> Measure:
-    units, value, oldest = s.cart(now)
-    next_at = _soonest(_arrivals(s.history, now), s.forgotten(oldest))
+    units, value, oldest, arrival = s.cart(now)
+    next_at = _soonest(arrival, s.forgotten(oldest))
     measured = value if spec.by_value else units
     return measured, True, COMPARE[spec.op](measured, spec.threshold), measured, next_at
 

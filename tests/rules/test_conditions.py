@@ -18,3 +18,19 @@ def test_a_reason_names_a_bounded_number_of_out_of_stock_products() -> None:
     [reading] = read(root, subject, NOW)
     assert reading.holds and reading.value == 1
     assert reading.shown == [f"p{i:02d}" for i in range(SHOWN_PRODUCTS)] + ["and 10 more"]
+
+
+def test_a_cart_s_next_moment_is_its_next_cart_event_not_any_event_dated_ahead() -> None:
+    """The cart reads adds, removals and orders: a page viewed with a time ahead (a client's
+    clock) changes nothing; an order dated ahead empties the cart when its time comes. The
+    batch reads the same (`tests/rules/test_batch.py`)."""
+    root = parse_node({"cart": {"op": ">", "units": 0}})
+    added = Happened("a", "Product Added", NOW - 1000, {"product_id": "p1"})
+    ahead = [Happened("v", "Product Viewed", NOW + 60_000, {})]
+    [reading] = read(root, Subject("p", [added, *ahead]), NOW)
+    assert reading.holds and reading.next_at is None
+    ahead.append(Happened("o", "Order Completed", NOW + 120_000, {}))
+    [reading] = read(root, Subject("p", [added, *ahead]), NOW)
+    assert reading.holds and reading.next_at == NOW + 120_000
+    [later] = read(root, Subject("p", [added, *ahead]), NOW + 120_000)
+    assert not later.holds
