@@ -66,6 +66,7 @@ PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED = (
 )
 NEVER = -1  # the age of what never happened
 CART_EVENTS = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED, ORDER_COMPLETED})
+_CART_CHANGES = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED})
 
 
 class Happened(NamedTuple):
@@ -406,23 +407,30 @@ def cart_of(history: list[Happened], now: int) -> tuple[int, float, int | None]:
     since the last order), its value (each product's units times the numeric `price` of its
     latest add or removal that has one; none: 0), and the time of the oldest add or removal
     counted (when it is forgotten, the cart changes)."""
-    upto = [h for h in history if h.at <= now]
-    last_order = max((h.at for h in upto if h.event == ORDER_COMPLETED), default=None)
-    per_product: Counter[str] = Counter()
+    last_order = None  # the counted adds and removals come after it
+    for h in history:
+        if h.event == ORDER_COMPLETED and h.at <= now and (last_order is None or h.at > last_order):
+            last_order = h.at
+    after = last_order if last_order is not None else -math.inf
+    per_product: dict[str, int] = {}
     prices: dict[str, float] = {}
     oldest = None
-    for h in upto:  # in time order: the latest price is the one kept
-        if last_order is not None and h.at <= last_order:
+    for h in history:  # in time order: the latest price is the one kept
+        at = h.at
+        if at > now or at <= after or h.event not in _CART_CHANGES:
             continue
         product = product_of(h.properties)
-        if not product or h.event not in (PRODUCT_ADDED, PRODUCT_REMOVED):
+        if not product:
             continue
         quantity = quantity_of(h.properties)
-        per_product[product] += quantity if h.event == PRODUCT_ADDED else -quantity
+        per_product[product] = per_product.get(product, 0) + (
+            quantity if h.event == PRODUCT_ADDED else -quantity
+        )
         price = number(h.properties.get("price"))
         if price is not None:
             prices[product] = price
-        oldest = h.at if oldest is None else min(oldest, h.at)
+        if oldest is None or at < oldest:
+            oldest = at
     held = {product: units for product, units in per_product.items() if units > 0}
     value = total([units * prices.get(product, 0.0) for product, units in held.items()])
     return sum(held.values()), clamp(round(value, 6)), oldest
