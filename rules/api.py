@@ -202,6 +202,11 @@ class WhyOut(BaseModel):
     member: bool = Field(description="Kept as a member now")
     since: str | None
     holds: bool = Field(description="The definition holds now, read afresh")
+    bot_only: bool = Field(
+        False,
+        description="Only bots (by their user agent) sent this profile events: it belongs to "
+        "no audience, whatever its conditions read, until a person's event comes to it",
+    )
     conditions: list[ConditionOut]
     unchanged_until: str | None = Field(
         description="With no new event, the conditions read as they do now until this moment "
@@ -405,12 +410,14 @@ class AudiencesApi:
         products = {p for h in subject.history if (p := product_of(h.properties))}
         subject.out_of_stock = frozenset(self.sources.catalog.out_of_stock(sorted(products)))
         readings = read(definition.root, subject, now)
+        judged = definition.enabled and not subject.bot_only
         return {
             "profile_id": profile.id, "audience": audience_id,
             "member": audience_id in stored, "since": iso(stored.get(audience_id)),
-            "holds": definition.enabled and holds(definition.root, {r.path: r for r in readings}),
+            "holds": judged and holds(definition.root, {r.path: r for r in readings}),
+            "bot_only": subject.bot_only,
             "conditions": [r.as_dict() for r in readings],
-            "unchanged_until": iso(next_change(readings, now)) if definition.enabled else None,
+            "unchanged_until": iso(next_change(readings, now)) if judged else None,
             "history": self.transitions([profile.id, *profile.merged_profiles], audience_id),
         }  # fmt: skip
 

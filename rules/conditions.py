@@ -94,6 +94,7 @@ class Subject:
     kept_ms: int | None = None
     time_zone: str | None = None  # the profile's (IANA name), if an event told it
     orders: int = 0  # every `Order Completed` it was sent, ever (the profile's count)
+    bot_only: bool = False  # only bots sent it events: it belongs to no audience
 
     _timelines: dict[Any, Timeline] = field(default_factory=dict, repr=False)
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(

@@ -498,4 +498,5 @@ def subject_from(
     ]
     return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
                    None if history_days is None else history_days * DAY_MS,
-                   time_zone=inputs.time_zone, orders=inputs.orders)  # fmt: skip
+                   time_zone=inputs.time_zone, orders=inputs.orders,
+                   bot_only=inputs.bot_only)  # fmt: skip

@@ -46,6 +46,9 @@ from rules.definition import (
 T = "toUnixTimestamp64Milli(timestamp)"
 # A person's track events: not a bot's (`cdp/profiles/change.py`).
 TRACK = "type = 'track' AND NOT is_bot"
+# A profile a person sent an event to (by `now`): one only bots sent events to belongs to no
+# audience (`rules/worker.py`).
+PERSON = "countIf(NOT is_bot) > 0"
 # Those the profile's history keeps for audiences: of a profile over the cap, the newest
 # (`cut_offs`, joined as `cut`).
 HISTORY = f"{TRACK} AND (cut.capped = '' OR (timestamp, message_id) >= (cut.cut_at, cut.cut_id))"
@@ -324,8 +327,9 @@ def members_query(
     `relaxed` kinds of live sets (`consent`, `member`) left open, or "time" (what may hold
     later with no new event): a superset of them. Each profile's track events are those real
     time keeps: of the kept days, the newest `history_events` (`cut_offs`). Every profile
-    with an event by `now` is judged: one dated by then, or received by then (dated after:
-    a device's clock ahead; real time keeps a profile from its first event received);
+    with a person's event by `now` is judged (one only bots sent events to is in no
+    audience): one dated by then, or received by then (dated after: a device's clock
+    ahead; real time keeps a profile from its first event received);
     conditions on events read those dated up to `now`, a trait its value set last in event
     time (as the profile keeps it)."""
     printer = Printer(history_ms, relaxed)
@@ -335,7 +339,7 @@ def members_query(
         f"SELECT {select} FROM (SELECT {columns} FROM profile_events "
         f"LEFT JOIN ({cut_offs(history_ms, history_events)}) AS cut ON cut.capped = profile_id "
         f"WHERE profile_id != '' AND ({T} <= {{now:Int64}} OR {RECEIVED} <= {{now:Int64}}) "
-        f"GROUP BY profile_id) WHERE {condition}"
+        f"GROUP BY profile_id HAVING {PERSON}) WHERE {condition}"
     )
     return Query(sql, {**printer.parameters, "now": now}, dict(printer.needs))
 

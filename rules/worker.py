@@ -733,6 +733,8 @@ class AudienceWorker(StreamConsumer):
         key = self.keys.of(a.profile_id)
         if inputs is PUT_OFF:
             return _put_off(writes, key, stored, due)
+        if inputs.bot_only:  # (never matched, nor marked as seen: a person's first event
+            return Outcome()  # has every audience matched)
         a = self._mark(writes, key, a, stored, len(inputs.history))
         changed, nexts, cause = a.changed, next_moments(stored), a.cause
         due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)

@@ -175,10 +175,13 @@ local function live_stored(pid)
   return pid
 end
 
-local function new_profile(ident, t)
+-- A profile made by a bot's event is marked `bot_only` until a person's event comes to it
+-- (or it merges with a profile that had one): such a profile belongs to no audience.
+local function new_profile(ident, t, bot)
   local pid = profile_id(ident)
   firsts[pid] = nil
   redis.call('HSET', key(pid), 'root', ident, 'first_seen', t, 'last_seen', t)
+  if bot then redis.call('HSET', key(pid), 'bot_only', 1) end
   redis.call('SADD', P .. ':profiles', pid)
   return pid
 end
@@ -252,6 +255,11 @@ local function move_meta(from, to, exists)
   for i = 1, #m, 2 do meta[m[i]] = m[i + 1] end
   for _, field in ipairs({'events', 'orders', 'revenue', 'users', 'known'}) do
     if meta[field] then redis.call('HINCRBY', key(to), field, meta[field]) end
+  end
+  if not meta['bot_only'] then  -- a person's: so is the profile it goes into
+    redis.call('HDEL', key(to), 'bot_only')
+  elseif not exists then  -- (moved to a new root: as it was)
+    redis.call('HSET', key(to), 'bot_only', 1)
   end
   local first = tonumber(meta['first_seen'])
   local current_first = tonumber(redis.call('HGET', key(to), 'first_seen'))
@@ -493,7 +501,7 @@ local function resolve(e)
     for _, ident in ipairs(ids) do
       if not owner[ident] and (not root or ident < root) then root = ident end
     end
-    anchor = new_profile(root, t)
+    anchor = new_profile(root, t, e.bot)
     created = anchor
   end
 
@@ -536,7 +544,8 @@ local function apply_event(e)
   local profile = key(pid)
   -- The profile's own fields are read once and written once, at the end.
   local m = redis.call('HMGET', profile, 'last_seen', 'tz', 'tz_at', 'cart_cleared_at', 'events',
-                       'cart_at', 'orders', 'last_order_at')
+                       'cart_at', 'orders', 'last_order_at', 'bot_only')
+  if m[9] and not e.bot then redis.call('HDEL', profile, 'bot_only') end
   local updates = {'events', (tonumber(m[5]) or 0) + (e.n or 1)}
   local function update(field, value)
     updates[#updates + 1] = field

@@ -124,6 +124,8 @@ class Change(TypedDict, total=False):
     h: list[list[Any]]  # track events for the audience history: [time, JSON member]
     evs: list[str]  # what changed, for the audience worker: event names, `identify`, `consent`,
     # `time_zone`
+    bot: int  # 1: a bot sent it (its user agent): a profile only bots sent events to belongs
+    # to no audience (`rules/worker.py`; the SQL path judges alike)
 
 
 def _scalar(value: Any) -> bool:
@@ -167,6 +169,8 @@ def change_of(event: StoredEvent) -> Change:
     change: Change = {
         "kind": "event", "mid": event.message_id, "t": event.timestamp, "type": kind, "ids": ids,
     }  # fmt: skip
+    if event.is_bot:
+        change["bot"] = 1
     if kind == "alias" and event.previous_id:
         change["prev"] = event.previous_id
     product = _product_id(properties)
@@ -326,3 +330,5 @@ def _join(group: Change, change: Change) -> None:
         if part in change:
             group[part] = group.get(part, []) + change[part]
     group["evs"] = [*group["evs"], *(name for name in change["evs"] if name not in group["evs"])]
+    if "bot" not in change:  # a person's among them: the group is a person's
+        group.pop("bot", None)

@@ -66,6 +66,7 @@ class AudienceInputs:
     granted: set[tuple[str, str]]  # (channel, purpose)
     time_zone: str | None = None  # the profile's (IANA), if an event told it
     orders: int = 0  # its `Order Completed` events, ever
+    bot_only: bool = False  # only bots sent it events (`cdp/lua/profiles.lua`)
 
 
 class ProfileReader:
@@ -254,7 +255,7 @@ local function audience_inputs(profile, history, traits, consent, since)
   end
   return {1, '[' .. table.concat(events, ',') .. ']',
           redis.call('HGETALL', traits), redis.call('HGETALL', consent),
-          redis.call('HMGET', profile, 'tz', 'orders')}
+          redis.call('HMGET', profile, 'tz', 'orders', 'bot_only')}
 end
 """
 READ_INPUTS = INPUTS_LUA + "return audience_inputs(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])"
@@ -264,7 +265,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
     """The inputs from `audience_inputs`' reply (None: no such profile)."""
     if not reply[0]:
         return None
-    _, history, traits, consent, (time_zone, orders) = reply
+    _, history, traits, consent, (time_zone, orders, bot_only) = reply
     return AudienceInputs(
         history=orjson.loads(history),  # one JSON text: the script wrote it of the members
         traits={text(traits[i]): orjson.loads(traits[i + 1]) for i in range(0, len(traits), 2)},
@@ -275,6 +276,7 @@ def audience_inputs_of(reply: list[Any]) -> AudienceInputs | None:
         },  # fmt: skip
         time_zone=text(time_zone) if time_zone else None,
         orders=int(orders or 0),
+        bot_only=bool(bot_only),
     )
 
 

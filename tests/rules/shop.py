@@ -23,6 +23,7 @@ from cdp.storage import Warehouse, text
 from ingestion.normalize import to_row
 from ingestion.segment import SegmentEvent
 from ingestion.writer import WarehouseWriter
+from rules.api import AudiencesApi
 from rules.audiences import DAY_MS, Audiences
 from rules.definition import Definition
 from rules.evaluation import DISAGREEMENTS
@@ -166,6 +167,11 @@ class Shop:
     def sql_members(self, audience: str, at: int | None = None) -> set[str]:
         definition = self.audiences.get(audience).definition
         return set(members_at(self.sources, definition.root, self.now if at is None else at))
+
+    def why(self, profile_id: str, audience: str) -> dict[str, Any]:
+        """The API's answer: why the profile is or is not in the audience (at the real now)."""
+        api = AudiencesApi(self.audiences, self.store, self.client, self.warehouse, self.sources)
+        return api.why(profile_id, audience)
 
     def changes(self) -> list[dict[str, str]]:
         return [{k.decode(): v.decode() for k, v in fields.items()}

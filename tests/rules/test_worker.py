@@ -29,7 +29,7 @@ from rules.worker import (
     RulesUnavailable,
     retry_after,
 )
-from tests.rules.shop import HOUR_MS, Shop, days, step
+from tests.rules.shop import CRAWLER, HOUR_MS, Shop, days, step
 
 TWICE = {"performed": {"event": "Product Viewed", "within": "P1D", "times": 2}}
 
@@ -77,6 +77,80 @@ def test_a_merge_moves_memberships_to_the_survivor(
         if merged == phone:  # the member's profile went; the survivor came in
             assert changes[1:] == [(phone, "exit", "merge"), (survivor, "enter", "event")]
         assert not redis_client.exists(shop.keys.of(merged))
+
+
+NEVER_ORDERED = {"not": {"performed": {"event": "Order Completed", "within": "P7D", "times": 1}}}
+
+
+def test_a_profile_only_bots_sent_events_to_is_in_no_audience_until_a_person_comes(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """A crawler rendering the shop's pages makes a profile a page: none is a shopper who
+    never ordered. A person's event (the same cookie, or a person's profile merged in, even
+    by a bot's event) makes the profile judged like any, every audience matched at once;
+    both paths say the same."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("never-ordered", NEVER_ORDERED)
+        shop.define("twice", TWICE)
+        for who in ("crawler", "turned"):
+            shop.track(who, "Product Viewed", bot=True)
+            shop.send({"type": "page", "anonymousId": who, "context": {"userAgent": CRAWLER}})
+        shop.send({"type": "identify", "anonymousId": "crawled-kim", "userId": "kim",
+                   "context": {"userAgent": CRAWLER}})  # fmt: skip
+        shop.track("person", "Product Viewed")
+        shop.track("kim-phone", "Product Viewed")
+        shop.track("mixed", "Product Viewed", bot=True)  # one step with a person's page
+        shop.send({"type": "page", "anonymousId": "mixed"})
+        shop.settle()
+        person, phone = shop.profile_of("person"), shop.profile_of("kim-phone")
+        mixed = shop.profile_of("mixed")
+        assert shop.members("never-ordered") == {person, phone, mixed}
+        assert shop.sql_members("never-ordered") == {person, phone, mixed}
+        why = shop.why(shop.profile_of("crawler"), "never-ordered")
+        assert why["bot_only"] and not why["holds"] and why["unchanged_until"] is None
+
+        shop.send({"type": "page", "anonymousId": "turned"})  # a person's browser, this time
+        shop.send(
+            {
+                "type": "identify",
+                "anonymousId": "kim-phone",
+                "userId": "kim",
+                "context": {"userAgent": CRAWLER},
+            }
+        )  # a bot's: the phone's profile goes in
+        shop.settle()
+        kim = shop.profile_of("crawled-kim")
+        assert kim == shop.profile_of("kim-phone") != phone
+        judged = {person, mixed, shop.profile_of("turned"), kim}
+        assert shop.members("never-ordered") == judged == shop.sql_members("never-ordered")
+        assert not shop.why(shop.profile_of("turned"), "never-ordered")["bot_only"]
+        assert shop.members("twice") == set() == shop.sql_members("twice")  # no view counted
+        shop.advance(days(8))
+        assert shop.members("never-ordered") == judged == shop.sql_members("never-ordered")
+
+
+def test_bots_profiles_merged_together_or_moved_to_a_new_root_stay_bots_only(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("never-ordered", NEVER_ORDERED)
+        for who in ("m-bot", "z-bot"):
+            shop.track(who, "Product Viewed", bot=True)
+        shop.settle()
+        before = shop.profile_of("m-bot")
+        for who in ("m-bot", "z-bot", "a-bot"):  # one user id: one profile, then rooted at
+            shop.send(
+                {
+                    "type": "identify",
+                    "anonymousId": who,
+                    "userId": "crawl",
+                    "context": {"userAgent": CRAWLER},
+                }
+            )  # a smaller identifier: moved
+            shop.settle()
+        assert shop.profile_of("m-bot") == shop.profile_of("z-bot") == shop.profile_of("a-bot")
+        assert shop.profile_of("m-bot") != before
+        assert shop.members("never-ordered") == set() == shop.sql_members("never-ordered")
 
 
 class Killed(BaseException):
