@@ -389,9 +389,8 @@ class Matcher:
         return answer
 
     def forget(self) -> None:
-        """The answers kept forgotten."""
-        for answers in self._answers.values():
-            answers.clear()
+        """The answers kept forgotten (those a match under way holds go with it)."""
+        self._answers.clear()
         self._kept = 0
 
     def _match_fact(self, shard: int, fact: dict[str, float]) -> None:
