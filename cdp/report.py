@@ -22,6 +22,7 @@ class Overview:
     visitors: int = 0
     known_users: int = 0
     bot_events: int = 0
+    bot_profiles: int = 0  # of `profiles`: only bots ever sent them events (in no audience)
     orders: int = 0
     revenue: float = 0.0
     profiles: int = 0
@@ -91,6 +92,17 @@ def overview(
         params,
     )
     report.profiles, report.identified_profiles = int(profiles), int(identified)
+    [(bot_profiles,)] = warehouse.query_rows(
+        f"""
+        SELECT countIf(persons = 0) FROM (
+            SELECT countIf(NOT is_bot) AS persons FROM profile_events
+            WHERE profile_id IN (SELECT profile_id FROM profile_events {where})
+            AND profile_id != '' GROUP BY profile_id
+        )
+        """,
+        params,
+    )
+    report.bot_profiles = int(bot_profiles)
     report.anonymous_profiles = report.profiles - report.identified_profiles
     [(merges, refused)] = warehouse.query_rows(
         "SELECT countIf(NOT startsWith(cause, 'refused')), countIf(startsWith(cause, 'refused')) "

@@ -118,6 +118,8 @@ def print_report(console: Console, report: Overview, sent: Sent, started: dateti
     )
     summary.add_row("bot events", f"{report.bot_events:,}",
                     "flagged from the user agent; not counted by audiences")  # fmt: skip
+    summary.add_row("bot profiles", f"{report.bot_profiles:,}",
+                    "only bots sent them events: in no audience")  # fmt: skip
     summary.add_row("orders", f"{report.orders:,}", f"simulated {sent.orders:,}")
     summary.add_row("revenue", f"EUR {report.revenue:,.2f}", f"simulated EUR {sent.revenue:,.2f}")
     summary.add_row("elapsed", f"{elapsed:.1f} s", "")

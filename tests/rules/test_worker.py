@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
 
 from cdp import deadletters
 from cdp.catalog import Product
+from cdp.report import overview
 from cdp.settings import Settings
 from cdp.storage import Warehouse
 from rules.audiences import Audiences
@@ -79,6 +81,12 @@ def test_a_merge_moves_memberships_to_the_survivor(
         assert not redis_client.exists(shop.keys.of(merged))
 
 
+def bot_profiles(shop: Shop) -> int:
+    """What the shop's report says of profiles only bots sent events to."""
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+    return overview(shop.warehouse, since, shop.client, []).bot_profiles
+
+
 NEVER_ORDERED = {"not": {"performed": {"event": "Order Completed", "within": "P7D", "times": 1}}}
 
 
@@ -108,6 +116,7 @@ def test_a_profile_only_bots_sent_events_to_is_in_no_audience_until_a_person_com
         assert shop.sql_members("never-ordered") == {person, phone, mixed}
         why = shop.why(shop.profile_of("crawler"), "never-ordered")
         assert why["bot_only"] and not why["holds"] and why["unchanged_until"] is None
+        assert bot_profiles(shop) == 3  # the crawler's, the one turning, crawled Kim's
 
         shop.send({"type": "page", "anonymousId": "turned"})  # a person's browser, this time
         shop.send(
@@ -124,6 +133,7 @@ def test_a_profile_only_bots_sent_events_to_is_in_no_audience_until_a_person_com
         judged = {person, mixed, shop.profile_of("turned"), kim}
         assert shop.members("never-ordered") == judged == shop.sql_members("never-ordered")
         assert not shop.why(shop.profile_of("turned"), "never-ordered")["bot_only"]
+        assert bot_profiles(shop) == 1
         assert shop.members("twice") == set() == shop.sql_members("twice")  # no view counted
         shop.advance(days(8))
         assert shop.members("never-ordered") == judged == shop.sql_members("never-ordered")

@@ -28,6 +28,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "Events by type" in result.stdout and "Order Completed" in result.stdout
     assert "logged-in people is one profile" in result.stdout
     assert "merges" in result.stdout and "identified" in result.stdout
+    assert "bot profiles" in result.stdout and "in no audience" in result.stdout
     assert "Audiences, kept live by the rules engine" in result.stdout
     assert "abandoned-cart" in result.stdout and "Why is p_" in result.stdout
     assert "Real time and the SQL over ClickHouse agree on 8 of 8 audiences" in result.stdout
