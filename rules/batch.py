@@ -69,8 +69,8 @@ ARRAY_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 class Column:
     """One condition over the batch, a row a profile (rows not asked for are not read)."""
 
-    values: list[Any]  # what the engine compares (the reference's numbers, int or float)
-    present: list[bool]
+    values: npt.NDArray[Any]  # what the engine compares (the reference's numbers)
+    present: Flags
     holds: Flags
     next_at: Ints  # NONE: no next moment
 
@@ -241,8 +241,8 @@ class Batch:
         unread = (0, False, False, None, None)  # a row that did not ask: never looked at
         measures = [read.get(row, unread) for row in range(len(self.subjects))]
         return Column(
-            [m[0] for m in measures],
-            [m[1] for m in measures],
+            np.array([m[0] for m in measures], dtype=np.float64),
+            np.array([m[1] for m in measures], dtype=np.bool_),
             np.array([m[2] for m in measures], dtype=np.bool_),
             np.array([NONE if m[4] is None else m[4] for m in measures], dtype=np.int64),
         )
@@ -251,7 +251,7 @@ class Batch:
         count, leaves, arrival = self.counted(spec, spec.within)
         next_at = np.minimum(leaves, arrival)
         holds = ARRAY_COMPARE[spec.op](count, spec.times)
-        return Column(count.tolist(), [True] * len(count), holds, next_at)
+        return Column(count, np.ones(len(count), dtype=np.bool_), holds, next_at)
 
     def _last_performed(self, spec: LastPerformed) -> Column:
         s, end, arrival = self.at_now(spec)
@@ -263,7 +263,7 @@ class Batch:
         kept = np.where(has, self.forgotten(last), NONE)
         next_at = np.minimum(np.minimum(ends, kept), arrival)
         values = np.where(has, age, NEVER)
-        return Column(values.tolist(), [True] * len(end), holds, next_at)
+        return Column(values, np.ones(len(end), dtype=np.bool_), holds, next_at)
 
     def _aggregate(self, spec: Aggregate) -> Column:
         numbers, spans, next_at = self._valued(spec, spec.property, number, spec.within)
@@ -279,7 +279,8 @@ class Batch:
             [p and compare(v, spec.value) for v, p in zip(values, present, strict=True)],
             dtype=np.bool_,
         )
-        return Column(values, present, holds, next_at)
+        return Column(np.array(values, dtype=np.float64), np.array(present, dtype=np.bool_),
+                      holds, next_at)  # fmt: skip
 
     def _grouped(self, spec: Performed) -> Column:
         """The largest count of one value of the `same` property within the window."""
@@ -287,8 +288,9 @@ class Batch:
         groups, spans, next_at = self._valued(spec, spec.same, group_value, spec.within)
         counts = [max(Counter(groups[first:last]).values()) if last > first else 0
                   for first, last in spans]  # fmt: skip
-        holds = ARRAY_COMPARE[spec.op](np.array(counts, dtype=np.int64), spec.times)
-        return Column(counts, [True] * len(counts), holds, next_at)
+        found = np.array(counts, dtype=np.int64)
+        holds = ARRAY_COMPARE[spec.op](found, spec.times)
+        return Column(found, np.ones(len(counts), dtype=np.bool_), holds, next_at)
 
     def _valued(
         self, ref: EventRef, prop: str, value_of: Callable[[Any], Any], within: int
@@ -341,7 +343,8 @@ class Batch:
         for event in spec.events:
             next_at = np.minimum(next_at, self.at_now(EventRef(event=event))[2])
         size = len(self.subjects)
-        return Column([0.0] * size, [True] * size, np.zeros(size, dtype=np.bool_), next_at)
+        return Column(np.zeros(size), np.ones(size, dtype=np.bool_), np.zeros(size, dtype=np.bool_),
+                      next_at)  # fmt: skip
 
     def _not_followed_by(self, spec: NotFollowedBy) -> Column:
         firsts, end, first_arrival = self.at_now(spec)
@@ -367,7 +370,7 @@ class Batch:
             np.where(followed, after_then, arrivals),
         )
         values = np.where(waiting, waited, NEVER)
-        return Column(values.tolist(), [True] * len(end), holds, next_at)
+        return Column(values, np.ones(len(end), dtype=np.bool_), holds, next_at)
 
 
 def column_decider(node: Node) -> Callable[[Sequence[Flags]], Flags]:

@@ -22,17 +22,23 @@ misplaces actions when threads share it), and its Python layer encodes every fac
 json module twice, which costs more than the matching.
 A fact's answer depends on the fact alone (asserted, then retracted: nothing stays), so the
 matcher keeps its answers by the fact's values (`match_values`) and asks the engine only for
-facts it has not seen (in the bench, a third of a batch's facts are new)."""
+facts it has not seen. A fact carries, for each reading, a value standing for the range of
+readings the rules tell apart (`Ranges`): a count of 3 or of 7 past a threshold of 2, an age
+of 61 or of 75 minutes past an hour are one value, so profiles show few distinct facts."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from rules.batch import Flags, column_decider
@@ -73,8 +79,9 @@ MAX_TERMS = 64  # the engine expands each rule to its disjunctive form
 MAX_CONNECTIVES = 15
 # The engine's answers a matcher keeps (~0.3 KiB each, measured): 12 MiB at most.
 ANSWERS_KEPT = 40_000
-# A shard's transitions by the values of its fact (fields in one order).
-Answers = dict[tuple[Any, ...], dict[str, Change]]
+# A shard's transitions by its fact (fields in one order): the bytes of its values, each a
+# float64 (`Facts.keys` in `rules/evaluation.py`).
+Answers = dict[bytes, dict[str, Change]]
 INVERSE = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
 
 
@@ -189,6 +196,85 @@ def merged(expr: Expr) -> Expr:
 OPERATORS = {">=": "$gte", ">": "$gt", "<=": "$lte", "<": "$lt", "!=": "$neq"}
 
 
+def compared(expr: Expr) -> Iterable[tuple[str, str, float]]:
+    """Each comparison of the expression: its field, operator and value."""
+    if expr[0] == "cmp":
+        yield expr[1], expr[2], expr[3]
+    else:
+        for part in expr[1]:
+            yield from compared(part)
+
+
+# Where a comparison cuts the numbers: before its value (`>=`, `<`: the value goes with those
+# above it), after it (`>`, `<=`: with those below), or both (`==`, `!=`: alone).
+CUTS = {">=": (0,), "<": (0,), ">": (1,), "<=": (1,), "==": (0, 1), "!=": (0, 1)}
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The ranges of a fact's field that its audience's rules tell apart: its comparisons cut
+    the numbers into ranges, and every value of a range compares alike with each of them. So
+    a fact carries one value standing for its range, and the rules fire as they would on the
+    reading itself; profiles whose readings differ only within ranges (counts past a
+    threshold, ages in ms) show the engine one fact, whose answer is kept
+    (`Matcher.match_values`). The engine compares doubles: so do the ranges."""
+
+    starts: tuple[float, ...]  # ascending: a range starts at each (cut before)
+    after: tuple[float, ...]  # ascending: a range starts just after each (cut after)
+    standing: tuple[float, ...]  # a value of each range, in order (empty ones: any)
+
+    @classmethod
+    def of(cls, comparisons: Iterable[tuple[str, float]]) -> Ranges:
+        """The ranges cut by these comparisons (operator, value)."""
+        cuts = sorted({(float(value), side) for op, value in comparisons for side in CUTS[op]})
+        standing = [cuts[0][0] if cuts[0][1] else _below(cuts[0][0])]
+        for (low, low_side), (high, high_side) in itertools.pairwise(cuts):
+            # from `low` (or just after it) to `high` (or up to it, itself included)
+            if not low_side:
+                standing.append(low)
+            elif high_side:
+                standing.append(high)
+            else:
+                standing.append(_between(low, high))
+        last, last_side = cuts[-1]
+        standing.append(-_below(-last) if last_side else last)
+        return cls(tuple(v for v, side in cuts if not side), tuple(v for v, side in cuts if side),
+                   tuple(standing))  # fmt: skip
+
+    def one(self, value: float) -> float:
+        """The value standing for this one's range."""
+        value = float(value)
+        return self.standing[bisect_right(self.starts, value) + bisect_left(self.after, value)]
+
+    def column(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """`one` of each value, at once."""
+        arrays = self._arrays
+        index = np.searchsorted(arrays[0], values, side="right")
+        index += np.searchsorted(arrays[1], values, side="left")
+        return arrays[2][index]
+
+    @cached_property
+    def _arrays(self) -> tuple[npt.NDArray[np.float64], ...]:
+        return tuple(np.array(part, dtype=np.float64)
+                     for part in (self.starts, self.after, self.standing))  # fmt: skip
+
+
+def _below(bound: float) -> float:
+    """A value below the bound (1 below, where floats still tell the difference); the bound
+    itself when no float is (that range holds no reading: they are finite)."""
+    below = bound - 1
+    below = below if below < bound else math.nextafter(bound, -math.inf)
+    return below if math.isfinite(below) else bound
+
+
+def _between(low: float, high: float) -> float:
+    """A value between the two (`low` when no float is: that range holds no value)."""
+    for value in (low + 1, low / 2 + high / 2, math.nextafter(low, math.inf)):
+        if low < value < high:
+            return value
+    return low
+
+
 def rule_json(expr: Expr) -> Any:
     """The expression as durable_rules' ruleset JSON has it (what its DSL writes)."""
     if expr[0] == "cmp":
@@ -225,6 +311,24 @@ class Compiled:
         return [int(member), *(r.value for r in readings),
                 *(int(r.present) for r, (_, present) in zip(readings, self.fields, strict=True)
                   if present)]  # fmt: skip
+
+    def fact(self, readings: Sequence[Reading], member: bool) -> list[float]:
+        """`values`, each leaf's standing for its range (`Ranges`): what the engine is shown
+        (the flags, member and presence, are their own ranges)."""
+        values = self.values(readings, member)
+        values[1 : 1 + len(readings)] = [
+            ranges.one(r.value) for r, ranges in zip(readings, self.ranges, strict=True)
+        ]
+        return values
+
+    @cached_property
+    def ranges(self) -> list[Ranges]:
+        """The ranges of each leaf's value field (in leaf order) that the rules tell apart."""
+        found: dict[str, list[tuple[str, float]]] = {}
+        for expr, _ in transitions(self.root, self.prefix):
+            for name, op, value in compared(expr):
+                found.setdefault(name, []).append((op, value))
+        return [Ranges.of(found[value]) for value, _ in self.fields]
 
     @cached_property
     def width(self) -> int:
@@ -374,7 +478,7 @@ class Matcher:
         return found
 
     def match_values(
-        self, shard: int, fields: list[str], values: tuple[Any, ...], answers: Answers
+        self, shard: int, fields: list[str], values: list[float], key: bytes, answers: Answers
     ) -> dict[str, Change]:
         """`match_shard` of the fact of these fields and values, its answer kept in
         `answers` (of `answers(shard, fields)`): the engine's answer to a fact depends on the
@@ -384,7 +488,7 @@ class Matcher:
         if self._kept >= ANSWERS_KEPT:
             self.forget()
         answer = self.match_shard(shard, dict(zip(fields, values, strict=True)))
-        answers[values] = answer
+        answers[key] = answer
         self._kept += 1
         return answer
 

@@ -8,13 +8,13 @@ through at once)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import Counter
 
 from cdp.profiles.change import TIME_ZONE
@@ -252,46 +252,59 @@ def _chosen(
     return layer
 
 
-Row = tuple[Any, ...]
 # The audiences of a layer matched for a profile (None: every one) and, for each shard, the
-# fields of their fact, how to take their values from the profile's row, and the engine's
+# fields of their fact, their places in the shard's facts (None: all), and the engine's
 # answers kept for them.
-Picked = dict[int, tuple[list[str], Callable[[Row], Row], Answers]]
+Picked = dict[int, tuple[list[str], tuple[int, ...] | None, Answers]]
 Pickers = tuple[set[str] | None, Picked]
-
-
-def _whole(row: Row) -> Row:
-    return row
 
 
 @dataclass
 class _Group:
-    """The audiences of one shard matched in a layer: their facts' field names, and each
-    profile's values in that order (a row); where each audience's fields are."""
+    """The audiences of one shard matched in a layer: their facts' field names, each
+    profile's values in that order (a row of `facts`), where each audience's fields are."""
 
     names: list[str] = field(default_factory=list)
-    columns: list[list[Any]] = field(default_factory=list)
+    columns: list[Any] = field(default_factory=list)  # each field's values, a profile each
     spans: list[tuple[str, int, int]] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
+    facts: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 0)))
+    _keys: dict[tuple[int, ...] | None, list[bytes]] = field(default_factory=dict)
 
-    def add(self, c: Compiled, columns: list[list[Any]]) -> None:
+    def add(self, c: Compiled, columns: list[Any]) -> None:
         """An audience's fields, each a column of the batch (in the order of `c.names`)."""
         start = len(self.names)
         self.names += c.names
         self.columns += columns
         self.spans.append((c.audience, start, len(self.names)))
 
-    def picker(self, names: set[str] | None) -> tuple[list[str], Callable[[Row], Row]] | None:
-        """The fields of the audiences named (None: of every one) and how to take their
-        values from a row; None if the shard holds none of them."""
+    def close(self) -> None:
+        """The columns made the facts: a row a profile, a float64 a field."""
+        self.facts = np.ascontiguousarray(np.array(self.columns, dtype=np.float64).T)
+
+    def picker(self, names: set[str] | None) -> tuple[list[str], tuple[int, ...] | None] | None:
+        """The fields of the audiences named (None: of every one) and their places; None
+        if the shard holds none of them."""
         if names is None:
-            return self.names, _whole
-        places = [i for audience, start, end in self.spans if audience in names
-                  for i in range(start, end)]  # fmt: skip
+            return self.names, None
+        places = tuple(i for audience, start, end in self.spans if audience in names
+                       for i in range(start, end))  # fmt: skip
         if not places:
             return None
-        assert len(places) > 1  # (an audience has a member flag and a leaf at least)
-        return [self.names[i] for i in places], itemgetter(*places)
+        return [self.names[i] for i in places], places
+
+    def keys(self, places: tuple[int, ...] | None) -> list[bytes]:
+        """Each profile's fact (its fields at these places; None: all) as the bytes of its
+        values: the key of the engine's answers kept. Made once per batch and places."""
+        found = self._keys.get(places)
+        if found is None:
+            facts = self.facts if places is None else np.ascontiguousarray(self.facts[:, places])
+            rows = facts.view(np.dtype((np.void, facts.shape[1] * facts.itemsize)))
+            found = self._keys[places] = cast(list[bytes], rows.ravel().tolist())
+        return found
+
+    def values(self, row: int, places: tuple[int, ...] | None) -> list[float]:
+        facts = self.facts[row]
+        return (facts if places is None else facts[list(places)]).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -319,9 +332,9 @@ class _Layer:
                 expected[c.audience] = "exit" if member else "enter"
             nexts.append(next_change(readings, now))
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
-            group.add(c, [[value] for value in c.values(readings, member)])
+            group.add(c, [[value] for value in c.fact(readings, member)])
         for group in groups.values():
-            group.rows = list(zip(*group.columns, strict=True))
+            group.close()
         return cls([c.audience for c in asked], groups, [expected], [nexts])
 
     @classmethod
@@ -347,15 +360,15 @@ class _Layer:
         soonest = np.minimum.reduceat(leaves, starts, axis=0).T.tolist()
         nexts = [[None if at == NONE else at for at in row] for row in soonest]
         groups: dict[int, _Group] = {}
-        flags = member.astype(np.int64).tolist()
-        for c, cs, flag in zip(asked, columns, flags, strict=True):
+        for c, cs, flag in zip(asked, columns, member, strict=True):
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
-            group.add(c, [flag, *(column.values for column in cs),
-                          *([int(p) for p in column.present]
+            group.add(c, [flag, *(ranges.column(column.values)
+                                  for column, ranges in zip(cs, c.ranges, strict=True)),
+                          *(column.present
                             for column, (_, present) in zip(cs, c.fields, strict=True)
                             if present)])  # fmt: skip
         for group in groups.values():
-            group.rows = list(zip(*group.columns, strict=True))
+            group.close()
         return cls([c.audience for c in asked], groups, expected, nexts)
 
 
@@ -439,11 +452,13 @@ def _fired(matcher: Matcher, pickers: Picked, groups: dict[int, _Group], row: in
     """The transitions the engine finds in the profile's facts (an answer it gave to the same
     fact already taken again)."""
     fired: dict[str, Change] = {}
-    for shard, (fields, pick, answers) in pickers.items():
-        values = pick(groups[shard].rows[row])
-        answer = answers.get(values)
+    for shard, (fields, places, answers) in pickers.items():
+        group = groups[shard]
+        key = group.keys(places)[row]
+        answer = answers.get(key)
         if answer is None:
-            answer = matcher.match_values(shard, fields, values, answers)
+            values = group.values(row, places)
+            answer = matcher.match_values(shard, fields, values, key, answers)
         if answer:
             fired.update(answer)
     return fired

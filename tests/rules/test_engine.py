@@ -3,9 +3,11 @@ snapshots, the engine fires exactly the transitions the tree implies, and nothin
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import durable_rules_engine as native
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +21,7 @@ from rules.engine import (
     MAX_TERMS,
     Compiled,
     Matcher,
+    Ranges,
     complexity,
     connectives,
     engine_json,
@@ -116,6 +119,41 @@ def test_any_float_threshold_and_value_are_compared_exactly(
     read = Reading("root", "aggregate", value, True, ok, root.aggregate, value, None)
     fired = Matcher(0, [compiled]).match({"x": compiled.snapshot([read], member=False)})
     assert fired == ({("x", "enter")} if ok else set())
+
+
+NUMBERS = FLOATS | st.integers(-(2**53), 2**53) | st.sampled_from([0, 1, 2, -1, 0.5, 1e308])
+
+
+@settings(max_examples=500, deadline=None)
+@given(comparisons=st.lists(st.tuples(st.sampled_from(sorted(COMPARE)), NUMBERS), min_size=1,
+                            max_size=4), data=st.data())  # fmt: skip
+def test_a_value_standing_for_its_range_compares_as_the_value_does(
+    comparisons: list[tuple[str, float]], data: st.DataObject
+) -> None:
+    """What the engine is shown of a reading (`Ranges`): one at a time (a profile alone)
+    and a column at once (the batch's) alike. The engine compares doubles."""
+    bounds = [float(b) for _, b in comparisons]
+    near = [math.nextafter(b, side) for b in bounds for side in (-math.inf, math.inf)]
+    near = [value for value in near if math.isfinite(value)]  # (readings are finite)
+    values = data.draw(st.lists(NUMBERS | st.sampled_from([*bounds, *near]), min_size=1))
+    ranges = Ranges.of(comparisons)
+    column = ranges.column(np.array(values, dtype=np.float64)).tolist()
+    for value, in_column in zip(values, column, strict=True):
+        shown = ranges.one(value)
+        assert shown == in_column and math.isfinite(shown)
+        for op, bound in comparisons:
+            compare = COMPARE[op]
+            assert compare(shown, float(bound)) == compare(float(value), float(bound))
+
+
+def test_the_ranges_are_those_the_comparisons_tell_apart() -> None:
+    at_least_two = Ranges.of([(">=", 2), ("<", 2)])
+    assert [at_least_two.one(v) for v in (0, 1.5, 2, 3, 1e9)] == [1, 1, 2, 2, 2]
+    exactly_two = Ranges.of([("==", 2)])
+    assert [exactly_two.one(v) for v in (0, 2, 2.5, 7)] == [1, 2, 3, 3]
+    within = Ranges.of([(">=", 0), ("<", 3_600_000)])  # an age: done, and within the hour
+    assert [within.one(v) for v in (-1, 0, 59_000, 3_600_000, 9e9)] == [-1, 0, 0, 3_600_000,
+                                                                         3_600_000]  # fmt: skip
 
 
 forests = st.lists(
@@ -270,10 +308,12 @@ def test_an_audience_the_engine_refuses_keeps_its_members_and_the_others_are_mat
 
 
 def shoppers(now: int) -> list[Subject]:
-    """Four who viewed twice (at the same moments), two members who did not, one non-member
-    who did not: three facts for `twice`."""
+    """Four who viewed twice (at the same moments), one three times (another count, the same
+    range: at least 2), two members who did not, one non-member who did not: three facts for
+    `twice`."""
     viewed = [Happened(f"m{i}", "V", now - i * 60_000, {}) for i in (2, 1)]
     return [*(Subject(f"viewer{n}", list(viewed)) for n in range(4)),
+            Subject("keen", [Happened("m3", "V", now - 180_000, {}), *viewed]),
             *(Subject(f"member{n}", memberships={"twice"}) for n in range(2)),
             Subject("idle")]  # fmt: skip
 
@@ -283,7 +323,7 @@ def transitions_of(plan: Plan, now: int) -> list[tuple[str, str]]:
     return [(c.profile, c.change) for outcome in outcomes for c in outcome.changes]
 
 
-EXPECTED = [*((f"viewer{n}", "enter") for n in range(4)),
+EXPECTED = [*((f"viewer{n}", "enter") for n in range(4)), ("keen", "enter"),
             ("member0", "exit"), ("member1", "exit")]  # fmt: skip
 
 
@@ -291,9 +331,9 @@ def test_profiles_showing_one_fact_ask_the_engine_once_and_each_gets_its_transit
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The engine's answer to a fact is kept (it depends on the fact alone): profiles whose
-    readings and memberships are the same are matched by one call, a member and a
-    non-member with the same readings are two facts, and a later batch asks again only
-    for facts not seen."""
+    readings fall in the same ranges and whose memberships are the same are matched by one
+    call, a member and a non-member with the same readings are two facts, and a later batch
+    asks again only for facts not seen."""
     plan = Plan.of(0, [Definition.model_validate({"id": "twice", "name": "x", "root": LEAVES[0]})])
     asked: list[dict[str, float]] = []
     match_shard = Matcher.match_shard
