@@ -64,11 +64,14 @@ DUE_LAG = Histogram(
     "cdp_audience_due_lag_seconds", "How late time-based evaluations ran behind their moment",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30),
 )  # fmt: skip
-EVALUATION_BATCH = 50  # profiles read and written together
-# Due profiles claimed at a time: one evaluation batch, so that between two claims the new
-# stream entries are taken (a burst of time-based transitions, thousands whose hour ends
-# together, holds the events arriving meanwhile back by one batch, not by ten).
-DUE_BATCH = EVALUATION_BATCH
+# Profiles read and written together: a batch's array calls cost about the same for 50
+# profiles as for 200 (measured: 200 evaluate every audience ~10% faster than 50; 400 no
+# faster than 200).
+EVALUATION_BATCH = 200
+# Due profiles claimed at a time, so that between two claims the new stream entries are taken
+# (a burst of time-based transitions, thousands whose hour ends together, holds the events
+# arriving meanwhile back by one small batch, not by ten).
+DUE_BATCH = 50
 # A due profile taken by a worker is leased to it: its moment moves this far ahead, so no
 # other worker takes it meanwhile; the evaluation sets its true next moment. A worker that
 # dies holding it leaves it due again when the lease ends.

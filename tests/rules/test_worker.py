@@ -21,6 +21,7 @@ from rules.definition import Definition
 from rules.evaluation import Plan
 from rules.keyspace import FAILURES, VERSION
 from rules.worker import (
+    DUE_BATCH,
     EVALUATION_BATCH,
     HOT_PAUSE_MS,
     LEASE_MS,
@@ -537,15 +538,15 @@ def test_events_are_not_held_behind_a_burst_of_due_profiles(
     for one evaluation batch of them, not for all: each round takes a batch of the due
     profiles, then the new stream entries."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent_viewers(shop, 3 * EVALUATION_BATCH)
-        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
+        recent_viewers(shop, 3 * DUE_BATCH)
+        assert len(shop.members("recent")) == 3 * DUE_BATCH
         shop.now += HOUR_MS  # everyone is due at once, and a new shopper views now
         shop.track("new", "Product Viewed")
         shop.apply()
         shop.worker.drain_once(0)
         assert shop.profile_of("new") in shop.members("recent")  # taken in the first round
         due = redis_client.zcount(shop.keys.due, "-inf", shop.now)
-        assert due == 2 * EVALUATION_BATCH  # one batch of the due taken before it
+        assert due == 2 * DUE_BATCH  # one batch of the due taken before it
         shop.advance(0)
         assert shop.members("recent") == {shop.profile_of("new")} == shop.sql_members("recent")
 
@@ -556,17 +557,17 @@ def test_no_due_profile_is_held_behind_a_big_stream_entry(
     """A stream entry may name thousands of profiles (a backlog read at once): between its
     evaluation batches, a batch of the profiles due is taken."""
     with Shop(settings, redis_client, warehouse) as shop:
-        recent_viewers(shop, 3 * EVALUATION_BATCH)
-        shop.now += HOUR_MS  # they are all due, and as many new shoppers view now
+        recent_viewers(shop, 3 * DUE_BATCH)
+        shop.now += HOUR_MS  # they are all due, and new shoppers view now (3 batches)
         for i in range(3 * EVALUATION_BATCH):
             shop.track(f"new{i}", "Product Viewed")
         shop.apply()
         entries = shop.worker.read_new(None)
         assert len(entries) == 1  # one profile-script call: one entry naming them all
         shop.worker.handle(entries, recovered=False)
-        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH + EVALUATION_BATCH
+        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH + DUE_BATCH
         due = redis_client.zcount(shop.keys.due, "-inf", shop.now)
-        assert due == EVALUATION_BATCH  # a batch of the due after each batch but the last
+        assert due == DUE_BATCH  # a batch of the due after each batch but the last
         shop.advance(0)
         assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
 
