@@ -351,6 +351,10 @@ def test_profiles_showing_one_fact_ask_the_engine_once_and_each_gets_its_transit
         assert len(asked) == 3
         plan.matcher.forget()
         assert transitions_of(plan, now) == EXPECTED and len(asked) == 6
+        plan.matcher.forget()
+        alone = [evaluate(plan, s, now, "event").changes for s in shoppers(now)]  # each alone
+        assert [(c.profile, c.change) for changes in alone for c in changes] == EXPECTED
+        assert len(asked) == 9
     finally:
         plan.matcher.close()
 
