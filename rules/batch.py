@@ -133,6 +133,9 @@ class Batch:
         self._values: dict[Any, tuple[Stacked, list[Any], Ints, Ints]] = {}
         self._events: dict[str, Selection] | None = None
         self._texts: dict[tuple[str, str], dict[str, Selection]] = {}
+        self._measures: dict[tuple[Any, ...], Any] = {}  # (`_shared`)
+        self.everyone = np.ones(len(subjects), dtype=np.bool_)  # (read only)
+        self.everyone.flags.writeable = False
 
     def selection(self, ref: EventRef) -> Selection:
         """The events of the batch the reference picks: their rows, times and events, in
@@ -248,10 +251,13 @@ class Batch:
         )
 
     def _performed(self, spec: Performed) -> Column:
+        count, next_at = self._shared(("performed", spec.selector, spec.within),
+                                      lambda: self._counts_of(spec))  # fmt: skip
+        return Column(count, self.everyone, ARRAY_COMPARE[spec.op](count, spec.times), next_at)
+
+    def _counts_of(self, spec: Performed) -> tuple[Ints, Ints]:
         count, leaves, arrival = self.counted(spec, spec.within)
-        next_at = np.minimum(leaves, arrival)
-        holds = ARRAY_COMPARE[spec.op](count, spec.times)
-        return Column(count, np.ones(len(count), dtype=np.bool_), holds, next_at)
+        return count, np.minimum(leaves, arrival)
 
     def _last_performed(self, spec: LastPerformed) -> Column:
         s, end, arrival = self.at_now(spec)
@@ -263,34 +269,47 @@ class Batch:
         kept = np.where(has, self.forgotten(last), NONE)
         next_at = np.minimum(np.minimum(ends, kept), arrival)
         values = np.where(has, age, NEVER)
-        return Column(values, np.ones(len(end), dtype=np.bool_), holds, next_at)
+        return Column(values, self.everyone, holds, next_at)
 
     def _aggregate(self, spec: Aggregate) -> Column:
+        values, present, next_at = self._shared(
+            ("aggregate", spec.selector, spec.property, spec.within, spec.fn),
+            lambda: self._aggregates(spec),
+        )
+        holds = present & ARRAY_COMPARE[spec.op](values, spec.value)
+        return Column(values, present, holds, next_at)
+
+    def _aggregates(self, spec: Aggregate) -> tuple[npt.NDArray[np.float64], Flags, Ints]:
         numbers, spans, next_at = self._valued(spec, spec.property, number, spec.within)
         none = summary(spec.fn, [])
-        values: list[Any] = []
-        present: list[bool] = []
-        for first, last in spans:
-            value, is_present = summary(spec.fn, numbers[first:last]) if last > first else none
-            values.append(value)
-            present.append(is_present)
-        compare = COMPARE[spec.op]
-        holds = np.array(
-            [p and compare(v, spec.value) for v, p in zip(values, present, strict=True)],
-            dtype=np.bool_,
-        )
-        return Column(np.array(values, dtype=np.float64), np.array(present, dtype=np.bool_),
-                      holds, next_at)  # fmt: skip
+        found = [summary(spec.fn, numbers[first:last]) if last > first else none
+                 for first, last in spans]  # fmt: skip
+        values = np.array([value for value, _ in found], dtype=np.float64)
+        return values, np.array([present for _, present in found], dtype=np.bool_), next_at
 
     def _grouped(self, spec: Performed) -> Column:
         """The largest count of one value of the `same` property within the window."""
         assert spec.same
+        found, next_at = self._shared(("grouped", spec.selector, spec.same, spec.within),
+                                      lambda: self._largest_groups(spec))  # fmt: skip
+        return Column(found, self.everyone, ARRAY_COMPARE[spec.op](found, spec.times), next_at)
+
+    def _largest_groups(self, spec: Performed) -> tuple[Ints, Ints]:
+        assert spec.same
         groups, spans, next_at = self._valued(spec, spec.same, group_value, spec.within)
         counts = [max(Counter(groups[first:last]).values()) if last > first else 0
                   for first, last in spans]  # fmt: skip
-        found = np.array(counts, dtype=np.int64)
-        holds = ARRAY_COMPARE[spec.op](found, spec.times)
-        return Column(found, np.ones(len(counts), dtype=np.bool_), holds, next_at)
+        return np.array(counts, dtype=np.int64), next_at
+
+    def _shared(self, key: tuple[Any, ...], make: Callable[[], tuple[Any, ...]]) -> Any:
+        """What conditions of one selection and window share (their thresholds differ),
+        made once per batch; its arrays are read only (columns share them)."""
+        found = self._measures.get(key)
+        if found is None:
+            found = self._measures[key] = make()
+            for array in found:
+                array.flags.writeable = False
+        return found
 
     def _valued(
         self, ref: EventRef, prop: str, value_of: Callable[[Any], Any], within: int
@@ -343,10 +362,21 @@ class Batch:
         for event in spec.events:
             next_at = np.minimum(next_at, self.at_now(EventRef(event=event))[2])
         size = len(self.subjects)
-        return Column(np.zeros(size), np.ones(size, dtype=np.bool_), np.zeros(size, dtype=np.bool_),
-                      next_at)  # fmt: skip
+        return Column(np.zeros(size), self.everyone, np.zeros(size, dtype=np.bool_), next_at)
 
     def _not_followed_by(self, spec: NotFollowedBy) -> Column:
+        waiting, waited, last, moved = self._shared(
+            ("not followed by", spec.selector, spec.then.selector, spec.within),
+            lambda: self._waits(spec),
+        )
+        holds = waiting & (waited >= spec.wait)
+        due = np.where(holds, NONE, last + spec.wait)
+        next_at = np.where(waiting, np.minimum(due, moved), moved)
+        return Column(np.where(waiting, waited, NEVER), self.everyone, holds, next_at)
+
+    def _waits(self, spec: NotFollowedBy) -> tuple[Flags, Ints, Ints, Ints]:
+        """Whether each profile waits (its last event not followed), for how long, since
+        when, and its next moment but for the wait ending."""
         firsts, end, first_arrival = self.at_now(spec)
         thens, then_now, then_arrival = self.at_now(spec.then)
         within = spec.within
@@ -356,21 +386,15 @@ class Batch:
         arrivals = np.minimum(first_arrival, then_arrival)
         followed = has & (then_now > thens.upto(np.where(has, last, self.nows)))
         waiting = has & ~followed
-        waited = self.nows - last
-        holds = waiting & (waited >= spec.wait)
         if within:
             slides = last + within
             after_then = np.minimum(arrivals, slides)
         else:
             slides, after_then = self.forgotten(last), arrivals
-        due = np.where(holds, NONE, last + spec.wait)
-        next_at = np.where(
-            waiting,
-            np.minimum(np.minimum(due, slides), arrivals),
-            np.where(followed, after_then, arrivals),
+        moved = np.where(
+            waiting, np.minimum(slides, arrivals), np.where(followed, after_then, arrivals)
         )
-        values = np.where(waiting, waited, NEVER)
-        return Column(values, np.ones(len(end), dtype=np.bool_), holds, next_at)
+        return waiting, self.nows - last, last, moved
 
 
 def column_decider(node: Node) -> Callable[[Sequence[Flags]], Flags]:

@@ -379,13 +379,17 @@ def aggregate(spec: Aggregate, s: Subject, now: int) -> Measure:
 def summary(fn: str, values: list[float]) -> tuple[float, bool]:
     """An aggregate of these values (the reading's value), and whether there is one (`avg`,
     `min` and `max` of none have none)."""
-    present = bool(values) or fn in ("sum", "count")
-    result = {
-        "sum": lambda: total(values), "count": lambda: float(len(values)),
-        "avg": lambda: total(values) / len(values), "min": lambda: min(values),
-        "max": lambda: max(values),
-    }[fn]() if present else 0.0  # fmt: skip
-    return clamp(round(result, 6)), present
+    if not values:
+        return 0.0, fn in ("sum", "count")
+    if fn == "sum":
+        result = total(values)
+    elif fn == "count":
+        result = float(len(values))
+    elif fn == "avg":
+        result = total(values) / len(values)
+    else:
+        result = min(values) if fn == "min" else max(values)
+    return clamp(round(result, 6)), True
 
 
 def clamp(value: float) -> float:

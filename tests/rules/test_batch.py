@@ -68,8 +68,24 @@ def same_stock(drawn: tuple[tuple[Subject, int], ...]) -> list[tuple[Subject, in
     return list(drawn)
 
 
+# Conditions of one selection and window that differ only in what they compare (the batch
+# shares what they read: `Batch._shared`).
+SIBLINGS = {"and": [
+    *({"performed": {"event": "Product Viewed", "within": "P1D", "op": op, "times": times}}
+      for op, times in ((">=", 2), ("<", 1), ("==", 3))),
+    *({"performed": {"event": "Product Viewed", "within": "P3D", "times": times,
+                     "same": "category"}} for times in (1, 2)),
+    *({"aggregate": {"event": "Order Completed", "property": "revenue", "within": "P7D",
+                     "fn": fn, "op": op, "value": value}}
+      for fn, op, value in (("sum", ">=", 30), ("sum", "<", 20.5), ("max", ">=", 20.5),
+                            ("count", "==", 2), ("avg", "<", 20))),
+    *({"not_followed_by": {"event": "Product Added", "then": {"event": "Order Completed"},
+                           "wait": wait, "within": "P3D"}} for wait in ("PT30M", "P1D")),
+]}  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None)
-@given(document=tree, drawn=batches)
+@given(document=tree | st.just(SIBLINGS), drawn=batches)
 def test_each_condition_read_for_a_batch_is_what_each_profile_alone_reads(
     document: dict[str, Any], drawn: tuple[tuple[Subject, int], ...]
 ) -> None:
