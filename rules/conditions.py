@@ -70,11 +70,12 @@ _CART_CHANGES = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED})
 
 
 class Happened(NamedTuple):
-    """One track event in a profile's history (a tuple: made for every event read)."""
+    """One track event in a profile's history (a tuple: made for every event read, in the
+    order the history is read in: `AudienceInputs.history`)."""
 
+    at: int  # epoch ms, when it happened
     message_id: str
     event: str
-    at: int  # epoch ms, when it happened
     properties: dict[str, Any]
 
 

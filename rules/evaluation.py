@@ -84,6 +84,11 @@ class Plan:
         return found
 
     @cached_property
+    def generation_text(self) -> bytes:
+        """The generation as a read of a memberships hash has it."""
+        return str(self.generation).encode()
+
+    @cached_property
     def kept(self) -> frozenset[str]:
         """The audiences whose memberships a profile keeps: those matched and those frozen."""
         return frozenset(self.definitions) | frozenset(self.frozen)
@@ -508,9 +513,7 @@ def subject_from(
 ) -> Subject:
     """The subject of the inputs read of a profile (its history after `now` less the kept
     `history_days`, by which its events are forgotten)."""
-    history = [
-        Happened(mid, event, at, properties) for at, mid, event, properties in inputs.history
-    ]
+    history = list(map(Happened._make, inputs.history))
     return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
                    None if history_days is None else history_days * DAY_MS,
                    time_zone=inputs.time_zone, orders=inputs.orders,

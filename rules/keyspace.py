@@ -38,6 +38,10 @@ SEEN = "~seen"
 LATER = "~later"
 # For a profile that could not be evaluated: how many times in a row (gone at a success).
 FAILURES = "~failures"
+# The fields as a read of the hash has them (bytes).
+GENERATION_FIELD, NEXT_FIELD, LAST_FIELD, VERSION_FIELD, LATER_FIELD, FAILURES_FIELD = (
+    name.encode() for name in (GENERATION, NEXT, LAST, VERSION, LATER, FAILURES)
+)
 
 
 def memberships(stored: dict[Any, Any]) -> dict[str, int]:
@@ -53,7 +57,7 @@ def member_of(stored: dict[bytes, bytes]) -> set[str]:
 
 def next_moments(stored: dict[bytes, bytes]) -> dict[str, int]:
     """Audience → its next moment of change with no event (ms), from the hash."""
-    raw = stored.get(NEXT.encode())
+    raw = stored.get(NEXT_FIELD)
     found = orjson.loads(raw) if raw else {}
     return found if isinstance(found, dict) else {}
 

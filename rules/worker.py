@@ -44,12 +44,17 @@ from rules.conditions import Happened, product_of
 from rules.evaluation import Look, Outcome, Plan, evaluate_all, subject_from
 from rules.keyspace import (
     FAILURES,
+    FAILURES_FIELD,
     GENERATION,
+    GENERATION_FIELD,
     LAST,
+    LAST_FIELD,
     LATER,
+    LATER_FIELD,
     NEXT,
     SEEN,
     VERSION,
+    VERSION_FIELD,
     AudienceKeys,
     member_of,
     memberships,
@@ -740,14 +745,17 @@ class AudienceWorker(StreamConsumer):
             return Outcome()  # has every audience matched)
         a = self._mark(writes, key, a, stored, len(inputs.history))
         changed, nexts, cause = a.changed, next_moments(stored), a.cause
-        due_now = frozenset(audience for audience, at in nexts.items() if at <= a.now)
+        # (With everything matched, for events, no audience is matched for being due.)
+        due_now = frozenset() if changed is None and cause != "time" else frozenset(
+            audience for audience, at in nexts.items() if at <= a.now
+        )  # fmt: skip
         fresh: frozenset[str] = frozenset()
-        seen_under = stored.get(GENERATION.encode())
+        seen_under = stored.get(GENERATION_FIELD)
         if seen_under is None:
             changed = None  # never evaluated: everything is decided, for its events
             cause = "event"
             writes.hset(key, GENERATION, plan.generation)
-        elif seen_under != str(plan.generation).encode():
+        elif seen_under != plan.generation_text:
             # First seen under these definitions: those changed since its last look are
             # matched too; a look for time is then the one a definitions' change (a
             # backfill) asked for, or one due then (the audiences due are matched).
@@ -790,15 +798,15 @@ class AudienceWorker(StreamConsumer):
         hash `key`: never at a moment before the profile's latest transition; everything
         decided, as for events, when events were put off until it; a long history's moment
         noted; a failure before healed."""
-        last = int(stored.get(LAST.encode(), 0))
+        last = int(stored.get(LAST_FIELD, 0))
         if last > a.now:  # another worker recorded a transition later than this moment: from
             a = replace(a, now=last)  # there on (a transition is never recorded before one)
-        if LATER.encode() in stored:
+        if LATER_FIELD in stored:
             writes.hdel(key, LATER)
             a = replace(a, cause="event", changed=None)
         if events > self.hot_events:
             writes.hset(key, SEEN, a.now)  # the events of the next second wait for its end
-        if FAILURES.encode() in stored:
+        if FAILURES_FIELD in stored:
             writes.hdel(key, FAILURES)
         return a
 
@@ -929,7 +937,7 @@ def retry_after(failures: int) -> int:
 
 def _version(stored: dict[Any, Any]) -> str:
     """The memberships hash's version, as read (every write moves it on)."""
-    return text(stored.get(VERSION.encode(), b""))
+    return text(stored.get(VERSION_FIELD, b""))
 
 
 def _text(moment: int | None) -> str:

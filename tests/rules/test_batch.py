@@ -39,10 +39,10 @@ happened = st.builds(
 @st.composite
 def subject(draw: st.DrawFn, n: int) -> tuple[Subject, int]:
     events = sorted(draw(st.lists(happened, max_size=12)), key=lambda e: e[1])
-    history = [Happened(f"m{n}-{i}", event, at, props)
+    history = [Happened(at, f"m{n}-{i}", event, props)
                for i, (event, at, props) in enumerate(events)]  # fmt: skip
     if draw(st.booleans()) and history:  # two events at one moment
-        history.insert(0, Happened(f"m{n}-t", history[0].event, history[0].at, {}))
+        history.insert(0, Happened(history[0].at, f"m{n}-t", history[0].event, {}))
     s = Subject(
         f"profile-{n}", history,
         traits=draw(st.fixed_dictionaries({"plan": st.sampled_from(["pro", "free"]),

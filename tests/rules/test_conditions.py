@@ -10,7 +10,7 @@ NOW = 1_790_000_000_000
 
 def test_a_reason_names_a_bounded_number_of_out_of_stock_products() -> None:
     """The reason goes with every transition record and "why" answer."""
-    viewed = [Happened(f"m{i}", "Product Viewed", NOW - 1000 + i, {"product_id": f"p{i:02d}"})
+    viewed = [Happened(NOW - 1000 + i, f"m{i}", "Product Viewed", {"product_id": f"p{i:02d}"})
               for i in range(SHOWN_PRODUCTS + 10)]  # fmt: skip
     subject = Subject("p", viewed, out_of_stock=frozenset(h.properties["product_id"]
                                                           for h in viewed))  # fmt: skip
@@ -25,11 +25,11 @@ def test_a_cart_s_next_moment_is_its_next_cart_event_not_any_event_dated_ahead()
     clock) changes nothing; an order dated ahead empties the cart when its time comes. The
     batch reads the same (`tests/rules/test_batch.py`)."""
     root = parse_node({"cart": {"op": ">", "units": 0}})
-    added = Happened("a", "Product Added", NOW - 1000, {"product_id": "p1"})
-    ahead = [Happened("v", "Product Viewed", NOW + 60_000, {})]
+    added = Happened(NOW - 1000, "a", "Product Added", {"product_id": "p1"})
+    ahead = [Happened(NOW + 60_000, "v", "Product Viewed", {})]
     [reading] = read(root, Subject("p", [added, *ahead]), NOW)
     assert reading.holds and reading.next_at is None
-    ahead.append(Happened("o", "Order Completed", NOW + 120_000, {}))
+    ahead.append(Happened(NOW + 120_000, "o", "Order Completed", {}))
     [reading] = read(root, Subject("p", [added, *ahead]), NOW)
     assert reading.holds and reading.next_at == NOW + 120_000
     [later] = read(root, Subject("p", [added, *ahead]), NOW + 120_000)

@@ -311,9 +311,9 @@ def shoppers(now: int) -> list[Subject]:
     """Four who viewed twice (at the same moments), one three times (another count, the same
     range: at least 2), two members who did not, one non-member who did not: three facts for
     `twice`."""
-    viewed = [Happened(f"m{i}", "V", now - i * 60_000, {}) for i in (2, 1)]
+    viewed = [Happened(now - i * 60_000, f"m{i}", "V", {}) for i in (2, 1)]
     return [*(Subject(f"viewer{n}", list(viewed)) for n in range(4)),
-            Subject("keen", [Happened("m3", "V", now - 180_000, {}), *viewed]),
+            Subject("keen", [Happened(now - 180_000, "m3", "V", {}), *viewed]),
             *(Subject(f"member{n}", memberships={"twice"}) for n in range(2)),
             Subject("idle")]  # fmt: skip
 
