@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -169,8 +170,8 @@ class Plan:
 @dataclass
 class Outcome:
     changes: list[AudienceChange] = field(default_factory=list)
-    next_of: dict[str, int | None] = field(default_factory=dict)  # each matched audience's
-    # next moment of change with no event
+    next_of: dict[str, int] = field(default_factory=dict)  # each matched audience's next
+    # moment of change with no event (those with none left out)
     matched: set[str] = field(default_factory=set)
 
 
@@ -257,11 +258,21 @@ def _chosen(
     return layer
 
 
-# The audiences of a layer matched for a profile (None: every one) and, for each shard, the
-# fields of their fact, their places in the shard's facts (None: all), and the engine's
-# answers kept for them.
-Picked = dict[int, tuple[list[str], tuple[int, ...] | None, Answers]]
-Pickers = tuple[set[str] | None, Picked]
+class _Facts(NamedTuple):
+    """The facts of one shard's audiences matched for the profiles of a layer chosen: their
+    fields, their places in the shard's group (None: all), the engine's answers kept for
+    them, and each profile's fact's key."""
+
+    shard: int
+    fields: list[str]
+    places: tuple[int, ...] | None
+    answers: Answers
+    group: _Group
+    keys: list[bytes]
+
+
+# The audiences of a layer matched for a profile (None: every one), and their facts.
+Pickers = tuple[set[str] | None, list[_Facts]]
 
 
 @dataclass
@@ -320,7 +331,7 @@ class _Layer:
     audiences: list[str]
     groups: dict[int, _Group]
     expected: list[dict[str, Change]]
-    nexts: list[list[int | None]]
+    nexts: list[dict[str, int]]  # each profile's audiences with a next moment: that moment
 
     @classmethod
     def alone(cls, plan: Plan, asked: list[Compiled], look: Look) -> _Layer:
@@ -328,14 +339,16 @@ class _Layer:
         `rules/conditions.py`: arrays cost more than they save for one."""
         s, now = look.subject, look.now
         expected: dict[str, Change] = {}
-        nexts: list[int | None] = []
+        nexts: dict[str, int] = {}
         groups: dict[int, _Group] = {}
         for c in asked:
             readings = read(c.root, s, now, c.prepared)
             member = c.audience in s.memberships
             if c.decide(readings) != member:
                 expected[c.audience] = "exit" if member else "enter"
-            nexts.append(next_change(readings, now))
+            at = next_change(readings, now)
+            if at is not None:
+                nexts[c.audience] = at
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
             group.add(c, [[value] for value in c.fact(readings, member)])
         for group in groups.values():
@@ -362,8 +375,11 @@ class _Layer:
         leaves = np.vstack([column.next_at for cs in columns for column in cs])
         leaves = np.where(leaves > batch.nows, leaves, NONE)
         starts = np.cumsum([0] + [len(cs) for cs in columns[:-1]])
-        soonest = np.minimum.reduceat(leaves, starts, axis=0).T.tolist()
-        nexts = [[None if at == NONE else at for at in row] for row in soonest]
+        soonest = np.minimum.reduceat(leaves, starts, axis=0).T
+        names = [c.audience for c in asked]
+        rows = zip(soonest.tolist(), (soonest != NONE).tolist(), strict=True)
+        nexts = [dict(zip(compress(names, has), compress(row, has), strict=True))
+                 for row, has in rows]  # fmt: skip
         groups: dict[int, _Group] = {}
         for c, cs, flag in zip(asked, columns, member, strict=True):
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
@@ -374,7 +390,7 @@ class _Layer:
                             if present)])  # fmt: skip
         for group in groups.values():
             group.close()
-        return cls([c.audience for c in asked], groups, expected, nexts)
+        return cls(names, groups, expected, nexts)
 
 
 def _match(
@@ -408,11 +424,13 @@ def _match(
             picked = pickers.get(id(layer))
             if picked is None:
                 names = None if len(layer) == len(whole_layer) else {c.audience for c in layer}
-                picked = pickers[id(layer)] = (names, {
-                    shard: (*picker, plan.matcher.answers(shard, picker[0]))
+                picked = pickers[id(layer)] = (names, [
+                    _Facts(shard, fields, places, plan.matcher.answers(shard, fields), group,
+                           group.keys(places))
                     for shard, group in layer_read.groups.items()
                     if (picker := group.picker(names)) is not None
-                })  # fmt: skip
+                    for fields, places in [picker]
+                ])  # fmt: skip
             _match_one(plan, layer, picked, layer_read, looks[row], row, outcomes[row], moved[row])
 
 
@@ -429,7 +447,7 @@ def _match_one(
     """One profile's facts matched (of every audience of the layer, or of those named),
     its transitions checked against the tree's answer and recorded."""
     names, pickers = picked
-    fired = _fired(plan.matcher, pickers, layer_read.groups, row)
+    fired = _fired(plan.matcher, pickers, row)
     s = look.subject
     expected = layer_read.expected[row]
     if names is not None:
@@ -439,31 +457,29 @@ def _match_one(
             if fired.get(audience) != expected.get(audience):
                 DISAGREEMENTS.inc()
                 log.error("engine and tree disagree on %s for %s", audience, s.profile_id)
-    nexts = zip(layer_read.audiences, layer_read.nexts[row], strict=True)
+    nexts = layer_read.nexts[row]
     if names is None:
         outcome.matched.update(layer_read.audiences)
         outcome.next_of.update(nexts)
     else:
         outcome.matched.update(names)
-        outcome.next_of.update((a, at) for a, at in nexts if a in names)
+        outcome.next_of.update((a, at) for a, at in nexts.items() if a in names)
     for c in layer if fired else ():
         change = fired.get(c.audience)
         if change is not None:
             _record(plan, c, change, look, outcome, moved)
 
 
-def _fired(matcher: Matcher, pickers: Picked, groups: dict[int, _Group], row: int
-           ) -> dict[str, Change]:  # fmt: skip
+def _fired(matcher: Matcher, shards: list[_Facts], row: int) -> dict[str, Change]:
     """The transitions the engine finds in the profile's facts (an answer it gave to the same
     fact already taken again)."""
     fired: dict[str, Change] = {}
-    for shard, (fields, places, answers) in pickers.items():
-        group = groups[shard]
-        key = group.keys(places)[row]
-        answer = answers.get(key)
+    for facts in shards:
+        key = facts.keys[row]
+        answer = facts.answers.get(key)
         if answer is None:
-            values = group.values(row, places)
-            answer = matcher.match_values(shard, fields, values, key, answers)
+            values = facts.group.values(row, facts.places)
+            answer = matcher.match_values(facts.shard, facts.fields, values, key, facts.answers)
         if answer:
             fired.update(answer)
     return fired

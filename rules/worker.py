@@ -901,12 +901,12 @@ def _keep_next_moments(
     """Write the audiences' next moments in the memberships hash `key` if the matched ones
     moved (forgetting audiences gone from the plan); the profile's next moment: the soonest
     of all its audiences'."""
-    if len(outcome.next_of) == len(plan.definitions):  # every audience matched
-        kept = {a: at for a, at in outcome.next_of.items() if at is not None}
+    if len(outcome.matched) == len(plan.definitions):  # every audience matched
+        kept = outcome.next_of
     else:
         kept = {a: at for a, at in nexts.items()
-                if a in plan.definitions and a not in outcome.next_of}  # fmt: skip
-        kept.update((a, at) for a, at in outcome.next_of.items() if at is not None)
+                if a in plan.definitions and a not in outcome.matched}  # fmt: skip
+        kept.update(outcome.next_of)
     if kept != nexts:
         if kept:
             writes.hset(key, NEXT, orjson.dumps(kept).decode())
