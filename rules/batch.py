@@ -14,7 +14,6 @@ test holds both to the same readings."""
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +82,7 @@ class Stacked:
     def __init__(self, rows: list[int], ats: list[int], size: int) -> None:
         """`rows`, `ats`: each event's profile (its row in the batch) and time, in that
         order; `size`: the profiles of the batch."""
-        row = np.array(rows, dtype=np.int64)
+        self.rows = row = np.array(rows, dtype=np.int64)  # each event's profile
         flat = np.array(ats, dtype=np.int64)
         self.ends = (
             np.cumsum(np.bincount(row, minlength=size)) if rows else np.zeros(size, np.int64)
@@ -280,10 +279,10 @@ class Batch:
         return Column(values, present, holds, next_at)
 
     def _aggregates(self, spec: Aggregate) -> tuple[npt.NDArray[np.float64], Flags, Ints]:
-        numbers, spans, next_at = self._valued(spec, spec.property, number, spec.within)
+        _, numbers, start, end, next_at = self._valued(spec, spec.property, number, spec.within)
         none = summary(spec.fn, [])
         found = [summary(spec.fn, numbers[first:last]) if last > first else none
-                 for first, last in spans]  # fmt: skip
+                 for first, last in zip(start.tolist(), end.tolist(), strict=True)]  # fmt: skip
         values = np.array([value for value, _ in found], dtype=np.float64)
         return values, np.array([present for _, present in found], dtype=np.bool_), next_at
 
@@ -295,11 +294,20 @@ class Batch:
         return Column(found, self.everyone, ARRAY_COMPARE[spec.op](found, spec.times), next_at)
 
     def _largest_groups(self, spec: Performed) -> tuple[Ints, Ints]:
+        """Each profile's count of its most frequent value within the window: its events'
+        (profile, value) pairs counted at once."""
         assert spec.same
-        groups, spans, next_at = self._valued(spec, spec.same, group_value, spec.within)
-        counts = [max(Counter(groups[first:last]).values()) if last > first else 0
-                  for first, last in spans]  # fmt: skip
-        return np.array(counts, dtype=np.int64), next_at
+        stacked, groups, start, end, next_at = self._valued(spec, spec.same, group_value,
+                                                            spec.within)  # fmt: skip
+        largest = np.zeros(len(self.subjects), dtype=np.int64)
+        if groups:
+            codes: dict[str, int] = {}
+            code = np.array([codes.setdefault(g, len(codes)) for g in groups], dtype=np.int64)
+            row, index = stacked.rows, np.arange(len(groups))
+            inside = (index >= start[row]) & (index < end[row])
+            pairs, counts = np.unique(row[inside] * len(codes) + code[inside], return_counts=True)
+            np.maximum.at(largest, pairs // len(codes), counts)
+        return largest, next_at
 
     def _shared(self, key: tuple[Any, ...], make: Callable[[], tuple[Any, ...]]) -> Any:
         """What conditions of one selection and window share (their thresholds differ),
@@ -313,10 +321,11 @@ class Batch:
 
     def _valued(
         self, ref: EventRef, prop: str, value_of: Callable[[Any], Any], within: int
-    ) -> tuple[list[Any], list[tuple[int, int]], Ints]:
-        """The values of a property of the selection's events (`value_of` it; None: the
-        event is left out), each profile's span of them within (now - within, now], and
-        when the first inside leaves the window or the next comes (NONE: neither)."""
+    ) -> tuple[Stacked, list[Any], Ints, Ints, Ints]:
+        """The selection's events that have a value of the property (`value_of` it; None:
+        the event is left out), stacked, and their values; each profile's span of them
+        within (now - within, now] (start, end: indexes of the stack), and when the first
+        inside leaves the window or the next comes (NONE: neither)."""
         key = (ref.selector, prop, value_of)
         found = self._values.get(key)
         if found is None:
@@ -335,7 +344,7 @@ class Batch:
         stacked, values, end, arrival = found
         start = stacked.upto(self.nows - within)
         next_at = np.minimum(np.where(end > start, stacked.ats[start] + within, NONE), arrival)
-        return values, list(zip(start.tolist(), end.tolist(), strict=True)), next_at
+        return stacked, values, start, end, next_at
 
     def _cart(self, spec: Cart, measure: Callable[..., Any], rows: Sequence[int]) -> Column:
         """The cart of those who added or removed a product is read profile by profile;
