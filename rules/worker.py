@@ -52,6 +52,7 @@ from rules.keyspace import (
     LATER,
     LATER_FIELD,
     NEXT,
+    NEXT_FIELD,
     SEEN,
     VERSION,
     VERSION_FIELD,
@@ -712,15 +713,16 @@ class AudienceWorker(StreamConsumer):
         change something), the products they watch added to `watching`."""
         outcomes: list[Outcome | None] = []
         writes_of = [Writes() for _ in asked]
-        looks: list[tuple[int, Look, dict[str, int]]] = []  # place, look, next moments read
+        looks: list[tuple[int, Look]] = []  # place, look
         for n, (a, (stored, due, inputs)) in enumerate(zip(asked, profiles, strict=True)):
             decided = self._look(writes_of[n], plan, a, stored, due, inputs)
             outcomes.append(decided if isinstance(decided, Outcome) else None)
             if not isinstance(decided, Outcome):
-                looks.append((n, *decided))
-        decisions = evaluate_all(plan, [look for _, look, _ in looks])
-        for (n, look, nexts), outcome in zip(looks, decisions, strict=True):
-            self._settle(writes_of[n], plan, look, outcome, nexts, profiles[n][1], watching)
+                looks.append((n, decided))
+        decisions = evaluate_all(plan, [look for _, look in looks])
+        for (n, look), outcome in zip(looks, decisions, strict=True):
+            stored, due, _ = profiles[n]
+            self._settle(writes_of[n], plan, look, outcome, stored, due, watching)
             outcomes[n] = outcome
         return outcomes, writes_of
 
@@ -732,8 +734,8 @@ class AudienceWorker(StreamConsumer):
         stored: dict[bytes, bytes],
         due: int | None,
         inputs: AudienceInputs | None,
-    ) -> Outcome | tuple[Look, dict[str, int]]:
-        """What to evaluate of one profile (with the next moments read), or its outcome
+    ) -> Outcome | Look:
+        """What to evaluate of one profile, or its outcome
         when there is nothing to evaluate: MISSING (not live) or put off; the marks it
         leaves noted on `writes`."""
         if inputs is None:
@@ -744,10 +746,10 @@ class AudienceWorker(StreamConsumer):
         if inputs.bot_only:  # (never matched, nor marked as seen: a person's first event
             return Outcome()  # has every audience matched)
         a = self._mark(writes, key, a, stored, len(inputs.history))
-        changed, nexts, cause = a.changed, next_moments(stored), a.cause
+        changed, cause = a.changed, a.cause
         # (With everything matched, for events, no audience is matched for being due.)
         due_now = frozenset() if changed is None and cause != "time" else frozenset(
-            audience for audience, at in nexts.items() if at <= a.now
+            audience for audience, at in next_moments(stored).items() if at <= a.now
         )  # fmt: skip
         fresh: frozenset[str] = frozenset()
         seen_under = stored.get(GENERATION_FIELD)
@@ -768,7 +770,7 @@ class AudienceWorker(StreamConsumer):
         # (A moment no audience was due at is a look asked for: everything is decided.)
         subject = subject_from(a.profile_id, inputs, member_of(stored), self._out_of_stock,
                                self.history_days)  # fmt: skip
-        return Look(subject, a.now, cause, changed, due_now, fresh), nexts
+        return Look(subject, a.now, cause, changed, due_now, fresh)
 
     def _settle(
         self,
@@ -776,7 +778,7 @@ class AudienceWorker(StreamConsumer):
         plan: Plan,
         look: Look,
         outcome: Outcome,
-        nexts: dict[str, int],
+        stored: dict[bytes, bytes],
         due: int | None,
         watching: list[tuple[str, str, int]],
     ) -> None:
@@ -787,7 +789,7 @@ class AudienceWorker(StreamConsumer):
         if look.changed is None or look.changed & plan.watch_events:
             for product, at in watched(plan, look.subject.history, look.now).items():
                 watching.append((self.keys.watchers(product), pid, at))
-        next_at = _keep_next_moments(writes, self.keys.of(pid), plan, outcome, nexts)
+        next_at = _keep_next_moments(writes, self.keys.of(pid), plan, outcome, stored)
         if next_at != due:
             writes.moment = (due, next_at)
 
@@ -896,23 +898,31 @@ def _count(outcome: Outcome) -> None:
 
 
 def _keep_next_moments(
-    writes: Writes, key: str, plan: Plan, outcome: Outcome, nexts: dict[str, int]
+    writes: Writes, key: str, plan: Plan, outcome: Outcome, stored: dict[bytes, bytes]
 ) -> int | None:
-    """Write the audiences' next moments in the memberships hash `key` if the matched ones
-    moved (forgetting audiences gone from the plan); the profile's next moment: the soonest
-    of all its audiences'."""
-    if len(outcome.matched) == len(plan.definitions):  # every audience matched
-        kept = outcome.next_of
+    """Write the audiences' next moments in the memberships hash `key` (`stored`: as read)
+    if the matched ones moved (forgetting audiences gone from the plan); the profile's next
+    moment: the soonest of all its audiences'."""
+    if len(outcome.matched) == len(plan.definitions):  # every audience matched: the text
+        kept = outcome.next_of  # written last time is this one's if none moved
+        text = orjson.dumps(kept) if kept else None
+        if text != stored.get(NEXT_FIELD):
+            _write_next_moments(writes, key, text)
     else:
+        nexts = next_moments(stored)
         kept = {a: at for a, at in nexts.items()
                 if a in plan.definitions and a not in outcome.matched}  # fmt: skip
         kept.update(outcome.next_of)
-    if kept != nexts:
-        if kept:
-            writes.hset(key, NEXT, orjson.dumps(kept).decode())
-        else:
-            writes.hdel(key, NEXT)
+        if kept != nexts:
+            _write_next_moments(writes, key, orjson.dumps(kept) if kept else None)
     return min(kept.values(), default=None)
+
+
+def _write_next_moments(writes: Writes, key: str, text: bytes | None) -> None:
+    if text:
+        writes.hset(key, NEXT, text.decode())
+    else:
+        writes.hdel(key, NEXT)
 
 
 def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:

@@ -1143,3 +1143,32 @@ def test_a_predefined_audience_the_shop_changed_stays_the_shops_whatever_a_setti
                               vip_revenue=200)  # fmt: skip
         assert restarted.adopt_shipped() == []
         assert restarted.get("vip").definition == own
+
+
+@pytest.mark.parametrize("changed", [None, frozenset({"Product Viewed"})])
+def test_a_look_that_changes_nothing_writes_nothing(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse,
+    changed: frozenset[str] | None,
+) -> None:  # fmt: skip
+    """Looked at again at the same moment (every audience matched, or those an event names),
+    profiles keep their memberships and next moments: their hashes are not written (their
+    versions stay)."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        shop.define("lately", {"performed": {"event": "Product Viewed", "within": "PT2H",
+                                             "times": 1}})  # fmt: skip
+        viewed_twice(shop, "ann", "bob")
+        shop.track("cid", "Product Viewed")
+        shop.settle()
+        ids = [shop.profile_of(who) for who in ("ann", "bob", "cid")]
+
+        def versions() -> list[bytes | None]:
+            return [redis_client.hget(shop.keys.of(pid), VERSION) for pid in ids]  # type: ignore[misc]
+
+        before = versions()
+        assert all(before)
+        shop.worker.evaluate_batches([Asked(pid, shop.now, "event", changed) for pid in ids])
+        assert versions() == before
+        shop.now += 60_000  # (next moments are moments: a minute on, none moved)
+        shop.worker.evaluate_batches([Asked(pid, shop.now, "event", changed) for pid in ids])
+        assert versions() == before
