@@ -361,11 +361,14 @@ class _Layer:
         size = len(batch.subjects)
         place = {c.audience: j for j, c in enumerate(asked)}
         member = np.zeros((len(asked), size), dtype=np.bool_)
+        at_audience, at_row = [], []  # each membership of an audience asked: where it goes
         for row, subject in enumerate(batch.subjects):
             for audience in subject.memberships:
                 j = place.get(audience)
                 if j is not None:
-                    member[j, row] = True
+                    at_audience.append(j)
+                    at_row.append(row)
+        member[at_audience, at_row] = True
         columns = [[batch.column(leaf, rows_of[c.audience]) for leaf in c.prepared] for c in asked]
         decision = np.vstack([c.decide_columns([column.holds for column in cs])
                               for c, cs in zip(asked, columns, strict=True)])  # fmt: skip
