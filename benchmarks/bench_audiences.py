@@ -57,7 +57,13 @@ from rules.conditions import Reading, read  # noqa: E402
 from rules.definition import Definition  # noqa: E402
 from rules.engine import engine_json  # noqa: E402
 from rules.evaluation import Plan, subject_from, subject_of  # noqa: E402
-from rules.worker import EVALUATION_BATCH, HOT_PAUSE_MS, Asked, AudienceWorker  # noqa: E402
+from rules.worker import (  # noqa: E402
+    EVALUATION_BATCH,
+    HOT_PAUSE_MS,
+    Asked,
+    AudienceWorker,
+    tune_collector,
+)
 
 CATEGORIES = ("Sneakers", "Jackets", "Bags", "Accessories")
 EVENTS = ("Product Viewed", "Product Added", "Order Completed", "Product List Viewed")
@@ -115,6 +121,7 @@ def evaluations(visitors: int) -> None:
     valkey.start()
     client = connect_redis(valkey.url)
     quiet_collector()  # as a worker process runs
+    tune_collector()  # as `cdp audience-worker` runs
     try:
         settings = Settings(redis_prefix="bench", data_dir=data_dir)
         store = ProfileStore.from_settings(client, settings)

@@ -44,6 +44,7 @@ def main(tree: str) -> None:
     valkey.start()
     client = connect_redis(valkey.url)
     quiet_collector()
+    getattr(worker_module, "tune_collector", lambda: None)()  # as its worker process runs
     try:
         settings = Settings(redis_prefix="bench", data_dir=data_dir)
         store = ProfileStore.from_settings(client, settings)

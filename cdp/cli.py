@@ -199,7 +199,7 @@ def audience_worker(
     from cdp.catalog import Catalog
     from cdp.profiles.reader import ProfileReader
     from rules.audiences import Audiences
-    from rules.worker import AudienceWorker
+    from rules.worker import AudienceWorker, tune_collector
 
     def build(client: redis.Redis, settings: Settings) -> AudienceWorker:
         prefix = settings.redis_prefix
@@ -216,6 +216,7 @@ def audience_worker(
             index=index,
         )
 
+    tune_collector()
     serve_metrics(metrics_port, metrics_host)
     _run_worker(log_level, parent, build)
 

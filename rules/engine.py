@@ -80,7 +80,7 @@ MAX_CONNECTIVES = 15
 # The engine's answers a matcher keeps (~0.3 KiB each, measured): 12 MiB at most.
 ANSWERS_KEPT = 40_000
 # A shard's transitions by its fact (fields in one order): the bytes of its values, each a
-# float64 (`Facts.keys` in `rules/evaluation.py`).
+# float64 (`_Group.keys` in `rules/evaluation.py`).
 Answers = dict[bytes, dict[str, Change]]
 INVERSE = {">=": "<", ">": "<=", "<=": ">", "<": ">=", "==": "!=", "!=": "=="}
 

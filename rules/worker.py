@@ -21,6 +21,7 @@ group."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -89,6 +90,13 @@ LEASE_MS = 10_000  # a batch of due profiles takes well under a second
 # for itself; now 35 ms a second at most. A shop's shopper holds tens of events.
 HOT_EVENTS = 1_000
 HOT_PAUSE_MS = 1_000
+# The cyclic collector's thresholds in an audience worker process (`tune_collector`). A batch
+# makes hundreds of thousands of objects (histories, facts, outcomes) that live until its
+# end, so with the defaults (700, 10, 10) the older generations are collected over and over,
+# each time going through the process's ~200,000 objects: few instructions (callgrind counts
+# the same), many cache misses. Measured here, every audience matched: 7,000-7,400
+# evaluations/s with the defaults, 10,200 with these (alternating rounds, one process).
+GC_THRESHOLDS = (50_000, 20, 100)
 PUT_OFF_EVALUATIONS = Counter(
     "cdp_audience_put_off",
     "Evaluations of a profile with a long history put off to the end of its second",
@@ -938,6 +946,11 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
             if product:
                 found[product] = max(found.get(product, h.at), h.at)
     return found
+
+
+def tune_collector() -> None:
+    """The collector's thresholds of an audience worker process (`GC_THRESHOLDS`)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def retry_after(failures: int) -> int:

@@ -4,6 +4,7 @@ definitions change while events flow, a product back in stock brings its watcher
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import time
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from rules.keyspace import FAILURES, VERSION
 from rules.worker import (
     DUE_BATCH,
     EVALUATION_BATCH,
+    GC_THRESHOLDS,
     HOT_PAUSE_MS,
     LEASE_MS,
     RETRY_MS,
@@ -1172,3 +1174,22 @@ def test_a_look_that_changes_nothing_writes_nothing(
         shop.now += 60_000  # (next moments are moments: a minute on, none moved)
         shop.worker.evaluate_batches([Asked(pid, shop.now, "event", changed) for pid in ids])
         assert versions() == before
+
+
+def test_an_audience_worker_process_collects_garbage_seldom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cdp audience-worker` sets the collector's thresholds before it runs (a batch's objects
+    would have the older generations collected over and over: `GC_THRESHOLDS`)."""
+    from cdp import cli
+
+    seen: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(cli, "_run_worker", lambda *_: seen.append(gc.get_threshold()))
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        cli.audience_worker(log_level="warning", parent=0, index=0, metrics_port=0,
+                            metrics_host="127.0.0.1")  # fmt: skip
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [GC_THRESHOLDS]
