@@ -492,6 +492,11 @@ class Matcher:
         self._kept += 1
         return answer
 
+    @property
+    def answers_kept(self) -> int:
+        """The engine's answers kept since they were last forgotten: the facts it was asked."""
+        return self._kept
+
     def forget(self) -> None:
         """The answers kept forgotten (those a match under way holds go with it)."""
         self._answers.clear()
