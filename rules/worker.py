@@ -41,7 +41,7 @@ from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
-from rules.conditions import Happened, product_of
+from rules.conditions import Happened
 from rules.evaluation import Look, Outcome, Plan, evaluate_all, subject_from
 from rules.keyspace import (
     FAILURES,
@@ -939,14 +939,15 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
     """The products the profile viewed or wishlisted within the stock conditions' windows,
     each with the last time: one entry per product, however often it was seen."""
     found: dict[str, int] = {}
-    if not plan.watch_events:
+    events = plan.watch_events
+    if not events:
         return found
     since = now - plan.watch_ms
-    for h in history:
-        if h.event in plan.watch_events and h.at > since:
-            product = product_of(h.properties)
-            if product:
-                found[product] = max(found.get(product, h.at), h.at)
+    for at, _, event, properties in history:  # in time order: the last seen stays
+        if at > since and event in events:
+            product = properties.get("product_id")
+            if product and isinstance(product, str):  # (as `product_of` reads it)
+                found[product] = at
     return found
 
 

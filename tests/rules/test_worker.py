@@ -20,7 +20,7 @@ from cdp.storage import Warehouse
 from rules.audiences import Audiences
 from rules.definition import Definition
 from rules.evaluation import Plan
-from rules.keyspace import FAILURES, VERSION
+from rules.keyspace import FAILURES, VERSION, AudienceKeys
 from rules.worker import (
     DUE_BATCH,
     EVALUATION_BATCH,
@@ -274,6 +274,25 @@ def test_definitions_change_while_events_flow(
         enters = [c for c in shop.changes() if c["change"] == "enter"]
         exits = [c for c in shop.changes() if c["change"] == "exit"]
         assert len(enters) - len(exits) == 5
+
+
+def test_a_product_seen_again_is_watched_from_the_last_time(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
+) -> None:
+    """The watchers of a product are kept by the last time each saw it (the index forgets
+    those seen before the kept history): a second view moves it on; a product id that is
+    not text, and events that watch nothing, are not indexed."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.track("ann", "Product Viewed", product_id="boot", at=shop.now - days(5))
+        shop.track("ann", "Product Viewed", product_id="boot", at=shop.now - days(1))
+        shop.track("ann", "Product Viewed", product_id=7)
+        shop.track("ann", "Order Completed", product_id="hat")
+        shop.settle()
+        keys = AudienceKeys(settings.redis_prefix)
+        assert redis_client.zscore(keys.watchers("boot"), shop.profile_of("ann")) == (
+            shop.now - days(1)
+        )
+        assert redis_client.keys(keys.watchers("*")) == [keys.watchers("boot").encode()]
 
 
 def test_a_product_back_in_stock_moves_its_watchers(
