@@ -200,29 +200,35 @@ return due
 # A batch's reads in one call: the definitions' generation and the catalog's stock version
 # (what the batch's decisions share), then per profile its memberships, its next moment and
 # its inputs (`cdp/profiles/reader.py`). KEYS: the schedule, the generation, the stock
-# version, then per profile its memberships and its input keys. ARGV[1]: how many events make
-# a history long (`HOT_EVENTS`), ARGV[2] the memberships' field of its last evaluation
-# (`SEEN`); then per profile its id, the moment after which its history counts, and the moment
-# after which an evaluation of it puts a long history off (-1: never; its inputs are then
-# {2}, not read).
+# version. ARGV[1]: how many events make a history long (`HOT_EVENTS`), ARGV[2] the
+# memberships' field of its last evaluation (`SEEN`), ARGV[3] and ARGV[4] the keys of a
+# profile's memberships and of its inputs less its id, ARGV[5..7] the input keys' parts
+# after the profile's key (`ProfileReader.input_keys`); then per profile its id, the moment
+# after which its history counts, and the moment after which an evaluation of it puts a
+# long history off (-1: never; its inputs are then {2}, not read). A profile's keys are made
+# of its id here, as the commit script's are given in its arguments (one Valkey, not a
+# cluster: a batch's keys are not declared), so that a read sends 3 values a profile, not 8.
 READ_BATCH = (
     INPUTS_LUA
     + """
 local hot, seen_field = tonumber(ARGV[1]), ARGV[2]
+local of, profile = ARGV[3], ARGV[4]
+local history_part, traits_part, consent_part = ARGV[5], ARGV[6], ARGV[7]
 local out = {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
-for i = 3, #ARGV, 3 do
-  local k = 3 + (i - 3) / 3 * 5
+for i = 8, #ARGV, 3 do
+  local memberships, base = of .. ARGV[i], profile .. ARGV[i]
+  local history = base .. history_part
   local inputs
   local after = tonumber(ARGV[i + 2])
   if after >= 0 then
-    local seen = tonumber(redis.call('HGET', KEYS[k + 1], seen_field) or '-1')
-    if seen > after and redis.call('ZCARD', KEYS[k + 3]) > hot then
+    local seen = tonumber(redis.call('HGET', memberships, seen_field) or '-1')
+    if seen > after and redis.call('ZCARD', history) > hot then
       inputs = {2}
     end
   end
-  out[#out + 1] = {redis.call('HGETALL', KEYS[k + 1]), redis.call('ZSCORE', KEYS[1], ARGV[i]),
-                   inputs or audience_inputs(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
-                                             ARGV[i + 1])}
+  out[#out + 1] = {redis.call('HGETALL', memberships), redis.call('ZSCORE', KEYS[1], ARGV[i]),
+                   inputs or audience_inputs(base, history, base .. traits_part,
+                                             base .. consent_part, ARGV[i + 1])}
 end
 return out
 """
@@ -378,6 +384,9 @@ class AudienceWorker(StreamConsumer):
         self._commit = client.register_script(COMMIT)
         self._claim = client.register_script(CLAIM)
         self._read_batch = client.register_script(READ_BATCH)
+        profile, *parts = self.reader.input_keys("")
+        self._key_parts = [self.keys.of(""), profile,  # what `READ_BATCH` makes keys of
+                           *(part.removeprefix(profile) for part in parts)]  # fmt: skip
         self._out_of_stock: frozenset[str] = frozenset()
 
     # What the evaluations of a batch share, read once a batch.
@@ -705,10 +714,10 @@ class AudienceWorker(StreamConsumer):
     def _reading(self, asked: list[Asked]) -> tuple[list[str], list[str | int]]:
         """`READ_BATCH`'s keys and arguments for these profiles."""
         keys = [self.keys.due, self.keys.generation, self.catalog.keys.stock_version]
-        args: list[str | int] = [self.hot_events, SEEN]
+        args: list[str | int] = [self.hot_events, SEEN, *self._key_parts]
+        kept = self.history_days * DAY_MS
         for a in asked:
-            keys += [self.keys.of(a.profile_id), *self.reader.input_keys(a.profile_id)]
-            args += [a.profile_id, a.now - self.history_days * DAY_MS,
+            args += [a.profile_id, a.now - kept,
                      a.now - HOT_PAUSE_MS if a.cause == "event" else -1]  # fmt: skip
         return keys, args
 
