@@ -116,10 +116,11 @@ MAX_RETRY_MS = 86_400_000
 # next moment: to the new one if nobody moved it since it was read; else (a backfill asked
 # for an earlier look meanwhile) to the earlier. Last, who watches which product.
 # KEYS[1]: the schedule. ARGV[1]: JSON [[memberships key, version read, [command...],
-# profile, moment read, new moment, set it (0/1)], ...]; ARGV[2]: JSON [[watcher set,
-# profile, when], ...]; ARGV[3]: the version's field. With KEYS[2] (the stream the batch came
-# from), ARGV[4] its group and ARGV[5..] the entries: they are acknowledged with the writes,
-# if every profile was written. Returns the (1-based) places of the profiles not written.
+# profile, moment read, new moment, set it (0/1)], ...]; ARGV[2]: JSON [[product, profile,
+# when], ...], each product's watcher set the key ARGV[4] and its id; ARGV[3]: the version's
+# field. With KEYS[2] (the stream the batch came from), ARGV[5] its group and ARGV[6..] the
+# entries: they are acknowledged with the writes, if every profile was written. Returns the
+# (1-based) places of the profiles not written.
 COMMIT = """
 local conflicts, version = {}, ARGV[3]
 for i, p in ipairs(cjson.decode(ARGV[1])) do
@@ -149,10 +150,10 @@ for i, p in ipairs(cjson.decode(ARGV[1])) do
   end
 end
 for _, w in ipairs(cjson.decode(ARGV[2])) do
-  redis.call('ZADD', w[1], 'GT', w[3], w[2])
+  redis.call('ZADD', ARGV[4] .. w[1], 'GT', w[3], w[2])
 end
 if KEYS[2] and #conflicts == 0 then
-  redis.call('XACK', KEYS[2], unpack(ARGV, 4))
+  redis.call('XACK', KEYS[2], unpack(ARGV, 5))
 end
 return conflicts
 """
@@ -629,7 +630,7 @@ class AudienceWorker(StreamConsumer):
         left there unread (its outcomes' None set by `finish_writes`)."""
         generation, stock_version, profiles = self.read(asked, ahead)
         plan = self.plan_of(generation, stock_version)
-        watching: list[tuple[str, str, int]] = []  # watcher set, profile, when
+        watching: list[tuple[str, str, int]] = []  # product, profile, when
         outcomes, writes_of = self._decide(plan, asked, profiles, watching)
         batch: list[list[Any]] = []  # the commit script's profiles
         placed: list[int] = []  # their places in `asked`
@@ -646,7 +647,8 @@ class AudienceWorker(StreamConsumer):
         conflicts: list[Any] = []
         if batch or watching or ack:
             keys = [self.keys.due]
-            args: list[Any] = [orjson.dumps(batch), orjson.dumps(watching), VERSION]
+            watchers = self.keys.watchers("")
+            args: list[Any] = [orjson.dumps(batch), orjson.dumps(watching), VERSION, watchers]
             if ack:
                 keys, args = [*keys, self.stream], [*args, self.group, *ack]
             if later is not None:
@@ -807,7 +809,7 @@ class AudienceWorker(StreamConsumer):
         self._write(writes, pid, outcome)
         if look.changed is None or look.changed & plan.watch_events:
             for product, at in watched(plan, look.subject.history, look.now).items():
-                watching.append((self.keys.watchers(product), pid, at))
+                watching.append((product, pid, at))
         next_at = _keep_next_moments(writes, self.keys.of(pid), plan, outcome, stored)
         if next_at != due:
             writes.moment = (due, next_at)
