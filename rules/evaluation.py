@@ -225,16 +225,18 @@ def evaluate_all(plan: Plan, looks: Sequence[Look]) -> list[Outcome]:
     """Match the audiences of the plan on each subject at its `now` (epoch ms): all of them,
     or with `changed` only those that read it, those `due`, and those that reference an
     audience the profile entered or left. Memberships of audiences the plan does not hold
-    (deleted, disabled) are left as exits; those it holds frozen are kept. The conditions are
+    (deleted, disabled) are left as exits; those it holds frozen are kept (each subject's
+    memberships, changed in place, are those it ends with). The conditions are
     read for the batch at once (`rules/batch.py`), the engine matches each profile's facts."""
     outcomes = [Outcome() for _ in looks]
     for look, outcome in zip(looks, outcomes, strict=True):
         s = look.subject
-        members = set(s.memberships) & plan.kept
-        for gone in sorted(set(s.memberships) - members):
+        if s.memberships <= plan.kept:
+            continue
+        for gone in sorted(s.memberships - plan.kept):
             outcome.changes.append(AudienceChange(gone, s.profile_id, "exit", look.now,
                                                   "definition", plan.generation, []))  # fmt: skip
-        s.memberships = members
+        s.memberships = s.memberships & plan.kept
     batch = Batch([look.subject for look in looks], [look.now for look in looks], plan.windows)
     moved: list[set[str]] = [set() for _ in looks]
     for n, whole_layer in enumerate(plan.layers):
