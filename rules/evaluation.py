@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import compress
@@ -172,7 +173,7 @@ class Outcome:
     changes: list[AudienceChange] = field(default_factory=list)
     next_of: dict[str, int] = field(default_factory=dict)  # each matched audience's next
     # moment of change with no event (those with none left out)
-    matched: set[str] = field(default_factory=set)
+    matched: AbstractSet[str] = frozenset()  # (never changed in place: shared by many)
 
 
 def inputs_of(definition: Definition) -> frozenset[str]:
@@ -335,6 +336,11 @@ class _Layer:
     expected: list[dict[str, Change]]
     nexts: list[dict[str, int]]  # each profile's audiences with a next moment: that moment
 
+    @cached_property
+    def whole(self) -> frozenset[str]:
+        """The layer's audiences (what a profile matched on every one has matched)."""
+        return frozenset(self.audiences)
+
     @classmethod
     def alone(cls, plan: Plan, asked: list[Compiled], look: Look) -> _Layer:
         """The layer read of one profile alone, condition by condition by
@@ -464,10 +470,14 @@ def _match_one(
                 log.error("engine and tree disagree on %s for %s", audience, s.profile_id)
     nexts = layer_read.nexts[row]
     if names is None:
-        outcome.matched.update(layer_read.audiences)
-        outcome.next_of.update(nexts)
+        whole = layer_read.whole
+        outcome.matched = outcome.matched | whole if outcome.matched else whole
+        if outcome.next_of:
+            outcome.next_of.update(nexts)
+        else:
+            outcome.next_of = nexts  # (the profile's own: made for it by the layer)
     else:
-        outcome.matched.update(names)
+        outcome.matched = outcome.matched | names if outcome.matched else names
         outcome.next_of.update((a, at) for a, at in nexts.items() if a in names)
     for c in layer if fired else ():
         change = fired.get(c.audience)
