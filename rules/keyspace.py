@@ -38,7 +38,6 @@ SEEN = "~seen"
 LATER = "~later"
 # For a profile that could not be evaluated: how many times in a row (gone at a success).
 FAILURES = "~failures"
-TILDE = ord("~")
 # The fields as a read of the hash has them (bytes).
 GENERATION_FIELD, NEXT_FIELD, LAST_FIELD, VERSION_FIELD, LATER_FIELD, FAILURES_FIELD = (
     name.encode() for name in (GENERATION, NEXT, LAST, VERSION, LATER, FAILURES)
@@ -49,11 +48,6 @@ def memberships(stored: dict[Any, Any]) -> dict[str, int]:
     """Audience → member since (ms), from the hash as Redis returns it."""
     return {(key.decode() if isinstance(key, bytes) else str(key)): int(value)
             for key, value in stored.items() if key[:1] not in (b"~", "~")}  # fmt: skip
-
-
-def member_of(stored: dict[bytes, bytes]) -> set[str]:
-    """The audiences of `memberships`, without their moments (what an evaluation needs)."""
-    return {key.decode() for key in stored if key[0] != TILDE}  # (no field is empty)
 
 
 def next_moments(stored: dict[bytes, bytes]) -> dict[str, int]:

@@ -58,7 +58,6 @@ from rules.keyspace import (
     VERSION,
     VERSION_FIELD,
     AudienceKeys,
-    member_of,
     memberships,
     next_moments,
 )
@@ -199,7 +198,8 @@ return due
 
 
 # A batch's reads in one call: the definitions' generation and the catalog's stock version
-# (what the batch's decisions share), then per profile its memberships, its next moment and
+# (what the batch's decisions share), then per profile its memberships hash's own fields
+# (`~...`, flat), the audiences it belongs to (the hash's other fields), its next moment and
 # its inputs (`cdp/profiles/reader.py`). KEYS: the schedule, the generation, the stock
 # version. ARGV[1]: how many events make a history long (`HOT_EVENTS`), ARGV[2] the
 # memberships' field of its last evaluation (`SEEN`), ARGV[3] and ARGV[4] the keys of a
@@ -227,7 +227,16 @@ for i = 8, #ARGV, 3 do
       inputs = {2}
     end
   end
-  out[#out + 1] = {redis.call('HGETALL', memberships), redis.call('ZSCORE', KEYS[1], ARGV[i]),
+  local fields, own, audiences = redis.call('HGETALL', memberships), {}, {}
+  for j = 1, #fields, 2 do  -- its own fields (`~...`) apart from its audiences
+    if string.byte(fields[j], 1) == 126 then
+      own[#own + 1] = fields[j]
+      own[#own + 1] = fields[j + 1]
+    else
+      audiences[#audiences + 1] = fields[j]
+    end
+  end
+  out[#out + 1] = {own, audiences, redis.call('ZSCORE', KEYS[1], ARGV[i]),
                    inputs or audience_inputs(base, history, base .. traits_part,
                                              base .. consent_part, ARGV[i + 1])}
 end
@@ -336,7 +345,17 @@ PUT_OFF_OUTCOME = Outcome()  # its evaluation put off (nothing decided, its look
 class BatchRead(NamedTuple):
     generation: bytes | None
     stock_version: bytes | None
-    profiles: list[tuple[dict[bytes, bytes], int | None, AudienceInputs | None]]
+    profiles: list[Read]
+
+
+class Read(NamedTuple):
+    """One profile as a batch read it: its memberships hash's own fields (`~...`), the
+    audiences it belongs to, its next moment, its inputs (None: not live; or PUT_OFF)."""
+
+    stored: dict[bytes, bytes]
+    members: set[str]
+    due: int | None
+    inputs: AudienceInputs | None
 
 
 def now_ms() -> int:
@@ -696,10 +715,10 @@ class AudienceWorker(StreamConsumer):
         self.set_aside += 1
 
     def read(self, asked: list[Asked], ahead: Ahead | None = None) -> BatchRead:
-        """The definitions' generation, the stock version, and each profile's memberships
-        hash, next moment and inputs (None: not live), in one call: the one `ahead` sent for
-        these profiles if it did; then the read of its next batch is sent, for Valkey to
-        run while this batch is evaluated."""
+        """The definitions' generation, the stock version, and each profile as `Read` (its
+        memberships hash's own fields, its audiences, next moment and inputs), in one call:
+        the one `ahead` sent for these profiles if it did; then the read of its next batch
+        is sent, for Valkey to run while this batch is evaluated."""
         reply = ahead.reply(asked) if ahead is not None else None
         if reply is None:
             keys, args = self._reading(asked)
@@ -708,9 +727,9 @@ class AudienceWorker(StreamConsumer):
             ahead.send(ahead.next, *self._reading(ahead.next))
         generation, stock_version, *profiles = reply
         return BatchRead(generation, stock_version, [
-            (_pairs(stored), None if due is None else int(due),
-             PUT_OFF if inputs[0] == 2 else audience_inputs_of(inputs))
-            for stored, due, inputs in profiles
+            Read(_pairs(own), set(map(bytes.decode, audiences)), None if due is None else int(due),
+                 PUT_OFF if inputs[0] == 2 else audience_inputs_of(inputs))
+            for own, audiences, due, inputs in profiles
         ])  # fmt: skip
 
     def _reading(self, asked: list[Asked]) -> tuple[list[str], list[str | int]]:
@@ -727,7 +746,7 @@ class AudienceWorker(StreamConsumer):
         self,
         plan: Plan,
         asked: list[Asked],
-        profiles: list[tuple[dict[bytes, bytes], int | None, AudienceInputs | None]],
+        profiles: list[Read],
         watching: list[tuple[str, str, int]],
     ) -> tuple[list[Outcome | None], list[Writes]]:
         """The profiles read evaluated together: each one's outcome and writes (those that
@@ -735,14 +754,14 @@ class AudienceWorker(StreamConsumer):
         outcomes: list[Outcome | None] = []
         writes_of = [Writes() for _ in asked]
         looks: list[tuple[int, Look]] = []  # place, look
-        for n, (a, (stored, due, inputs)) in enumerate(zip(asked, profiles, strict=True)):
-            decided = self._look(writes_of[n], plan, a, stored, due, inputs)
+        for n, (a, read) in enumerate(zip(asked, profiles, strict=True)):
+            decided = self._look(writes_of[n], plan, a, *read)
             outcomes.append(decided if isinstance(decided, Outcome) else None)
             if not isinstance(decided, Outcome):
                 looks.append((n, decided))
         decisions = evaluate_all(plan, [look for _, look in looks])
         for (n, look), outcome in zip(looks, decisions, strict=True):
-            stored, due, _ = profiles[n]
+            stored, _, due, _ = profiles[n]
             self._settle(writes_of[n], plan, look, outcome, stored, due, watching)
             outcomes[n] = outcome
         return outcomes, writes_of
@@ -753,6 +772,7 @@ class AudienceWorker(StreamConsumer):
         plan: Plan,
         a: Asked,
         stored: dict[bytes, bytes],
+        members: set[str],
         due: int | None,
         inputs: AudienceInputs | None,
     ) -> Outcome | Look:
@@ -789,7 +809,7 @@ class AudienceWorker(StreamConsumer):
         elif cause == "time" and due_now:
             changed = frozenset()  # only time passed: the audiences due now are matched
         # (A moment no audience was due at is a look asked for: everything is decided.)
-        subject = subject_from(a.profile_id, inputs, member_of(stored), self._out_of_stock,
+        subject = subject_from(a.profile_id, inputs, members, self._out_of_stock,
                                self.history_days)  # fmt: skip
         return Look(subject, a.now, cause, changed, due_now, fresh)
 
