@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -350,12 +351,12 @@ class Batch:
         """The cart of those who added or removed a product is read profile by profile;
         the others' is empty (until an order dated ahead comes, as the reference has it: the
         cart's next moment is its first event after `now`)."""
-        carted = {*self.selection(EventRef(event=PRODUCT_ADDED))[0],
-                  *self.selection(EventRef(event=PRODUCT_REMOVED))[0]}  # fmt: skip
+        carted = {*self.selection(named(PRODUCT_ADDED))[0],
+                  *self.selection(named(PRODUCT_REMOVED))[0]}  # fmt: skip
         column = self._each(spec, measure, [row for row in rows if row in carted])
         empty = 0.0 if spec.by_value else 0
         holds = COMPARE[spec.op](empty, spec.threshold)
-        arrival = self.at_now(EventRef(event=ORDER_COMPLETED))[2]
+        arrival = self.at_now(named(ORDER_COMPLETED))[2]
         for row in rows:
             if row not in carted:
                 column.values[row] = empty
@@ -369,7 +370,7 @@ class Batch:
         events comes (or the stock changes, which is an event of its own)."""
         next_at = np.full(len(self.subjects), NONE, dtype=np.int64)
         for event in spec.events:
-            next_at = np.minimum(next_at, self.at_now(EventRef(event=event))[2])
+            next_at = np.minimum(next_at, self.at_now(named(event))[2])
         size = len(self.subjects)
         return Column(np.zeros(size), self.everyone, np.zeros(size, dtype=np.bool_), next_at)
 
@@ -404,6 +405,12 @@ class Batch:
             waiting, np.minimum(slides, arrivals), np.where(followed, after_then, arrivals)
         )
         return waiting, self.nows - last, last, moved
+
+
+@cache
+def named(event: str) -> EventRef:
+    """The reference to every event of a name (made once: a model is validated when made)."""
+    return EventRef(event=event)
 
 
 def column_decider(node: Node) -> Callable[[Sequence[Flags]], Flags]:

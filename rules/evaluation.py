@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import compress
+from itertools import islice
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -388,9 +388,11 @@ class _Layer:
         starts = np.cumsum([0] + [len(cs) for cs in columns[:-1]])
         soonest = np.minimum.reduceat(leaves, starts, axis=0).T
         names = [c.audience for c in asked]
-        rows = zip(soonest.tolist(), (soonest != NONE).tolist(), strict=True)
-        nexts = [dict(zip(compress(names, has), compress(row, has), strict=True))
-                 for row, has in rows]  # fmt: skip
+        has = soonest != NONE  # each profile's audiences with a next moment, in order:
+        of_each = iter(np.array(names, dtype=object)[np.nonzero(has)[1]].tolist())
+        moments = iter(soonest[has].tolist())  # (only those made Python objects)
+        nexts = [dict(zip(islice(of_each, k), islice(moments, k), strict=True))
+                 for k in has.sum(axis=1).tolist()]  # fmt: skip
         groups: dict[int, _Group] = {}
         for c, cs, flag in zip(asked, columns, member, strict=True):
             group = groups.setdefault(plan.matcher.shard_of[c.audience], _Group())
