@@ -62,6 +62,7 @@ from rules.worker import (  # noqa: E402
     HOT_PAUSE_MS,
     Asked,
     AudienceWorker,
+    batches_of,
     tune_collector,
 )
 
@@ -140,15 +141,11 @@ def evaluations(visitors: int) -> None:
         print(f"{len(events):,} events, {len(profiles):,} profiles, {len(plan.definitions)} "
               f"audiences in {plan.matcher.shard_count()} engine shards")  # fmt: skip
 
-        batches = [profiles[i : i + EVALUATION_BATCH]
-                   for i in range(0, len(profiles), EVALUATION_BATCH)]  # fmt: skip
-
         def floor() -> None:  # the reads an evaluation cannot do without, a batch a round trip
-            for batch in batches:
-                asked = [Asked(pid, now, "event", None) for pid in batch]
-                for pid, (_, _, inputs) in zip(batch, worker.read(asked).profiles, strict=True):
-                    assert inputs is not None
-                    subject_from(pid, inputs, set(), frozenset())
+            for asked in batches_of([Asked(pid, now, "event", None) for pid in profiles]):
+                for a, got in zip(asked, worker.read(asked).profiles, strict=True):
+                    assert got.inputs is not None
+                    subject_from(a.profile_id, got.inputs, got.members, frozenset())
 
         def evaluate() -> None:  # in the worker's batches, every audience matched
             worker.evaluate_batches([Asked(pid, now, "event", None) for pid in profiles])

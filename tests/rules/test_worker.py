@@ -24,6 +24,7 @@ from rules.keyspace import FAILURES, VERSION, AudienceKeys
 from rules.worker import (
     DUE_BATCH,
     EVALUATION_BATCH,
+    FIRST_BATCH,
     GC_THRESHOLDS,
     HOT_PAUSE_MS,
     LEASE_MS,
@@ -32,6 +33,7 @@ from rules.worker import (
     Asked,
     AudienceWorker,
     RulesUnavailable,
+    batches_of,
     retry_after,
 )
 from tests.rules.shop import CRAWLER, HOUR_MS, Shop, days, step
@@ -405,7 +407,7 @@ def test_a_batch_read_ahead_of_a_write_to_its_profile_is_decided_again_alone(
     moved) and it is decided again alone: one enter."""
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        visitors = [f"v{i}" for i in range(EVALUATION_BATCH)]
+        visitors = [f"v{i}" for i in range(FIRST_BATCH)]  # the first batch; the second: one
         viewed_twice(shop, *visitors)
         shop.apply()
         ids = [shop.profile_of(who) for who in visitors]
@@ -439,7 +441,7 @@ def test_a_batch_written_while_the_next_is_evaluated_is_finished_before_the_ackn
     leaves the entry to be handled again."""
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        visitors = [f"v{i}" for i in range(EVALUATION_BATCH + last_batch)]
+        visitors = [f"v{i}" for i in range(FIRST_BATCH + last_batch)]
         viewed_twice(shop, *visitors)
         shop.worker = shop.audience_worker(KilledWhenDecidedAgain, consumer="crashing")
         shop.worker.decided = []
@@ -479,7 +481,7 @@ def test_a_write_sent_to_a_valkey_that_forgot_the_script_is_made_again(
 ) -> None:
     with Shop(settings, redis_client, warehouse) as shop:
         shop.define("twice", TWICE)
-        visitors = [f"v{i}" for i in range(EVALUATION_BATCH * 2)]
+        visitors = [f"v{i}" for i in range(FIRST_BATCH * 2)]
         viewed_twice(shop, *visitors)
         shop.apply()
         ids = [shop.profile_of(who) for who in visitors]
@@ -552,6 +554,18 @@ def test_two_workers_share_the_changes_and_the_schedule_each_transition_once(
                                          + [(p, "exit") for p in everyone])  # fmt: skip
 
 
+def test_evaluation_batches_grow_from_a_small_first_one() -> None:
+    """The first batch's read is waited for (nothing is evaluated meanwhile): it is small;
+    each next is twice the one before, up to the largest; none is left out or repeated."""
+    asked = [Asked(f"p{i}", 0, "event", None) for i in range(10_000)]
+    batches = batches_of(asked)
+    sizes = [len(b) for b in batches]
+    assert sizes[:3] == [FIRST_BATCH, 2 * FIRST_BATCH, 4 * FIRST_BATCH]
+    assert max(sizes) == EVALUATION_BATCH > FIRST_BATCH
+    assert [a for b in batches for a in b] == asked
+    assert batches_of(asked[:1]) == [asked[:1]] and batches_of([]) == []
+
+
 def test_events_are_not_held_behind_a_burst_of_due_profiles(
     settings: Settings, redis_client: redis.Redis, warehouse: Warehouse
 ) -> None:
@@ -580,17 +594,21 @@ def test_no_due_profile_is_held_behind_a_big_stream_entry(
     with Shop(settings, redis_client, warehouse) as shop:
         recent_viewers(shop, 3 * DUE_BATCH)
         shop.now += HOUR_MS  # they are all due, and new shoppers view now (3 batches)
-        for i in range(3 * EVALUATION_BATCH):
+        new = 4 * FIRST_BATCH
+        assert [len(b) for b in batches_of([Asked(str(i), 0, "event", None)
+                                            for i in range(new)])] == [FIRST_BATCH, 2 * FIRST_BATCH,
+                                                                       FIRST_BATCH]  # fmt: skip
+        for i in range(new):
             shop.track(f"new{i}", "Product Viewed")
         shop.apply()
         entries = shop.worker.read_new(None)
         assert len(entries) == 1  # one profile-script call: one entry naming them all
         shop.worker.handle(entries, recovered=False)
-        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH + DUE_BATCH
+        assert len(shop.members("recent")) == new + DUE_BATCH
         due = redis_client.zcount(shop.keys.due, "-inf", shop.now)
         assert due == DUE_BATCH  # a batch of the due after each batch but the last
         shop.advance(0)
-        assert len(shop.members("recent")) == 3 * EVALUATION_BATCH
+        assert len(shop.members("recent")) == new
 
 
 class Moments(AudienceWorker):
@@ -616,9 +634,9 @@ def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
     taken between its batches are those due by that moment, so no profile is evaluated at a
     moment before one it was evaluated at (it would enter again what it left)."""
     with Shop(settings, redis_client, warehouse) as shop:
-        viewers = recent_viewers(shop, 3 * EVALUATION_BATCH, shop.now - HOUR_MS + 5)  # due in 5 ms
+        viewers = recent_viewers(shop, 3 * FIRST_BATCH, shop.now - HOUR_MS + 5)  # due in 5 ms
         shop.worker = shop.audience_worker(Moments)
-        for i in range(2 * EVALUATION_BATCH):
+        for i in range(2 * FIRST_BATCH):
             shop.track(f"new{i}", "Product Viewed")
         for who in viewers:  # in the same entry, with the new, and due 5 ms after its moment
             shop.track(who, "Product Added")
@@ -628,7 +646,7 @@ def test_due_profiles_taken_between_batches_are_those_due_by_the_batches_moment(
         seen = shop.worker.seen  # type: ignore[attr-defined]
         assert all(moments == sorted(moments) for moments in seen.values()), seen
         changes = [c for c in shop.changes() if c["audience"] == "recent"]
-        assert len(changes) == 5 * EVALUATION_BATCH  # an enter each; nobody left yet
+        assert len(changes) == 5 * FIRST_BATCH  # an enter each; nobody left yet
 
 
 class Racing(AudienceWorker):
@@ -651,13 +669,13 @@ def test_no_profile_is_evaluated_at_a_moment_before_its_last_transition(
     (an enter recorded before the exit it follows, and a second exit)."""
     with Shop(settings, redis_client, warehouse) as shop:
         start = shop.now
-        viewers = recent_viewers(shop, 3 * EVALUATION_BATCH, start - HOUR_MS + 5)  # leave at +5
+        viewers = recent_viewers(shop, 3 * FIRST_BATCH, start - HOUR_MS + 5)  # leave at +5
         first = shop.worker = shop.audience_worker(Racing, consumer="first")
         later = shop.audience_worker(consumer="later")
         later.clock = lambda: start + 10
         first.other = later  # type: ignore[attr-defined]
         shop.more_workers = [later]
-        for i in range(EVALUATION_BATCH):
+        for i in range(FIRST_BATCH):
             shop.track(f"new{i}", "Product Viewed")
         for who in viewers:  # a late view: read by `recent`, too old to count
             shop.track(who, "Product Viewed", at=start - 2 * HOUR_MS)
