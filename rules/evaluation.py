@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from itertools import islice
 from typing import Any, NamedTuple, cast
 
@@ -537,6 +537,11 @@ def subject_of(
                         history_days)  # fmt: skip
 
 
+# Each event of a history as read: `Happened._make` less its check of the row's length (the
+# read script makes each row of four: time, id, name, properties).
+_happened = partial(tuple.__new__, Happened)
+
+
 def subject_from(
     profile_id: str,
     inputs: AudienceInputs,
@@ -546,7 +551,7 @@ def subject_from(
 ) -> Subject:
     """The subject of the inputs read of a profile (its history after `now` less the kept
     `history_days`, by which its events are forgotten)."""
-    history = list(map(Happened._make, inputs.history))
+    history = list(map(_happened, inputs.history))
     return Subject(profile_id, history, inputs.traits, inputs.granted, memberships, out_of_stock,
                    None if history_days is None else history_days * DAY_MS,
                    time_zone=inputs.time_zone, orders=inputs.orders,

@@ -14,6 +14,7 @@ import redis
 
 from cdp import deadletters
 from cdp.catalog import Product
+from cdp.profiles.keyspace import Keyspace
 from cdp.report import overview
 from cdp.settings import Settings
 from cdp.storage import Warehouse
@@ -821,6 +822,26 @@ def test_a_profile_that_cannot_be_evaluated_is_set_aside_and_holds_back_nobody(
         changes = [(c["profile"], c["change"]) for c in shop.changes() if c["audience"] == "twice"]
         assert sorted(changes) == sorted([(p, "enter") for p in others]
                                          + [(p, "exit") for p in others])  # fmt: skip
+
+
+@pytest.mark.parametrize("member", ['["only-an-id"]', '["id", "Product Viewed"]', "not json"])
+def test_a_history_entry_of_another_shape_sets_its_profile_aside_not_its_batch(
+    settings: Settings, redis_client: redis.Redis, warehouse: Warehouse, member: str
+) -> None:
+    """The history's entries are read as they are stored ([id, name, properties]); one of
+    another shape (written by something else) fails its profile's evaluation, which is set
+    aside with the reason, and the others of its batch are decided."""
+    with Shop(settings, redis_client, warehouse) as shop:
+        shop.define("twice", TWICE)
+        viewed_twice(shop, "ann", "bad", "bob")
+        shop.apply()
+        bad = shop.profile_of("bad")
+        redis_client.zadd(Keyspace(settings.redis_prefix).profile(bad, "history"),
+                          {member: shop.now - 5})  # fmt: skip
+        shop.settle()
+        assert shop.members("twice") == {shop.profile_of("ann"), shop.profile_of("bob")}
+        [letter] = deadletters.listed(redis_client, settings.dead_letter_stream)
+        assert (letter.group, letter.payload["profile"]) == ("audiences", bad)
 
 
 def test_definitions_that_cannot_be_made_into_rules_set_nobody_aside(
