@@ -25,7 +25,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -247,8 +247,7 @@ return out
 )
 
 
-@dataclass(frozen=True)
-class Asked:
+class Asked(NamedTuple):
     """One evaluation asked for: the profile, its `now` (for time, the moment that came),
     why, what changed (None: anything may have)."""
 
@@ -845,10 +844,10 @@ class AudienceWorker(StreamConsumer):
         noted; a failure before healed."""
         last = int(stored.get(LAST_FIELD, 0))
         if last > a.now:  # another worker recorded a transition later than this moment: from
-            a = replace(a, now=last)  # there on (a transition is never recorded before one)
+            a = a._replace(now=last)  # there on (a transition is never recorded before one)
         if LATER_FIELD in stored:
             writes.hdel(key, LATER)
-            a = replace(a, cause="event", changed=None)
+            a = a._replace(cause="event", changed=None)
         if events > self.hot_events:
             writes.hset(key, SEEN, a.now)  # the events of the next second wait for its end
         if FAILURES_FIELD in stored:
