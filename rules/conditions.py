@@ -101,18 +101,19 @@ class Subject:
     _texts: dict[tuple[str, str], dict[str, list[Happened]]] = field(
         default_factory=dict, repr=False
     )
-    _carts: dict[int, tuple[int, float, int | None, int | None]] = field(
+    _carts: dict[tuple[int, bool], tuple[int, float, int | None, int | None]] = field(
         default_factory=dict, repr=False
     )
 
-    def cart(self, now: int) -> tuple[int, float, int | None, int | None]:
-        """`cart_of` the history at `now`, and the time of its first cart event after `now`
-        (the cart reads no other: when one dated ahead comes, it may change). Made once per
-        subject and moment."""
-        found = self._carts.get(now)
+    def cart(self, now: int, priced: bool = True) -> tuple[int, float, int | None, int | None]:
+        """`cart_of` the history at `now` (its value only if `priced`), and the time of its
+        first cart event after `now` (the cart reads no other: when one dated ahead comes,
+        it may change). Made once per subject and moment."""
+        found = self._carts.get((now, True)) or self._carts.get((now, priced))
         if found is None:
             events = [h for h in self.history if h.event in CART_EVENTS]  # what it reads
-            found = self._carts[now] = (*cart_of(events, now), _arrivals(events, now))
+            found = (*cart_of(events, now, priced), _arrivals(events, now))
+            self._carts[now, priced] = found
         return found
 
     @cached_property
@@ -408,11 +409,13 @@ def total(values: list[float]) -> float:
         return sum(values)
 
 
-def cart_of(history: list[Happened], now: int) -> tuple[int, float, int | None]:
+def cart_of(
+    history: list[Happened], now: int, priced: bool = True
+) -> tuple[int, float, int | None]:
     """The cart at `now`: its units (added less removed, per product, none below zero,
     since the last order), its value (each product's units times the numeric `price` of its
-    latest add or removal that has one; none: 0), and the time of the oldest add or removal
-    counted (when it is forgotten, the cart changes)."""
+    latest add or removal that has one; none: 0; not `priced`: 0, not read), and the time of
+    the oldest add or removal counted (when it is forgotten, the cart changes)."""
     last_order = None  # the counted adds and removals come after it
     for h in history:
         if h.event == ORDER_COMPLETED and h.at <= now and (last_order is None or h.at > last_order):
@@ -432,12 +435,13 @@ def cart_of(history: list[Happened], now: int) -> tuple[int, float, int | None]:
         per_product[product] = per_product.get(product, 0) + (
             quantity if h.event == PRODUCT_ADDED else -quantity
         )
-        price = number(h.properties.get("price"))
-        if price is not None:
+        if priced and (price := number(h.properties.get("price"))) is not None:
             prices[product] = price
         if oldest is None or at < oldest:
             oldest = at
     held = {product: units for product, units in per_product.items() if units > 0}
+    if not priced:
+        return sum(held.values()), 0.0, oldest
     value = total([units * prices.get(product, 0.0) for product, units in held.items()])
     return sum(held.values()), clamp(round(value, 6)), oldest
 
@@ -520,7 +524,7 @@ def _trait(spec: Trait, s: Subject, now: int) -> Measure:
 
 
 def _cart(spec: Cart, s: Subject, now: int) -> Measure:
-    units, value, oldest, arrival = s.cart(now)
+    units, value, oldest, arrival = s.cart(now, spec.by_value)
     next_at = _soonest(arrival, s.forgotten(oldest))
     measured = value if spec.by_value else units
     return measured, True, COMPARE[spec.op](measured, spec.threshold), measured, next_at
