@@ -418,12 +418,7 @@ def _match(
     """One layer matched by the engine for each profile, on the audiences chosen for it:
     their next moments and transitions added to its outcome, its memberships changed, the
     audiences it entered or left added to its `moved`."""
-    whole = [row for row, layer in enumerate(chosen) if len(layer) == len(whole_layer)]
-    rows_of = {c.audience: list(whole) for c in whole_layer} if whole else {}
-    for row, layer in enumerate(chosen):
-        if 0 < len(layer) < len(whole_layer):
-            for c in layer:
-                rows_of.setdefault(c.audience, []).append(row)
+    rows_of = _rows_of(whole_layer, chosen)
     if not rows_of:
         return
     asked = [c for c in whole_layer if c.audience in rows_of]
@@ -447,6 +442,23 @@ def _match(
             _match_one(plan, layer, picked, layer_read, looks[row], row, outcomes[row], moved[row])
 
 
+def _rows_of(whole_layer: list[Compiled], chosen: list[list[Compiled]]) -> dict[str, list[int]]:
+    """Each audience of the layer chosen for some profile: the rows of those profiles."""
+    whole = [row for row, layer in enumerate(chosen) if len(layer) == len(whole_layer)]
+    rows_of = {c.audience: list(whole) for c in whole_layer} if whole else {}
+    parts: dict[int, tuple[list[Compiled], list[int]]] = {}  # a layer chosen, its profiles
+    for row, layer in enumerate(chosen):
+        if 0 < len(layer) < len(whole_layer):
+            part = parts.get(id(layer))  # (most profiles share one)
+            if part is None:
+                part = parts[id(layer)] = (layer, [])
+            part[1].append(row)
+    for layer, rows in parts.values():
+        for c in layer:
+            rows_of.setdefault(c.audience, []).extend(rows)
+    return rows_of
+
+
 def _match_one(
     plan: Plan,
     layer: list[Compiled],
@@ -462,25 +474,21 @@ def _match_one(
     names, pickers = picked
     fired = _fired(plan.matcher, pickers, row)
     s = look.subject
-    expected = layer_read.expected[row]
-    if names is not None:
-        expected = {a: change for a, change in expected.items() if a in names}
+    expected, nexts = layer_read.expected[row], layer_read.nexts[row]
+    matched: AbstractSet[str] = layer_read.whole if names is None else names
+    if len(matched) < len(layer_read.audiences):  # some of the audiences read for the batch
+        expected = {a: change for a, change in expected.items() if a in matched}
+        nexts = {a: at for a, at in nexts.items() if a in matched}
     if fired != expected:
         for audience in sorted(set(fired) | set(expected)):
             if fired.get(audience) != expected.get(audience):
                 DISAGREEMENTS.inc()
                 log.error("engine and tree disagree on %s for %s", audience, s.profile_id)
-    nexts = layer_read.nexts[row]
-    if names is None:
-        whole = layer_read.whole
-        outcome.matched = outcome.matched | whole if outcome.matched else whole
-        if outcome.next_of:
-            outcome.next_of.update(nexts)
-        else:
-            outcome.next_of = nexts  # (the profile's own: made for it by the layer)
+    outcome.matched = outcome.matched | matched if outcome.matched else matched
+    if outcome.next_of:
+        outcome.next_of.update(nexts)
     else:
-        outcome.matched = outcome.matched | names if outcome.matched else names
-        outcome.next_of.update((a, at) for a, at in nexts.items() if a in names)
+        outcome.next_of = nexts  # (the profile's own: made for it by the layer)
     for c in layer if fired else ():
         change = fired.get(c.audience)
         if change is not None:
