@@ -41,7 +41,7 @@ from cdp.storage import text
 from cdp.streams import AUDIENCES_GROUP
 from rules.audiences import DAY_MS, Audiences
 from rules.changes import AudienceChange, Cause
-from rules.conditions import Happened
+from rules.conditions import Happened, product_of
 from rules.evaluation import Look, Outcome, Plan, evaluate_all, subject_from
 from rules.keyspace import (
     FAILURES,
@@ -977,8 +977,8 @@ def watched(plan: Plan, history: list[Happened], now: int) -> dict[str, int]:
     since = now - plan.watch_ms
     for at, _, event, properties in history:  # in time order: the last seen stays
         if at > since and event in events:
-            product = properties.get("product_id")
-            if product and isinstance(product, str):  # (as `product_of` reads it)
+            product = product_of(properties)
+            if product:
                 found[product] = at
     return found
 
