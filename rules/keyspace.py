@@ -39,8 +39,8 @@ LATER = "~later"
 # For a profile that could not be evaluated: how many times in a row (gone at a success).
 FAILURES = "~failures"
 # The fields as a read of the hash has them (bytes).
-GENERATION_FIELD, NEXT_FIELD, LAST_FIELD, VERSION_FIELD, LATER_FIELD, FAILURES_FIELD = (
-    name.encode() for name in (GENERATION, NEXT, LAST, VERSION, LATER, FAILURES)
+GENERATION_FIELD, NEXT_FIELD, LAST_FIELD, VERSION_FIELD, LATER_FIELD, FAILURES_FIELD, SEEN_FIELD = (
+    name.encode() for name in (GENERATION, NEXT, LAST, VERSION, LATER, FAILURES, SEEN)
 )
 
 

@@ -55,6 +55,7 @@ from rules.keyspace import (
     NEXT,
     NEXT_FIELD,
     SEEN,
+    SEEN_FIELD,
     VERSION,
     VERSION_FIELD,
     AudienceKeys,
@@ -924,8 +925,8 @@ class AudienceWorker(StreamConsumer):
 def _put_off(writes: Writes, key: str, stored: dict[bytes, bytes], due: int | None) -> Outcome:
     """A long history evaluated within the second: its events wait for the second's end, when
     the profile is looked at (everything decided then, as for events)."""
-    look = int(stored[SEEN.encode()]) + HOT_PAUSE_MS
-    if LATER.encode() not in stored:
+    look = int(stored[SEEN_FIELD]) + HOT_PAUSE_MS
+    if LATER_FIELD not in stored:
         writes.hset(key, LATER, 1)
     if due is None or look < due:
         writes.moment = (due, look)
